@@ -1,0 +1,122 @@
+"""One batch end to end: convert its files, verify, commit; abort (files deleted) on any failure.
+
+Plain functions over an engine, a DuckDB connection and two stores; no Dagster here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import duckdb
+import sqlalchemy as sa
+
+from datalog_platform.ledger import protocol
+from datalog_platform.ledger.schema import QUARANTINED, SUCCESS
+from datalog_platform.resources.store import ObjectStore
+from datalog_platform.transform.convert import BatchConverter, ConvertResult, SourceFile
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    batch_id: str
+    keys: int
+    bytes_read: int
+    rows: int
+    quarantined_lines: int
+    quarantined_keys: int
+    line_path_files: int
+    files: list[str]
+    bytes_written: int
+    partitions: dict[str, int]
+    seconds: float
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+
+class LeaseRenewer:
+    """Renews a batch's lease in the background while its files are being written."""
+
+    def __init__(self, engine: sa.Engine, batch_id: str, lease_seconds: int) -> None:
+        self._engine = engine
+        self._batch_id = batch_id
+        self._lease_seconds = lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{batch_id}", daemon=True)
+
+    def _run(self) -> None:
+        interval = max(self._lease_seconds / 3, 1)
+        while not self._stop.wait(interval):
+            if not protocol.renew_lease(self._engine, self._batch_id, self._lease_seconds):
+                return
+
+    def __enter__(self) -> LeaseRenewer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def outcomes_of(result: ConvertResult) -> list[protocol.KeyOutcome]:
+    return [
+        protocol.KeyOutcome(
+            key_id=o.key_id,
+            status=QUARANTINED if o.error else SUCCESS,
+            rows=o.rows,
+            quarantined_lines=o.quarantined_lines,
+            error=o.error,
+        )
+        for o in result.outcomes
+    ]
+
+
+def ingest_batch(
+    engine: sa.Engine,
+    conn: duckdb.DuckDBPyConnection,
+    raw: ObjectStore,
+    lake: ObjectStore,
+    batch: protocol.Batch,
+    tz_offset_hours: int,
+    lease_seconds: int,
+    max_attempts: int,
+) -> BatchReport:
+    """Write the batch's rows to the lake and commit it, exactly once.
+
+    On any error the batch is aborted before the error propagates: its files are deleted and its
+    keys go back to PENDING (or FAILED once attempts run out).
+    """
+    started = time.perf_counter()
+    converter = BatchConverter(
+        conn, raw, lake, batch.batch_id, batch.part_date, batch.dstrct_code, tz_offset_hours
+    )
+    files = [SourceFile(k.key_id, k.key) for k in batch.keys]
+    try:
+        with LeaseRenewer(engine, batch.batch_id, lease_seconds):
+            result = converter.convert(
+                files, before_write=lambda dirs: protocol.record_intent(engine, batch.batch_id, dirs)
+            )
+            outcomes = outcomes_of(result)
+            protocol.commit_batch(
+                engine, batch.batch_id, outcomes, result.files, result.rows, result.quarantined_lines
+            )
+    except Exception as exc:
+        protocol.abort_batch(engine, lake, batch.batch_id, f"{type(exc).__name__}: {exc}", max_attempts)
+        raise
+    return BatchReport(
+        batch_id=batch.batch_id,
+        keys=len(batch.keys),
+        bytes_read=batch.bytes,
+        rows=result.rows,
+        quarantined_lines=result.quarantined_lines,
+        quarantined_keys=sum(1 for o in outcomes if o.status == QUARANTINED),
+        line_path_files=result.line_path_files,
+        files=result.files,
+        bytes_written=result.bytes_written,
+        partitions=result.partitions,
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,532 @@
+"""The claim protocol: register -> claim -> (write) -> commit | abort -> recover.
+
+Each step is one short transaction. The batch row is the write intent: while it is WRITING, its
+files may exist in the lake; COMMITTED makes them part of the dataset; ABORTING fences a stale
+writer out (its commit fails) while the files are deleted; ABORTED hands the keys back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from datalog_platform.ledger.schema import (
+    ABORTED,
+    ABORTING,
+    CLAIMED,
+    COMMITTED,
+    FAILED,
+    PENDING,
+    UNROUTED,
+    WRITING,
+    batches,
+    devices,
+    keys,
+)
+
+_RAW_KEY = re.compile(r"(?P<device>[^/]+)/(?P<hour>\d{10})/[^/]+\.json(\.gz)?")
+_CHUNK = 500
+
+
+class StaleBatchError(RuntimeError):
+    """The batch is no longer WRITING: its lease was taken over, so this writer must not commit."""
+
+
+class _Listable(Protocol):
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[Any]: ...
+
+    def delete(self, keys: Iterable[str]) -> int: ...
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class RawKey:
+    device_id: str
+    hour: datetime
+
+
+def parse_raw_key(key: str) -> RawKey | None:
+    """`{device_id}/{YYYYMMDDHH}/{name}.json[.gz]` -> device and UTC hour; anything else -> None."""
+    match = _RAW_KEY.fullmatch(key)
+    if not match:
+        return None
+    try:
+        hour = datetime.strptime(match["hour"], "%Y%m%d%H")
+    except ValueError:
+        return None
+    return RawKey(device_id=match["device"], hour=hour)
+
+
+def local_date(hour: datetime, tz_offset_hours: int) -> str:
+    return (hour + timedelta(hours=tz_offset_hours)).strftime("%Y-%m-%d")
+
+
+def _chunks(items: list[Any], size: int = _CHUNK) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry and discovery
+
+
+def upsert_devices(engine: sa.Engine, rows: Iterable[tuple[str, str]]) -> tuple[int, int]:
+    """Insert new devices and update changed regions; returns (inserted, updated)."""
+    wanted = dict(rows)
+    inserted = updated = 0
+    now = utcnow()
+    with engine.begin() as conn:
+        for chunk in _chunks(sorted(wanted)):
+            existing = dict(
+                conn.execute(
+                    sa.select(devices.c.device_id, devices.c.dstrct_code).where(
+                        devices.c.device_id.in_(chunk)
+                    )
+                ).all()
+            )
+            new = [
+                {"device_id": d, "dstrct_code": wanted[d], "updated_at": now}
+                for d in chunk
+                if d not in existing
+            ]
+            if new:
+                conn.execute(sa.insert(devices), new)
+                inserted += len(new)
+            changed = [
+                {"b_device_id": d, "b_dstrct_code": wanted[d], "b_now": now}
+                for d in chunk
+                if d in existing and existing[d] != wanted[d]
+            ]
+            if changed:
+                conn.execute(
+                    sa.update(devices)
+                    .where(devices.c.device_id == sa.bindparam("b_device_id"))
+                    .values(dstrct_code=sa.bindparam("b_dstrct_code"), updated_at=sa.bindparam("b_now")),
+                    changed,
+                )
+                updated += len(changed)
+    return inserted, updated
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    seen: int
+    registered: int
+    unrouted: int
+    ignored: int
+    bytes: int
+
+
+def register_keys(engine: sa.Engine, objects: Iterable[Any], tz_offset_hours: int) -> RegisterResult:
+    """Record new raw objects in the ledger (idempotent): PENDING if the device is known, else UNROUTED.
+
+    `objects` are ObjectInfo-like (key, size, etag); keys that are not raw log keys are ignored.
+    """
+    seen = registered = unrouted = ignored = total_bytes = 0
+    with engine.connect() as conn:
+        regions = dict(conn.execute(sa.select(devices.c.device_id, devices.c.dstrct_code)).all())
+    batch: list[tuple[Any, RawKey]] = []
+
+    def flush() -> None:
+        nonlocal registered, unrouted, total_bytes
+        if not batch:
+            return
+        now = utcnow()
+        with engine.begin() as conn:
+            names = [obj.key for obj, _ in batch]
+            known = set(conn.execute(sa.select(keys.c.key).where(keys.c.key.in_(names))).scalars())
+            new_rows = []
+            for obj, raw in batch:
+                if obj.key in known:
+                    continue
+                known.add(obj.key)
+                region = regions.get(raw.device_id)
+                new_rows.append(
+                    {
+                        "key": obj.key,
+                        "etag": obj.etag,
+                        "size": obj.size,
+                        "device_id": raw.device_id,
+                        "key_hour": raw.hour,
+                        "dstrct_code": region,
+                        "part_date": local_date(raw.hour, tz_offset_hours),
+                        "status": PENDING if region else UNROUTED,
+                        "attempts": 0,
+                        "discovered_at": now,
+                    }
+                )
+                unrouted += region is None
+                total_bytes += obj.size
+            if new_rows:
+                conn.execute(sa.insert(keys), new_rows)
+                registered += len(new_rows)
+        batch.clear()
+
+    for obj in objects:
+        seen += 1
+        raw = parse_raw_key(obj.key)
+        if raw is None:
+            ignored += 1
+            continue
+        batch.append((obj, raw))
+        if len(batch) >= _CHUNK:
+            flush()
+    flush()
+    return RegisterResult(seen, registered, unrouted, ignored, total_bytes)
+
+
+def route_unrouted(engine: sa.Engine) -> int:
+    """Give UNROUTED keys whose device is now in the registry its region, and make them PENDING."""
+    region = sa.select(devices.c.dstrct_code).where(devices.c.device_id == keys.c.device_id).scalar_subquery()
+    known = sa.exists().where(devices.c.device_id == keys.c.device_id)
+    with engine.begin() as conn:
+        result = conn.execute(
+            sa.update(keys).where(keys.c.status == UNROUTED, known).values(dstrct_code=region, status=PENDING)
+        )
+    return result.rowcount
+
+
+@dataclass(frozen=True)
+class PartitionBacklog:
+    part_date: str
+    dstrct_code: str
+    keys: int
+
+
+def pending_partitions(engine: sa.Engine) -> list[PartitionBacklog]:
+    stmt = (
+        sa.select(keys.c.part_date, keys.c.dstrct_code, sa.func.count())
+        .where(keys.c.status == PENDING)
+        .group_by(keys.c.part_date, keys.c.dstrct_code)
+        .order_by(keys.c.part_date, keys.c.dstrct_code)
+    )
+    with engine.connect() as conn:
+        return [PartitionBacklog(d, r, n) for d, r, n in conn.execute(stmt).all()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Claim
+
+
+@dataclass(frozen=True)
+class ClaimedKey:
+    key_id: int
+    key: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    batch_id: str
+    run_id: str | None
+    part_date: str
+    dstrct_code: str
+    keys: tuple[ClaimedKey, ...]
+
+    @property
+    def bytes(self) -> int:
+        return sum(k.size for k in self.keys)
+
+
+MSSQL_CLAIM_SQL = (
+    "UPDATE TOP (:limit) keys WITH (ROWLOCK, UPDLOCK, READPAST) "
+    "SET status = :claimed, batch_id = :batch_id "
+    "OUTPUT inserted.key_id, inserted.[key], inserted.size "
+    "WHERE status = :pending AND dstrct_code = :dstrct_code AND part_date = :part_date"
+)
+
+
+def claim_statement(dialect_name: str, batch_id: str, part_date: str, region: str, limit: int) -> Any:
+    """The one statement that leases up to `limit` PENDING keys of a partition to `batch_id`.
+
+    SQLAlchemy renders `with_for_update(skip_locked=True)` as nothing on MSSQL, so the MSSQL
+    locking hints are written out; PostgreSQL gets `FOR UPDATE SKIP LOCKED`; SQLite serialises
+    writers, so the plain statement is already exclusive there.
+    """
+    if dialect_name == "mssql":
+        return sa.text(MSSQL_CLAIM_SQL).bindparams(
+            limit=limit,
+            claimed=CLAIMED,
+            batch_id=batch_id,
+            pending=PENDING,
+            dstrct_code=region,
+            part_date=part_date,
+        )
+    candidates = (
+        sa.select(keys.c.key_id)
+        .where(keys.c.status == PENDING, keys.c.dstrct_code == region, keys.c.part_date == part_date)
+        .order_by(keys.c.key_id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return (
+        sa.update(keys)
+        .where(keys.c.key_id.in_(candidates.scalar_subquery()))
+        .values(status=CLAIMED, batch_id=batch_id)
+        .returning(keys.c.key_id, keys.c.key, keys.c.size)
+    )
+
+
+def claim_batch(
+    engine: sa.Engine,
+    part_date: str,
+    region: str,
+    limit: int,
+    run_id: str | None,
+    lease_seconds: int,
+) -> Batch | None:
+    """Lease up to `limit` PENDING keys of (part_date, region) to a new WRITING batch, or None."""
+    batch_id = str(uuid.uuid4())
+    now = utcnow()
+    with engine.connect() as conn, conn.begin() as tx:
+        conn.execute(
+            sa.insert(batches).values(
+                batch_id=batch_id,
+                run_id=run_id,
+                part_date=part_date,
+                dstrct_code=region,
+                status=WRITING,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                keys=0,
+                created_at=now,
+            )
+        )
+        stmt = claim_statement(engine.dialect.name, batch_id, part_date, region, limit)
+        claimed = sorted(conn.execute(stmt).all())
+        if not claimed:
+            tx.rollback()
+            return None
+        conn.execute(sa.update(batches).where(batches.c.batch_id == batch_id).values(keys=len(claimed)))
+    return Batch(
+        batch_id=batch_id,
+        run_id=run_id,
+        part_date=part_date,
+        dstrct_code=region,
+        keys=tuple(ClaimedKey(int(i), k, int(s)) for i, k, s in claimed),
+    )
+
+
+def renew_lease(engine: sa.Engine, batch_id: str, lease_seconds: int) -> bool:
+    """Push the lease forward; False if the batch is no longer ours to write."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            sa.update(batches)
+            .where(batches.c.batch_id == batch_id, batches.c.status == WRITING)
+            .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
+        )
+    return result.rowcount == 1
+
+
+def record_intent(engine: sa.Engine, batch_id: str, target_dirs: Iterable[str]) -> None:
+    """Record where the batch is about to write, so an abort can find every file it may leave."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            sa.update(batches)
+            .where(batches.c.batch_id == batch_id, batches.c.status == WRITING)
+            .values(target_dirs=json.dumps(sorted(set(target_dirs))))
+        )
+    if result.rowcount != 1:
+        raise StaleBatchError(f"batch {batch_id} is no longer WRITING; not writing its files")
+
+
+# ---------------------------------------------------------------------------------------------
+# Commit
+
+
+@dataclass(frozen=True)
+class KeyOutcome:
+    key_id: int
+    status: str  # SUCCESS or QUARANTINED
+    rows: int = 0
+    quarantined_lines: int = 0
+    error: str | None = None
+
+
+def commit_statements() -> tuple[sa.Update, sa.Update]:
+    """(batch -> COMMITTED guarded by WRITING, key -> final status guarded by batch id)."""
+    batch_stmt = (
+        sa.update(batches)
+        .where(batches.c.batch_id == sa.bindparam("b_batch_id"), batches.c.status == WRITING)
+        .values(
+            status=COMMITTED,
+            files=sa.bindparam("b_files"),
+            rows=sa.bindparam("b_rows"),
+            quarantined_lines=sa.bindparam("b_quarantined"),
+            committed_at=sa.bindparam("b_now"),
+        )
+    )
+    key_stmt = (
+        sa.update(keys)
+        .where(
+            keys.c.key_id == sa.bindparam("b_key_id"),
+            keys.c.batch_id == sa.bindparam("b_batch_id"),
+            keys.c.status == CLAIMED,
+        )
+        .values(
+            status=sa.bindparam("b_status"),
+            rows=sa.bindparam("b_rows"),
+            quarantined_lines=sa.bindparam("b_quarantined"),
+            error=sa.bindparam("b_error"),
+            done_at=sa.bindparam("b_now"),
+        )
+    )
+    return batch_stmt, key_stmt
+
+
+def commit_batch(
+    engine: sa.Engine,
+    batch_id: str,
+    outcomes: list[KeyOutcome],
+    files: list[str],
+    rows: int,
+    quarantined_lines: int,
+) -> None:
+    """In one transaction: keys to their final status, the batch COMMITTED with its files."""
+    now = utcnow()
+    batch_stmt, key_stmt = commit_statements()
+    with engine.begin() as conn:
+        result = conn.execute(
+            batch_stmt,
+            {
+                "b_batch_id": batch_id,
+                "b_files": json.dumps(files),
+                "b_rows": rows,
+                "b_quarantined": quarantined_lines,
+                "b_now": now,
+            },
+        )
+        if result.rowcount != 1:
+            raise StaleBatchError(f"batch {batch_id} is no longer WRITING; its lease was taken over")
+        if outcomes:
+            conn.execute(
+                key_stmt,
+                [
+                    {
+                        "b_key_id": o.key_id,
+                        "b_batch_id": batch_id,
+                        "b_status": o.status,
+                        "b_rows": o.rows,
+                        "b_quarantined": o.quarantined_lines,
+                        "b_error": o.error,
+                        "b_now": now,
+                    }
+                    for o in outcomes
+                ],
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Abort and recovery
+
+
+def batch_file_prefixes(batch_id: str, target_dirs: Iterable[str]) -> list[str]:
+    return [f"{d.rstrip('/')}/part-{batch_id}-" for d in target_dirs]
+
+
+def release_statement(max_attempts: int, error: str) -> sa.Update:
+    """Keys of an aborted batch: back to PENDING with attempts + 1, FAILED once attempts run out."""
+    return (
+        sa.update(keys)
+        .where(keys.c.batch_id == sa.bindparam("b_batch_id"), keys.c.status == CLAIMED)
+        .values(
+            status=sa.case((keys.c.attempts + 1 >= max_attempts, FAILED), else_=PENDING),
+            attempts=keys.c.attempts + 1,
+            error=error,
+        )
+    )
+
+
+def abort_batch(
+    engine: sa.Engine,
+    lake: _Listable,
+    batch_id: str,
+    error: str,
+    max_attempts: int,
+    expired_before: datetime | None = None,
+) -> bool:
+    """Fence the batch, delete every file it may have written, then hand its keys back.
+
+    With `expired_before`, only a WRITING batch whose lease ended before then is taken over (the
+    recovery of crashed writers); without it the caller owns the batch (its own failed write).
+    A batch found ABORTING (an abort that was itself interrupted) is finished. Returns True if
+    this call aborted the batch.
+    """
+    with engine.begin() as conn:
+        fence = sa.update(batches).where(batches.c.batch_id == batch_id, batches.c.status == WRITING)
+        if expired_before is not None:
+            fence = fence.where(batches.c.lease_until < expired_before)
+        conn.execute(fence.values(status=ABORTING, error=error[:4000]))
+        row = conn.execute(
+            sa.select(batches.c.status, batches.c.target_dirs).where(batches.c.batch_id == batch_id)
+        ).one_or_none()
+    if row is None or row.status != ABORTING:
+        return False
+    for prefix in batch_file_prefixes(batch_id, json.loads(row.target_dirs or "[]")):
+        lake.delete([obj.key for obj in lake.list(prefix)])
+    with engine.begin() as conn:
+        conn.execute(release_statement(max_attempts, error[:4000]), {"b_batch_id": batch_id})
+        conn.execute(
+            sa.update(batches)
+            .where(batches.c.batch_id == batch_id, batches.c.status == ABORTING)
+            .values(status=ABORTED)
+        )
+    return True
+
+
+def recover_expired(engine: sa.Engine, lake: _Listable, max_attempts: int) -> list[str]:
+    """Abort batches whose writer stopped renewing its lease (a crashed process), and finish
+    aborts that were interrupted. Returns the batch ids recovered."""
+    now = utcnow()
+    with engine.connect() as conn:
+        stale = (
+            conn.execute(
+                sa.select(batches.c.batch_id).where(
+                    sa.or_(
+                        sa.and_(batches.c.status == WRITING, batches.c.lease_until < now),
+                        batches.c.status == ABORTING,
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+    return [
+        batch_id
+        for batch_id in stale
+        if abort_batch(engine, lake, batch_id, "lease expired: writer stopped", max_attempts, now)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+
+
+def status_counts(engine: sa.Engine) -> dict[str, Any]:
+    with engine.connect() as conn:
+        by_status = dict(
+            conn.execute(sa.select(keys.c.status, sa.func.count()).group_by(keys.c.status)).all()
+        )
+        by_region: dict[str, dict[str, int]] = {}
+        for region, status, count in conn.execute(
+            sa.select(keys.c.dstrct_code, keys.c.status, sa.func.count()).group_by(
+                keys.c.dstrct_code, keys.c.status
+            )
+        ).all():
+            by_region.setdefault(region or "(unrouted)", {})[status] = count
+        rows = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(keys.c.rows), 0))).scalar()
+    return {"by_status": by_status, "by_region": by_region, "rows": int(rows or 0)}
+
+
+def known_regions(engine: sa.Engine) -> list[str]:
+    with engine.connect() as conn:
+        return sorted(conn.execute(sa.select(devices.c.dstrct_code).distinct()).scalars())

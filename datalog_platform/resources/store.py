@@ -1,0 +1,170 @@
+"""One small object-store interface with two implementations: a local directory and S3.
+
+Keys are always relative to the store's root (a directory, or `s3://bucket/prefix`), use `/`,
+and are listed in lexicographic order so a listing can resume after any key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str | None = None
+
+
+@dataclass(frozen=True)
+class S3Access:
+    """What DuckDB's httpfs needs to reach the same S3 endpoint as boto3."""
+
+    region: str
+    endpoint_url: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
+
+
+class ObjectStore(Protocol):
+    url: str
+
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]: ...
+
+    def read_bytes(self, key: str) -> bytes: ...
+
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+
+    def delete(self, keys: Iterable[str]) -> int: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def uri(self, key: str = "") -> str:
+        """The location of `key` as DuckDB reads and writes it (a path or an s3:// URL)."""
+        ...
+
+
+class LocalStore:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.url = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
+        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not base.is_dir():
+            return
+        found: list[tuple[str, int]] = []
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                path = Path(dirpath) / name
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix) and (start_after is None or key > start_after):
+                    found.append((key, path.stat().st_size))
+        for key, size in sorted(found):
+            yield ObjectInfo(key=key, size=size)
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+
+    def delete(self, keys: Iterable[str]) -> int:
+        deleted = 0
+        for key in keys:
+            try:
+                self._path(key).unlink()
+                deleted += 1
+            except FileNotFoundError:
+                pass
+        return deleted
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def uri(self, key: str = "") -> str:
+        return str(self._path(key)) if key else str(self.root)
+
+
+@dataclass
+class S3Store:
+    bucket: str
+    prefix: str
+    client: Any
+    access: S3Access
+    list_requests: int = field(default=0, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    def _full(self, key: str) -> str:
+        return f"{self.prefix}{key}"
+
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._full(prefix)}
+        if start_after is not None:
+            kwargs["StartAfter"] = self._full(start_after)
+        while True:
+            self.list_requests += 1
+            page = self.client.list_objects_v2(**kwargs)
+            for item in page.get("Contents", []):
+                yield ObjectInfo(
+                    key=item["Key"][len(self.prefix) :],
+                    size=int(item["Size"]),
+                    etag=item.get("ETag", "").strip('"') or None,
+                )
+            if not page.get("IsTruncated"):
+                return
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data)
+
+    def delete(self, keys: Iterable[str]) -> int:
+        batch = [self._full(k) for k in keys]
+        deleted = 0
+        for start in range(0, len(batch), 1000):
+            chunk = batch[start : start + 1000]
+            self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
+            )
+            deleted += len(chunk)
+        return deleted
+
+    def exists(self, key: str) -> bool:
+        page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._full(key), MaxKeys=1)
+        return any(item["Key"] == self._full(key) for item in page.get("Contents", []))
+
+    def uri(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{self._full(key)}".rstrip("/") if key else self.url
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/some/prefix` -> (`bucket`, `some/prefix/`)."""
+    parsed = urlparse(url)
+    prefix = parsed.path.lstrip("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return parsed.netloc, prefix
+
+
+def is_s3_url(url: str) -> bool:
+    return url.startswith("s3://")

@@ -1,0 +1,350 @@
+"""JSON lines of one batch -> hive-partitioned Parquet rows | quarantine records, in DuckDB.
+
+Fast path: one `read_json` over every file of the batch (DuckDB's own reader, straight from the
+store). With `ignore_errors`, a line DuckDB cannot parse becomes a row of NULLs, so it has no valid
+heartbeat: a file is clean exactly when every row it produced has a valid instant. Files that are
+not clean take the line path, which is what gives line numbers, raw lines and reasons: Python only
+splits the bytes into lines (C speed); DuckDB validates each line and the clean lines are read back
+by `read_json`, so the two paths produce the same types.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import shutil
+import tempfile
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from datalog_platform.resources.store import ObjectStore
+from datalog_platform.transform.timestamps import instant_expression
+
+DATASET = "datalog_v2"
+QUARANTINE = "quarantine"
+MALFORMED_JSON = "malformed_json"
+INVALID_TIMESTAMP = "invalid_timestamp"
+
+# Columns this pipeline writes; a record field of the same name is replaced by ours.
+OUTPUT_COLUMNS = ("datetime_wita", "source_file", "hiveperiod", "dstrct_code")
+_PATH_COLUMN = "__dl_path"
+_INTERNAL = (_PATH_COLUMN, "__dl_ts", "__dl_key")
+# DuckDB expands these as globs in a file list; such keys (and, on S3, anything unusual in a URL)
+# are read by the line path instead.
+_LOCAL_SAFE = re.compile(r"[^*?\[\]{}]+")
+_S3_SAFE = re.compile(r"[A-Za-z0-9._\-/=]+")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    key_id: int
+    key: str
+
+
+@dataclass
+class FileOutcome:
+    key_id: int
+    rows: int = 0
+    quarantined_lines: int = 0
+    error: str | None = None  # set when the file could not be read at all
+
+
+@dataclass
+class ConvertResult:
+    outcomes: list[FileOutcome]
+    files: list[str] = field(default_factory=list)  # lake keys written
+    rows: int = 0
+    quarantined_lines: int = 0
+    bytes_written: int = 0
+    line_path_files: int = 0
+    partitions: dict[str, int] = field(default_factory=dict)  # hiveperiod -> rows
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _fast_path_eligible(store: ObjectStore, key: str) -> bool:
+    pattern = _S3_SAFE if store.uri().startswith("s3://") else _LOCAL_SAFE
+    return pattern.fullmatch(key) is not None
+
+
+def _read_json_sql(union_by_name: bool = True) -> str:
+    return (
+        "read_json(?, format = 'newline_delimited', records = true, ignore_errors = true, "
+        f"union_by_name = {str(union_by_name).lower()}, filename = '{_PATH_COLUMN}')"
+    )
+
+
+def _schema(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
+    return {name: kind for name, kind, *_ in conn.execute(f"DESCRIBE {table}").fetchall()}
+
+
+def _split_lines(data: bytes) -> list[tuple[int, str | None, bytes]]:
+    """(1-based line number, text or None if not UTF-8, raw bytes) of every non-blank line."""
+    out = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        raw = raw.rstrip(b"\r")
+        if not raw.strip():
+            continue
+        try:
+            out.append((number, raw.decode("utf-8"), raw))
+        except UnicodeDecodeError:
+            out.append((number, None, raw))
+    return out
+
+
+class BatchConverter:
+    """Converts the files of one batch; one instance per batch and DuckDB connection."""
+
+    def __init__(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        raw: ObjectStore,
+        lake: ObjectStore,
+        batch_id: str,
+        part_date: str,
+        region: str,
+        tz_offset_hours: int,
+    ) -> None:
+        self.conn = conn
+        self.raw = raw
+        self.lake = lake
+        self.batch_id = batch_id
+        self.part_date = part_date
+        self.region = region
+        self.tz_offset_hours = tz_offset_hours
+        self._has_lines = False
+
+    def convert(
+        self, files: Sequence[SourceFile], before_write: Callable[[list[str]], None]
+    ) -> ConvertResult:
+        outcomes = {f.key_id: FileOutcome(f.key_id) for f in files}
+        scratch = Path(tempfile.mkdtemp(prefix=f"datalog-{self.batch_id}-"))
+        try:
+            paths: dict[str, SourceFile] = {}
+            fast = [f for f in files if _fast_path_eligible(self.raw, f.key)]
+            slow = [f for f in files if not _fast_path_eligible(self.raw, f.key)]
+            relations: list[str] = []
+            if fast:
+                fast_paths = {self.raw.uri(f.key): f for f in fast}
+                flagged = self._fast_read(list(fast_paths))
+                if flagged is None:
+                    slow += fast
+                else:
+                    paths.update(fast_paths)
+                    relations.append("_dl_fast")
+                    slow += [fast_paths[p] for p in flagged]
+            if slow:
+                clean = self._line_path(slow, outcomes, scratch)
+                paths.update(clean)
+                if clean:
+                    self.conn.execute(
+                        f"CREATE OR REPLACE TEMP TABLE _dl_clean AS SELECT * FROM {_read_json_sql()}",
+                        [sorted(clean)],
+                    )
+                    relations.append("_dl_clean")
+            result = ConvertResult(outcomes=list(outcomes.values()), line_path_files=len(slow))
+            self._stage_good_rows(relations, paths)
+            self._count(result, outcomes)
+            before_write(self._target_dirs(result))
+            self._write(result)
+            return result
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    # -- fast path -----------------------------------------------------------------------------
+
+    def _fast_read(self, uris: list[str]) -> list[str] | None:
+        """Read every file with read_json; return the files that need the line path, or None if
+        read_json could not read the set at all (then every file takes the line path)."""
+        try:
+            self.conn.execute(
+                f"CREATE OR REPLACE TEMP TABLE _dl_fast AS SELECT * FROM {_read_json_sql()}", [uris]
+            )
+        except duckdb.Error:
+            return None
+        instant = self._instant_sql("_dl_fast")
+        flagged = [
+            path
+            for (path,) in self.conn.execute(
+                f"SELECT DISTINCT {_PATH_COLUMN} FROM _dl_fast WHERE ({instant}) IS NULL"
+            ).fetchall()
+        ]
+        if flagged:
+            # those files contribute their rows from the line path only
+            self.conn.execute(
+                f"DELETE FROM _dl_fast WHERE {_PATH_COLUMN} IN (SELECT unnest(?::VARCHAR[]))", [flagged]
+            )
+        return flagged
+
+    def _instant_sql(self, table: str) -> str:
+        kind = _schema(self.conn, table).get("heartbeat")
+        return instant_expression('"heartbeat"' if kind else None, kind)
+
+    # -- line path -----------------------------------------------------------------------------
+
+    def _line_path(
+        self, files: list[SourceFile], outcomes: dict[int, FileOutcome], scratch: Path
+    ) -> dict[str, SourceFile]:
+        """Validate the files line by line: bad lines -> `_dl_bad`; clean lines -> one local NDJSON
+        file per source file. Returns the clean files by path."""
+        key_ids: list[int] = []
+        sources: list[str] = []
+        numbers: list[int] = []
+        texts: list[str | None] = []
+        for f in files:
+            try:
+                data = self.raw.read_bytes(f.key)
+                if f.key.endswith(".gz"):
+                    data = gzip.decompress(data)
+            except (OSError, EOFError, zlib.error) as exc:
+                outcomes[f.key_id].error = f"unreadable: {type(exc).__name__}: {exc}"
+                continue
+            for number, text, raw in _split_lines(data):
+                key_ids.append(f.key_id)
+                sources.append(f.key)
+                numbers.append(number)
+                texts.append(text if text is not None else raw.decode("utf-8", errors="replace"))
+                if text is None:
+                    numbers[-1] = -number  # marks a line that is not UTF-8
+        lines = pa.table(
+            {
+                "key_id": pa.array(key_ids, pa.int64()),
+                "source_file": pa.array(sources, pa.string()),
+                "line_number": pa.array(numbers, pa.int64()),
+                "raw_line": pa.array(texts, pa.string()),
+            }
+        )
+        self.conn.register("_dl_lines_arrow", lines)
+        self.conn.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _dl_lines AS
+            SELECT key_id, source_file, abs(line_number) AS line_number, raw_line,
+                CASE WHEN line_number < 0 OR NOT json_valid(raw_line)
+                          OR json_type(raw_line::JSON) <> 'OBJECT' THEN '{MALFORMED_JSON}'
+                     WHEN dl_json(json_extract(raw_line, '$.heartbeat')) IS NULL
+                          THEN '{INVALID_TIMESTAMP}' END AS reason
+            FROM _dl_lines_arrow"""
+        )
+        self.conn.unregister("_dl_lines_arrow")
+        self._has_lines = True
+        by_id = {f.key_id: f for f in files}
+        clean: dict[str, SourceFile] = {}
+        current: int | None = None
+        chunk: list[str] = []
+
+        def flush() -> None:
+            if current is not None and chunk:
+                path = scratch / f"{current}.json"
+                path.write_text("\n".join(chunk) + "\n", encoding="utf-8")
+                clean[str(path)] = by_id[current]
+
+        cursor = self.conn.execute(
+            "SELECT key_id, raw_line FROM _dl_lines WHERE reason IS NULL ORDER BY key_id, line_number"
+        )
+        while rows := cursor.fetchmany(50_000):
+            for key_id, raw_line in rows:
+                if key_id != current:
+                    flush()
+                    current, chunk = key_id, []
+                chunk.append(raw_line)
+        flush()
+        return clean
+
+    # -- staging, counting, writing --------------------------------------------------------------
+
+    def _stage_good_rows(self, relations: list[str], paths: dict[str, SourceFile]) -> None:
+        """`_dl_good`: every valid row with its instant and source key, from both paths."""
+        self.conn.execute(
+            "CREATE OR REPLACE TEMP TABLE _dl_paths AS "
+            f"SELECT unnest(?) AS {_PATH_COLUMN}, unnest(?) AS __dl_key, unnest(?) AS __dl_key_id",
+            [list(paths), [f.key for f in paths.values()], [f.key_id for f in paths.values()]],
+        )
+        selects = []
+        for table in relations:
+            instant = self._instant_sql(table)
+            selects.append(f"SELECT *, {instant} AS __dl_ts FROM {table} WHERE ({instant}) IS NOT NULL")
+        if not selects:
+            selects.append(f"SELECT NULL::VARCHAR AS {_PATH_COLUMN}, NULL::TIMESTAMP AS __dl_ts WHERE false")
+        self.conn.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _dl_good AS
+            SELECT g.*, p.__dl_key, p.__dl_key_id
+            FROM ({" UNION ALL BY NAME ".join(selects)}) g JOIN _dl_paths p USING ({_PATH_COLUMN})"""
+        )
+
+    def _count(self, result: ConvertResult, outcomes: dict[int, FileOutcome]) -> None:
+        for key_id, rows in self.conn.execute(
+            "SELECT __dl_key_id, count(*) FROM _dl_good GROUP BY ALL"
+        ).fetchall():
+            outcomes[key_id].rows = rows
+        if self._has_lines:
+            for key_id, bad in self.conn.execute(
+                "SELECT key_id, count(*) FROM _dl_lines WHERE reason IS NOT NULL GROUP BY ALL"
+            ).fetchall():
+                outcomes[key_id].quarantined_lines = bad
+        result.rows = sum(o.rows for o in outcomes.values())
+        result.quarantined_lines = sum(o.quarantined_lines for o in outcomes.values())
+        result.partitions = dict(
+            self.conn.execute(
+                f"SELECT strftime({self._local_sql()}, '%Y-%m-%d'), count(*) FROM _dl_good GROUP BY ALL"
+            ).fetchall()
+        )
+
+    def _local_sql(self) -> str:
+        return f"(__dl_ts + to_hours({int(self.tz_offset_hours)}))"
+
+    def _target_dirs(self, result: ConvertResult) -> list[str]:
+        region = self.region
+        dirs = [f"{DATASET}/hiveperiod={day}/dstrct_code={region}" for day in result.partitions]
+        if result.quarantined_lines:
+            dirs.append(f"{QUARANTINE}/hiveperiod={self.part_date}/dstrct_code={region}")
+        return dirs
+
+    def _write(self, result: ConvertResult) -> None:
+        if result.rows:
+            reserved = ", ".join(f"'{c}'" for c in OUTPUT_COLUMNS + _INTERNAL + ("__dl_key_id",))
+            select = f"""SELECT COLUMNS(c -> c NOT IN ({reserved})),
+                    {self._local_sql()} AS datetime_wita,
+                    __dl_key AS source_file,
+                    strftime({self._local_sql()}, '%Y-%m-%d') AS hiveperiod,
+                    $region::VARCHAR AS dstrct_code
+                FROM _dl_good"""
+            self._copy(select, {"region": self.region}, DATASET, result.rows, result)
+        if result.quarantined_lines:
+            select = """SELECT source_file, line_number, raw_line, reason,
+                    $batch_id::VARCHAR AS batch_id, $part_date::VARCHAR AS hiveperiod,
+                    $region::VARCHAR AS dstrct_code
+                FROM _dl_lines WHERE reason IS NOT NULL"""
+            self._copy(
+                select,
+                {"batch_id": self.batch_id, "part_date": self.part_date, "region": self.region},
+                QUARANTINE,
+                result.quarantined_lines,
+                result,
+            )
+
+    def _copy(
+        self, select: str, params: dict[str, object], dataset: str, expected: int, result: ConvertResult
+    ) -> None:
+        """COPY to hive Parquet, then verify every written file's footer and row count."""
+        count, files = self.conn.execute(
+            f"""COPY ({select}) TO $target (FORMAT parquet, COMPRESSION zstd,
+                PARTITION_BY (hiveperiod, dstrct_code), OVERWRITE_OR_IGNORE true,
+                FILENAME_PATTERN $pattern, RETURN_FILES true)""",
+            {**params, "target": self.lake.uri(dataset), "pattern": f"part-{self.batch_id}-{{i}}"},
+        ).fetchone()
+        if count != expected:
+            raise RuntimeError(f"COPY to {dataset} wrote {count} rows, expected {expected}")
+        footer_rows, footer_bytes = self.conn.execute(
+            "SELECT sum(num_rows), sum(file_size_bytes) FROM parquet_file_metadata(?)", [list(files)]
+        ).fetchone()
+        if footer_rows != expected:
+            raise RuntimeError(f"{dataset} files hold {footer_rows} rows, expected {expected}")
+        root = self.lake.uri().rstrip("/") + "/"
+        result.files += [f[len(root) :] if f.startswith(root) else f for f in files]
+        result.bytes_written += int(footer_bytes or 0)
