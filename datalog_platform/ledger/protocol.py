@@ -458,8 +458,10 @@ def abort_batch(
 
     With `expired_before`, only a WRITING batch whose lease ended before then is taken over (the
     recovery of crashed writers); without it the caller owns the batch (its own failed write).
-    A batch found ABORTING (an abort that was itself interrupted) is finished. Returns True if
-    this call aborted the batch.
+    A batch found ABORTING (an abort that was itself interrupted) is finished. A batch found
+    ABORTED only has its files deleted again: a stale writer may have gone on writing after its
+    batch was taken over (the recoverer found no files yet), and files of an aborted batch are never
+    part of the dataset. Returns True if this call aborted the batch.
     """
     with engine.begin() as conn:
         fence = sa.update(batches).where(batches.c.batch_id == batch_id, batches.c.status == WRITING)
@@ -469,10 +471,12 @@ def abort_batch(
         row = conn.execute(
             sa.select(batches.c.status, batches.c.target_dirs).where(batches.c.batch_id == batch_id)
         ).one_or_none()
-    if row is None or row.status != ABORTING:
+    if row is None or row.status not in (ABORTING, ABORTED):
         return False
     for prefix in batch_file_prefixes(batch_id, json.loads(row.target_dirs or "[]")):
         lake.delete([obj.key for obj in lake.list(prefix)])
+    if row.status == ABORTED:
+        return False
     with engine.begin() as conn:
         conn.execute(release_statement(max_attempts, error[:4000]), {"b_batch_id": batch_id})
         conn.execute(

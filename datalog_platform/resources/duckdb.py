@@ -28,7 +28,6 @@ def httpfs_extension_path() -> Path:
 
 def connection_config(memory_limit: str, threads: int, spill_dir: Path) -> dict[str, object]:
     """DuckDB settings for one run: bounded memory that spills to disk, no extension downloads."""
-    spill_dir.mkdir(parents=True, exist_ok=True)
     return {
         "memory_limit": memory_limit,
         "threads": threads,

@@ -1,6 +1,5 @@
 """The ledger database as a Dagster resource: a SQLAlchemy engine (MSSQL, PostgreSQL or SQLite)."""
 
-from __future__ import annotations
 
 import functools
 from pathlib import Path

@@ -23,7 +23,7 @@ import duckdb
 import pyarrow as pa
 
 from datalog_platform.resources.store import ObjectStore
-from datalog_platform.transform.timestamps import instant_expression
+from datalog_platform.transform.timestamps import is_numeric, with_instant
 
 DATASET = "datalog_v2"
 QUARANTINE = "quarantine"
@@ -83,6 +83,16 @@ def _read_json_sql(union_by_name: bool = True) -> str:
 
 def _schema(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
     return {name: kind for name, kind, *_ in conn.execute(f"DESCRIBE {table}").fetchall()}
+
+
+def _conflicting_columns(schemas: list[dict[str, str]]) -> set[str]:
+    """Columns whose inferred types differ between relations in a way DuckDB's union cannot
+    reconcile (numbers of different widths can); those are carried as JSON on every side."""
+    kinds: dict[str, set[str]] = {}
+    for schema in schemas:
+        for column, kind in schema.items():
+            kinds.setdefault(column, set()).add(kind)
+    return {c for c, k in kinds.items() if len(k) > 1 and not all(is_numeric(x) for x in k)}
 
 
 def _split_lines(data: bytes) -> list[tuple[int, str | None, bytes]]:
@@ -169,11 +179,11 @@ class BatchConverter:
             )
         except duckdb.Error:
             return None
-        instant = self._instant_sql("_dl_fast")
+        instants = self._with_instant("_dl_fast", f"SELECT {_PATH_COLUMN}, COLUMNS('^heartbeat$') FROM _dl_fast")
         flagged = [
             path
             for (path,) in self.conn.execute(
-                f"SELECT DISTINCT {_PATH_COLUMN} FROM _dl_fast WHERE ({instant}) IS NULL"
+                f"SELECT DISTINCT {_PATH_COLUMN} FROM ({instants}) WHERE __dl_ts IS NULL"
             ).fetchall()
         ]
         if flagged:
@@ -183,9 +193,10 @@ class BatchConverter:
             )
         return flagged
 
-    def _instant_sql(self, table: str) -> str:
+    def _with_instant(self, table: str, source_sql: str) -> str:
+        """`source_sql` (rows of `table`) plus `__dl_ts`, for the heartbeat type inferred in `table`."""
         kind = _schema(self.conn, table).get("heartbeat")
-        return instant_expression('"heartbeat"' if kind else None, kind)
+        return with_instant(source_sql, '"heartbeat"' if kind else None, kind, "__dl_ts")
 
     # -- line path -----------------------------------------------------------------------------
 
@@ -222,14 +233,18 @@ class BatchConverter:
             }
         )
         self.conn.register("_dl_lines_arrow", lines)
+        objects = f"""SELECT key_id, source_file, abs(line_number) AS line_number, raw_line,
+                CASE WHEN line_number > 0 AND json_valid(raw_line)
+                     THEN json_type(raw_line) = 'OBJECT' ELSE false END AS __dl_object
+            FROM _dl_lines_arrow"""
+        heartbeats = f"""SELECT *, CASE WHEN __dl_object THEN json_extract(raw_line, '$.heartbeat') END AS __dl_hb
+            FROM ({objects})"""
         self.conn.execute(
             f"""CREATE OR REPLACE TEMP TABLE _dl_lines AS
-            SELECT key_id, source_file, abs(line_number) AS line_number, raw_line,
-                CASE WHEN line_number < 0 OR NOT json_valid(raw_line)
-                          OR json_type(raw_line::JSON) <> 'OBJECT' THEN '{MALFORMED_JSON}'
-                     WHEN dl_json(json_extract(raw_line, '$.heartbeat')) IS NULL
-                          THEN '{INVALID_TIMESTAMP}' END AS reason
-            FROM _dl_lines_arrow"""
+            SELECT key_id, source_file, line_number, raw_line,
+                CASE WHEN NOT __dl_object THEN '{MALFORMED_JSON}'
+                     WHEN __dl_ts IS NULL THEN '{INVALID_TIMESTAMP}' END AS reason
+            FROM ({with_instant(heartbeats, "__dl_hb", "JSON", "__dl_ts")})"""
         )
         self.conn.unregister("_dl_lines_arrow")
         self._has_lines = True
@@ -266,9 +281,14 @@ class BatchConverter:
             [list(paths), [f.key for f in paths.values()], [f.key_id for f in paths.values()]],
         )
         selects = []
-        for table in relations:
-            instant = self._instant_sql(table)
-            selects.append(f"SELECT *, {instant} AS __dl_ts FROM {table} WHERE ({instant}) IS NOT NULL")
+        schemas = {table: _schema(self.conn, table) for table in relations}
+        to_json = _conflicting_columns(list(schemas.values()))
+        for table, schema in schemas.items():
+            columns = ", ".join(
+                f"to_json({_quote(c)}) AS {_quote(c)}" if c in to_json else _quote(c) for c in schema
+            )
+            instants = self._with_instant(table, f"SELECT * FROM {table}")
+            selects.append(f"SELECT {columns}, __dl_ts FROM ({instants}) WHERE __dl_ts IS NOT NULL")
         if not selects:
             selects.append(f"SELECT NULL::VARCHAR AS {_PATH_COLUMN}, NULL::TIMESTAMP AS __dl_ts WHERE false")
         self.conn.execute(
@@ -308,12 +328,16 @@ class BatchConverter:
     def _write(self, result: ConvertResult) -> None:
         if result.rows:
             reserved = ", ".join(f"'{c}'" for c in OUTPUT_COLUMNS + _INTERNAL + ("__dl_key_id",))
-            select = f"""SELECT COLUMNS(c -> c NOT IN ({reserved})),
+            heartbeat = _schema(self.conn, "_dl_good").get("heartbeat")
+            # The heartbeat keeps its value but is always written as text, so that every file of
+            # the dataset agrees on its type whatever mix of formats a batch carried.
+            replace = "" if heartbeat in (None, "VARCHAR") else "REPLACE (dl_raw_text(heartbeat) AS heartbeat)"
+            select = f"""SELECT * EXCLUDE (__dl_ts, __dl_key) {replace},
                     {self._local_sql()} AS datetime_wita,
                     __dl_key AS source_file,
                     strftime({self._local_sql()}, '%Y-%m-%d') AS hiveperiod,
                     $region::VARCHAR AS dstrct_code
-                FROM _dl_good"""
+                FROM (SELECT COLUMNS(c -> c NOT IN ({reserved})), __dl_ts, __dl_key FROM _dl_good)"""
             self._copy(select, {"region": self.region}, DATASET, result.rows, result)
         if result.quarantined_lines:
             select = """SELECT source_file, line_number, raw_line, reason,

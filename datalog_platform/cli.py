@@ -1,0 +1,253 @@
+"""The `datalog` command: load devices, ingest through Dagster, inspect the ledger, generate data."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datalog_platform.settings import Settings
+
+# Dagster's console logger at this level while `datalog ingest` runs partitions in process.
+_RUN_CONFIG_LOGGING = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def _prepare_dagster_home(settings: Settings) -> Path:
+    """Runs launched from the command line are recorded where `dagster dev` reads them."""
+    home = settings.dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def read_registry_csv(text: str) -> list[tuple[str, str]]:
+    """`device_id,dstrct_code` CSV (standard quoting) -> rows; a clear error for anything else."""
+    reader = csv.DictReader(io.StringIO(text))
+    missing = {"device_id", "dstrct_code"} - set(reader.fieldnames or [])
+    if missing:
+        raise ValueError(f"registry CSV lacks column(s) {sorted(missing)}; header must be device_id,dstrct_code")
+    rows = []
+    for line, row in enumerate(reader, start=2):
+        device, region = (row["device_id"] or "").strip(), (row["dstrct_code"] or "").strip()
+        if not device or not region:
+            raise ValueError(f"registry CSV line {line}: device_id and dstrct_code must not be empty")
+        rows.append((device, region))
+    return rows
+
+
+def cmd_devices_load(settings: Settings, path: str) -> int:
+    from datalog_platform.ledger import protocol
+    from datalog_platform.resources.ledger import ledger_engine
+
+    rows = read_registry_csv(Path(path).read_text(encoding="utf-8"))
+    engine = ledger_engine(settings.ledger_url)
+    inserted, updated = protocol.upsert_devices(engine, rows)
+    routed = protocol.route_unrouted(engine)
+    print(f"devices: {inserted} new, {updated} changed, {len(rows)} in file; {routed} waiting keys routed")
+    return 0
+
+
+@dataclass
+class IngestSummary:
+    registered: int = 0
+    ignored: int = 0
+    unrouted: int = 0
+    routed: int = 0
+    runs: int = 0
+    failed_runs: list[str] = field(default_factory=list)
+    rows: int = 0
+    quarantined_lines: int = 0
+    keys: int = 0
+    partitions: set[str] = field(default_factory=set)
+    seconds: float = 0.0
+
+
+def run_ingest(settings: Settings) -> IngestSummary:
+    """Register new raw objects, then run `ingest_partition_job` for every partition with pending
+    keys until nothing is pending (a partition whose run failed is not retried here)."""
+    _prepare_dagster_home(settings)
+    import dagster as dg
+
+    from datalog_platform.definitions import build_definitions
+    from datalog_platform.ledger import protocol
+    from datalog_platform.partitions import REGION_PARTITIONS_NAME, partition_key
+    from datalog_platform.resources.ledger import ledger_engine
+
+    started = time.perf_counter()
+    summary = IngestSummary()
+    defs = build_definitions(settings)
+    stores = defs.resources["stores"]
+    engine = ledger_engine(settings.ledger_url)
+    found = protocol.register_keys(engine, stores.raw().list(), settings.tz_offset_hours)
+    summary.registered, summary.ignored = found.registered, found.ignored
+    summary.routed = protocol.route_unrouted(engine)
+    with dg.DagsterInstance.get() as instance:
+        known = set(instance.get_dynamic_partitions(REGION_PARTITIONS_NAME))
+        new_regions = [r for r in protocol.known_regions(engine) if r not in known]
+        if new_regions:
+            instance.add_dynamic_partitions(REGION_PARTITIONS_NAME, new_regions)
+        job = defs.resolve_job_def("ingest_partition_job")
+        given_up: set[tuple[str, str]] = set()
+        while True:
+            backlog = [
+                p
+                for p in protocol.pending_partitions(engine)
+                if (p.part_date, p.dstrct_code) not in given_up
+                and p.part_date >= settings.partitions_start_date
+            ]
+            if not backlog:
+                break
+            for part in backlog:
+                key = partition_key(part.part_date, part.dstrct_code)
+                result = job.execute_in_process(
+                    instance=instance,
+                    partition_key=key,
+                    run_config=_RUN_CONFIG_LOGGING,
+                    raise_on_error=False,
+                    tags={"datalog/trigger": "cli"},
+                )
+                summary.runs += 1
+                if not result.success:
+                    summary.failed_runs.append(f"{key} (run {result.run_id})")
+                    given_up.add((part.part_date, part.dstrct_code))
+                    continue
+                for event in result.get_asset_materialization_events():
+                    mat = event.materialization
+                    if mat.asset_key == dg.AssetKey("datalog_parquet") and "keys" in mat.metadata:
+                        summary.rows += mat.metadata["rows"].value
+                        summary.keys += mat.metadata["keys"].value
+                        summary.quarantined_lines += mat.metadata["quarantined_lines"].value
+                    if mat.asset_key == dg.AssetKey("datalog_parquet"):
+                        summary.partitions.add(str(mat.partition))
+    summary.unrouted = protocol.status_counts(engine)["by_status"].get("UNROUTED", 0)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def cmd_ingest(settings: Settings) -> int:
+    s = run_ingest(settings)
+    print(
+        f"registered {s.registered} new object(s) ({s.ignored} ignored), routed {s.routed}; "
+        f"{s.runs} run(s) ingested {s.keys} key(s): {s.rows} rows, {s.quarantined_lines} line(s) "
+        f"quarantined, {len(s.partitions)} partition(s) written in {s.seconds:.1f}s"
+    )
+    if s.unrouted:
+        print(f"{s.unrouted} key(s) wait for devices missing from the registry (UNROUTED)")
+    for failed in s.failed_runs:
+        print(f"FAILED: {failed}", file=sys.stderr)
+    return 1 if s.failed_runs else 0
+
+
+def cmd_ledger_status(settings: Settings, as_json: bool) -> int:
+    from datalog_platform.ledger import protocol
+    from datalog_platform.resources.ledger import ledger_engine
+
+    counts = protocol.status_counts(ledger_engine(settings.ledger_url))
+    if as_json:
+        print(json.dumps(counts, indent=2, sort_keys=True))
+        return 0
+    total = sum(counts["by_status"].values())
+    print(f"{total} key(s), {counts['rows']} rows ingested")
+    for status, n in sorted(counts["by_status"].items()):
+        print(f"  {status:<12} {n}")
+    for region, statuses in sorted(counts["by_region"].items()):
+        print(f"  {region}: " + ", ".join(f"{s}={n}" for s, n in sorted(statuses.items())))
+    return 0
+
+
+def cmd_generate(settings: Settings, devices: int, hours: int, rows: int, seed: int) -> int:
+    from datalog_platform.generate import REGISTRY_KEY, generate, registry_csv
+    from datalog_platform.resources.stores import StoresResource
+    from datalog_platform.definitions import build_definitions
+
+    stores: StoresResource = build_definitions(settings).resources["stores"]
+    raw = stores.raw()
+    summary = generate(raw, devices=devices, hours=hours, rows=rows, seed=seed)
+    registry = settings.home / "devices.csv"
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    registry.write_bytes(registry_csv(summary.devices))
+    print(
+        f"generated {summary.files} file(s), {summary.rows} rows (+{summary.bad_lines} bad lines), "
+        f"{summary.bytes / 1e6:.1f} MB into {raw.uri()}; registry: {registry} (also {REGISTRY_KEY})"
+    )
+    return 0
+
+
+def cmd_demo(settings: Settings) -> int:
+    cmd_generate(settings, devices=12, hours=30, rows=120, seed=7)
+    cmd_devices_load(settings, str(settings.home / "devices.csv"))
+    code = cmd_ingest(settings)
+    import duckdb
+
+    lake = settings.lake_url.rstrip("/")
+    if not lake.startswith("s3://"):
+        glob = f"{lake}/datalog_v2/**/*.parquet"
+        con = duckdb.connect()
+        print(f"\nThe lake ({lake}/datalog_v2, hive-partitioned by hiveperiod and dstrct_code):")
+        for day, region, rows, files in con.execute(
+            "SELECT hiveperiod, dstrct_code, count(*), count(DISTINCT filename) "
+            "FROM read_parquet(?, hive_partitioning = true, filename = true) GROUP BY ALL ORDER BY ALL",
+            [glob],
+        ).fetchall():
+            print(f"  hiveperiod={day}/dstrct_code={region}: {rows} rows in {files} file(s)")
+        quarantine = f"{lake}/quarantine/**/*.parquet"
+        for reason, n in con.execute(
+            "SELECT reason, count(*) FROM read_parquet(?, hive_partitioning = true) GROUP BY ALL ORDER BY ALL",
+            [quarantine],
+        ).fetchall():
+            print(f"  quarantine: {n} line(s) {reason}")
+    print(
+        "\nNext:\n"
+        "  .venv/bin/datalog ledger status        keys by status and region\n"
+        "  make ui                                 Dagster UI on http://127.0.0.1:3000 (runs, partitions)\n"
+        f"  duckdb -c \"FROM read_parquet('{lake}/datalog_v2/**/*.parquet', hive_partitioning=true)\""
+    )
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="datalog", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    devices = sub.add_parser("devices", help="the device registry").add_subparsers(dest="action", required=True)
+    load = devices.add_parser("load", help="upsert devices from a CSV (device_id,dstrct_code)")
+    load.add_argument("path")
+    sub.add_parser("ingest", help="register new raw objects and ingest every pending partition")
+    ledger = sub.add_parser("ledger", help="the ledger").add_subparsers(dest="action", required=True)
+    status = ledger.add_parser("status", help="keys by status and region")
+    status.add_argument("--json", action="store_true", help="print a JSON object")
+    gen = sub.add_parser("generate", help="write synthetic device logs into the raw store")
+    gen.add_argument("--devices", type=int, required=True)
+    gen.add_argument("--hours", type=int, required=True)
+    gen.add_argument("--rows", type=int, required=True)
+    gen.add_argument("--seed", type=int, default=0)
+    sub.add_parser("demo", help="generate, load, ingest, and show what landed where")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+    try:
+        if args.command == "devices":
+            return cmd_devices_load(settings, args.path)
+        if args.command == "ingest":
+            return cmd_ingest(settings)
+        if args.command == "ledger":
+            return cmd_ledger_status(settings, args.json)
+        if args.command == "generate":
+            return cmd_generate(settings, args.devices, args.hours, args.rows, args.seed)
+        return cmd_demo(settings)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"datalog: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The one place that wires assets, jobs and resources."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+from dagster_duckdb import DuckDBResource
+
+from datalog_platform.assets.ingest import (
+    claimed_key_batches,
+    datalog_parquet,
+    ingest_partition_job,
+    raw_datalog_logs,
+)
+from datalog_platform.resources.duckdb import connection_config
+from datalog_platform.resources.ledger import LedgerResource
+from datalog_platform.resources.stores import StoresResource
+from datalog_platform.settings import Settings
+
+
+def _secret_or_default(name: str, default: str) -> str | dg.EnvVar:
+    """A value that may hold credentials is passed as an EnvVar, so it never shows in the UI."""
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    return dg.Definitions(
+        assets=[raw_datalog_logs, claimed_key_batches, datalog_parquet],
+        jobs=[ingest_partition_job],
+        resources={
+            "ledger": LedgerResource(url=_secret_or_default("DATALOG_LEDGER_URL", settings.ledger_url)),
+            "stores": StoresResource(
+                raw_url=settings.raw_url,
+                lake_url=settings.lake_url,
+                s3=S3Resource(region_name=settings.aws_region, endpoint_url=settings.s3_endpoint_url),
+            ),
+            "duckdb": DuckDBResource(
+                database=":memory:",
+                connection_config=connection_config(settings.ram_limit, settings.threads, settings.spill_dir),
+            ),
+        },
+    )
+
+
+defs = build_definitions(Settings.from_env())

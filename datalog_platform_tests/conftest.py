@@ -1,0 +1,219 @@
+"""Shared fixtures: moto's real S3 HTTP server on 127.0.0.1, local and S3 object stores, DuckDB.
+
+Real parts only: moto's `ThreadedMotoServer` (an S3 endpoint spoken to over HTTP by boto3 and by
+DuckDB's httpfs), local directories, and in-memory DuckDB connections with the platform's macros.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import duckdb
+import pytest
+import sqlalchemy as sa
+from moto.server import ThreadedMotoServer
+
+from datalog_platform.ingest import BatchReport, ingest_batch
+from datalog_platform.ledger import protocol
+from datalog_platform.ledger.schema import keys
+from datalog_platform.resources.duckdb import enable_s3
+from datalog_platform.resources.ledger import ledger_engine
+from datalog_platform.resources.store import LocalStore, ObjectStore, S3Access, S3Store
+from datalog_platform.transform.timestamps import install_macros
+
+REGION = "us-east-1"
+_FAKE_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_SECURITY_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """moto's S3 HTTP server in a background thread; yields its endpoint URL."""
+    saved = {name: os.environ.get(name) for name in _FAKE_AWS_ENV}
+    os.environ.update(_FAKE_AWS_ENV)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def s3_access(endpoint: str) -> S3Access:
+    return S3Access(
+        region=REGION, endpoint_url=endpoint, access_key_id="testing", secret_access_key="testing"
+    )
+
+
+@pytest.fixture
+def s3_client(moto_server: str) -> Any:
+    """A boto3 S3 client talking HTTP to the moto server."""
+    return boto3.client(
+        "s3",
+        region_name=REGION,
+        endpoint_url=moto_server,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def new_bucket(s3_client: Any) -> str:
+    bucket = f"test-{uuid.uuid4().hex}"
+    s3_client.create_bucket(Bucket=bucket)
+    return bucket
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[ObjectStore, ObjectStore]]:
+    """(raw, lake) stores: two local directories, or two prefixes of a fresh moto bucket."""
+    if request.param == "local":
+        yield LocalStore(tmp_path / "raw"), LocalStore(tmp_path / "lake")
+        return
+    endpoint: str = request.getfixturevalue("moto_server")
+    client = request.getfixturevalue("s3_client")
+    bucket = new_bucket(client)
+    access = s3_access(endpoint)
+    yield S3Store(bucket, "raw/", client, access), S3Store(bucket, "lake/", client, access)
+
+
+def duckdb_for(store: ObjectStore | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the heartbeat macros; httpfs pointed at the store's S3 endpoint."""
+    conn = duckdb.connect(
+        ":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+    )
+    install_macros(conn)
+    if isinstance(store, S3Store):
+        enable_s3(conn, store.access)
+    return conn
+
+
+@pytest.fixture
+def duck(store_pair: tuple[ObjectStore, ObjectStore]) -> Iterator[duckdb.DuckDBPyConnection]:
+    """DuckDB for the `store_pair` under test (S3 enabled when the stores are S3)."""
+    conn = duckdb_for(store_pair[1])
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def duck_factory() -> Iterator[Callable[[ObjectStore | None], duckdb.DuckDBPyConnection]]:
+    """Make extra DuckDB connections (closed at teardown), e.g. one per batch."""
+    made: list[duckdb.DuckDBPyConnection] = []
+
+    def make(store: ObjectStore | None = None) -> duckdb.DuckDBPyConnection:
+        conn = duckdb_for(store)
+        made.append(conn)
+        return conn
+
+    yield make
+    for conn in made:
+        conn.close()
+
+
+TZ_OFFSET_HOURS = 8
+LEASE_SECONDS = 60
+MAX_ATTEMPTS = 3
+
+
+class Pipeline:
+    """The ingest path as a run takes it: register keys, claim per partition, ingest each batch.
+
+    Talks to a real SQLite ledger, real DuckDB and the (local or moto S3) stores.
+    """
+
+    def __init__(
+        self,
+        raw: ObjectStore,
+        lake: ObjectStore,
+        engine: sa.Engine,
+        make_duck: Callable[[ObjectStore | None], duckdb.DuckDBPyConnection],
+    ) -> None:
+        self.raw = raw
+        self.lake = lake
+        self.engine = engine
+        self.conn = make_duck(lake)
+
+    def devices(self, rows: Iterable[tuple[str, str]]) -> None:
+        protocol.upsert_devices(self.engine, rows)
+
+    def run(self, limit: int = 1000) -> list[BatchReport]:
+        """Register every raw key, then claim and ingest batches until nothing is pending."""
+        protocol.register_keys(self.engine, self.raw.list(), TZ_OFFSET_HOURS)
+        reports = []
+        for part in protocol.pending_partitions(self.engine):
+            while batch := protocol.claim_batch(
+                self.engine, part.part_date, part.dstrct_code, limit, None, LEASE_SECONDS
+            ):
+                reports.append(
+                    ingest_batch(
+                        self.engine,
+                        self.conn,
+                        self.raw,
+                        self.lake,
+                        batch,
+                        TZ_OFFSET_HOURS,
+                        LEASE_SECONDS,
+                        MAX_ATTEMPTS,
+                    )
+                )
+        return reports
+
+    def glob(self, dataset: str) -> str:
+        return f"{self.lake.uri(dataset)}/**/*.parquet"
+
+    def has_files(self, dataset: str) -> bool:
+        return any(o.key.endswith(".parquet") for o in self.lake.list(f"{dataset}/"))
+
+    def rows(self, dataset: str = "datalog_v2", order_by: str = "source_file") -> list[dict[str, Any]]:
+        """Every row of a lake dataset (hive columns included), as dicts; [] if it has no files."""
+        if not self.has_files(dataset):
+            return []
+        cursor = self.conn.execute(
+            f"SELECT * FROM read_parquet(?, hive_partitioning = true, union_by_name = true) "
+            f"ORDER BY {order_by}",
+            [self.glob(dataset)],
+        )
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def key_rows(self) -> dict[str, dict[str, Any]]:
+        """The ledger's keys table by key."""
+        with self.engine.connect() as conn:
+            return {r.key: dict(r._mapping) for r in conn.execute(sa.select(keys)).all()}
+
+
+@pytest.fixture
+def pipeline(
+    store_pair: tuple[ObjectStore, ObjectStore],
+    tmp_path: Path,
+    duck_factory: Callable[[ObjectStore | None], duckdb.DuckDBPyConnection],
+) -> Pipeline:
+    """A `Pipeline` over `store_pair` with a fresh SQLite ledger in tmp_path."""
+    raw, lake = store_pair
+    engine = ledger_engine(f"sqlite:///{tmp_path}/ledger.db")
+    return Pipeline(raw, lake, engine, duck_factory)

@@ -1,0 +1,79 @@
+"""Helpers for the ledger tests: isolated PostgreSQL schemas and a claim worker for spawned processes.
+
+The worker lives here (an importable module, not the test module) so that the multiprocessing
+'spawn' start method can pickle it by reference.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing.synchronize import Barrier
+
+import sqlalchemy as sa
+
+from datalog_platform.ledger import protocol
+from datalog_platform.ledger.schema import create_schema
+
+POSTGRES_URL_ENV = "DATALOG_TEST_POSTGRES_URL"
+
+
+def schema_engine(url: str, schema: str) -> sa.Engine:
+    """An engine whose connections see only `schema` (via search_path)."""
+    return sa.create_engine(url, connect_args={"options": f"-csearch_path={schema}"})
+
+
+@contextmanager
+def postgres_schema(url: str) -> Iterator[tuple[sa.Engine, str]]:
+    """A fresh schema `t_<uuid>` holding the ledger tables; dropped (with everything in it) afterwards."""
+    schema = f"t_{uuid.uuid4().hex}"
+    admin = sa.create_engine(url)
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        engine = schema_engine(url, schema)
+        try:
+            create_schema(engine)
+            yield engine, schema
+        finally:
+            engine.dispose()
+            with admin.begin() as conn:
+                conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    finally:
+        admin.dispose()
+
+
+ClaimLog = list[tuple[str, list[int]]]
+
+
+def claim_until_empty(
+    url: str,
+    schema: str,
+    part_date: str,
+    region: str,
+    limit: int,
+    worker: int,
+    barrier: Barrier,
+    results: object,
+) -> None:
+    """Process entry point: wait at `barrier`, then claim batches until none is left.
+
+    Puts `(worker, [(batch_id, [key_id, ...]), ...])` on the `results` queue, or
+    `(worker, "ERROR: ...")` if anything failed, so the parent never waits for a dead worker.
+    """
+    try:
+        engine = schema_engine(url, schema)
+        with engine.connect() as conn:  # connect before the barrier: all start claiming at once
+            conn.execute(sa.text("SELECT 1"))
+        barrier.wait(timeout=60)
+        claimed: ClaimLog = []
+        while True:
+            batch = protocol.claim_batch(engine, part_date, region, limit, f"worker-{worker}", 600)
+            if batch is None:
+                break
+            claimed.append((batch.batch_id, [k.key_id for k in batch.keys]))
+        engine.dispose()
+        results.put((worker, claimed))  # type: ignore[attr-defined]
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the test
+        results.put((worker, f"ERROR: {type(exc).__name__}: {exc}"))  # type: ignore[attr-defined]
