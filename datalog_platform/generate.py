@@ -102,8 +102,15 @@ def generate(
     jobs = []
     for device, _region in registry:
         for h in range(hours):
-            jobs.append((device, start + timedelta(hours=h), rng.random() < bad_file_share,
-                         rng.random() < gzip_share, rng.getrandbits(32)))
+            jobs.append(
+                (
+                    device,
+                    start + timedelta(hours=h),
+                    rng.random() < bad_file_share,
+                    rng.random() < gzip_share,
+                    rng.getrandbits(32),
+                )
+            )
 
     def write(job: tuple[str, datetime, bool, bool, int]) -> tuple[int, int, int]:
         device, hour, bad, gz, file_seed = job
@@ -126,5 +133,3 @@ def generate(
         bytes=sum(w[2] for w in written),
         devices=registry,
     )
-
-

@@ -91,9 +91,7 @@ def ingest_batch(
     keys go back to PENDING (or FAILED once attempts run out).
     """
     started = time.perf_counter()
-    converter = BatchConverter(
-        conn, raw, lake, batch.batch_id, batch.part_date, batch.dstrct_code, tz_offset_hours
-    )
+    converter = BatchConverter(conn, raw, lake, batch.batch_id, batch.part_date, batch.dstrct_code, tz_offset_hours)
     files = [SourceFile(k.key_id, k.key) for k in batch.keys]
     try:
         with LeaseRenewer(engine, batch.batch_id, lease_seconds):
@@ -101,9 +99,7 @@ def ingest_batch(
                 files, before_write=lambda dirs: protocol.record_intent(engine, batch.batch_id, dirs)
             )
             outcomes = outcomes_of(result)
-            protocol.commit_batch(
-                engine, batch.batch_id, outcomes, result.files, result.rows, result.quarantined_lines
-            )
+            protocol.commit_batch(engine, batch.batch_id, outcomes, result.files, result.rows, result.quarantined_lines)
     except Exception as exc:
         protocol.abort_batch(engine, lake, batch.batch_id, f"{type(exc).__name__}: {exc}", max_attempts)
         raise

@@ -10,9 +10,7 @@ REGION_PARTITIONS_NAME = "region"
 
 region_partitions = dg.DynamicPartitionsDefinition(name=REGION_PARTITIONS_NAME)
 # end_offset keeps today's local date (ahead of UTC by the configured offset) materializable.
-date_partitions = dg.DailyPartitionsDefinition(
-    start_date=Settings.from_env().partitions_start_date, end_offset=2
-)
+date_partitions = dg.DailyPartitionsDefinition(start_date=Settings.from_env().partitions_start_date, end_offset=2)
 date_region_partitions = dg.MultiPartitionsDefinition({"date": date_partitions, "region": region_partitions})
 
 

@@ -6,6 +6,7 @@ DuckDB's httpfs), local directories, and in-memory DuckDB connections with the p
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -46,6 +47,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """moto's S3 HTTP server in a background thread; yields its endpoint URL."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one INFO line per request otherwise
     saved = {name: os.environ.get(name) for name in _FAKE_AWS_ENV}
     os.environ.update(_FAKE_AWS_ENV)
     port = _free_port()
@@ -63,9 +65,7 @@ def moto_server() -> Iterator[str]:
 
 
 def s3_access(endpoint: str) -> S3Access:
-    return S3Access(
-        region=REGION, endpoint_url=endpoint, access_key_id="testing", secret_access_key="testing"
-    )
+    return S3Access(region=REGION, endpoint_url=endpoint, access_key_id="testing", secret_access_key="testing")
 
 
 @pytest.fixture
@@ -84,6 +84,18 @@ def new_bucket(s3_client: Any) -> str:
     bucket = f"test-{uuid.uuid4().hex}"
     s3_client.create_bucket(Bucket=bucket)
     return bucket
+
+
+@pytest.fixture
+def s3_bucket(s3_client: Any) -> str:
+    """A fresh, empty bucket on the moto server."""
+    return new_bucket(s3_client)
+
+
+@pytest.fixture
+def s3_test_access(moto_server: str) -> S3Access:
+    """DuckDB/httpfs access to the moto server (path-style, plain http)."""
+    return s3_access(moto_server)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -155,6 +167,7 @@ class Pipeline:
     ) -> None:
         self.raw = raw
         self.lake = lake
+        self.tz_offset_hours = TZ_OFFSET_HOURS
         self.engine = engine
         self.conn = make_duck(lake)
 
@@ -194,8 +207,7 @@ class Pipeline:
         if not self.has_files(dataset):
             return []
         cursor = self.conn.execute(
-            f"SELECT * FROM read_parquet(?, hive_partitioning = true, union_by_name = true) "
-            f"ORDER BY {order_by}",
+            f"SELECT * FROM read_parquet(?, hive_partitioning = true, union_by_name = true) ORDER BY {order_by}",
             [self.glob(dataset)],
         )
         names = [d[0] for d in cursor.description]

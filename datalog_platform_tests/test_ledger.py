@@ -135,9 +135,7 @@ def count(engine: sa.Engine, table: sa.Table) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
 
-def seed(
-    engine: sa.Engine, n: int, device: str = "devA", region: str = REGION, hour: str = "2026110100"
-) -> list[str]:
+def seed(engine: sa.Engine, n: int, device: str = "devA", region: str = REGION, hour: str = "2026110100") -> list[str]:
     """Register `n` PENDING keys of one device and hour (so one partition)."""
     upsert_devices(engine, [(device, region)])
     names = [f"{device}/{hour}/f{i:05d}.json" for i in range(n)]
@@ -146,9 +144,7 @@ def seed(
     return names
 
 
-def claim(
-    engine: sa.Engine, limit: int = 100, day: str = DAY, region: str = REGION, lease: int = 600
-) -> Batch:
+def claim(engine: sa.Engine, limit: int = 100, day: str = DAY, region: str = REGION, lease: int = 600) -> Batch:
     batch = claim_batch(engine, day, region, limit, "run-test", lease)
     assert batch is not None
     return batch
@@ -157,9 +153,7 @@ def claim(
 def expire_lease(engine: sa.Engine, batch_id: str) -> None:
     with engine.begin() as conn:
         conn.execute(
-            sa.update(batches)
-            .where(batches.c.batch_id == batch_id)
-            .values(lease_until=utcnow() - timedelta(minutes=5))
+            sa.update(batches).where(batches.c.batch_id == batch_id).values(lease_until=utcnow() - timedelta(minutes=5))
         )
 
 
@@ -249,9 +243,7 @@ def test_register_keys_is_idempotent(engine: sa.Engine) -> None:
 
 def test_part_date_is_local_date_of_utc_hour(engine: sa.Engine) -> None:
     upsert_devices(engine, [("devA", REGION)])
-    register_keys(
-        engine, [obj("devA/2026110120/late.json"), obj("devA/2026110115/early.json")], tz_offset_hours=8
-    )
+    register_keys(engine, [obj("devA/2026110120/late.json"), obj("devA/2026110115/early.json")], tz_offset_hours=8)
     rows = key_rows(engine)
     assert rows["devA/2026110120/late.json"].part_date == "2026-11-02"  # 20:00 UTC = 04:00 next day
     assert rows["devA/2026110115/early.json"].part_date == "2026-11-01"  # 15:00 UTC = 23:00
@@ -383,9 +375,7 @@ def test_commit_marks_keys_final_and_batch_committed(engine: sa.Engine) -> None:
     assert b.committed_at is not None
 
 
-def test_commit_of_a_batch_no_longer_writing_raises_and_changes_nothing(
-    engine: sa.Engine, lake: LocalStore
-) -> None:
+def test_commit_of_a_batch_no_longer_writing_raises_and_changes_nothing(engine: sa.Engine, lake: LocalStore) -> None:
     seed(engine, 2)
     batch = claim(engine, limit=1)
     outcome = [KeyOutcome(batch.keys[0].key_id, SUCCESS, rows=5)]
@@ -513,9 +503,7 @@ def test_stale_writer_is_fenced_out_after_recovery(engine: sa.Engine, lake: Loca
     rows = key_rows(engine)
     assert {(r.status, r.batch_id) for r in rows.values()} == {(CLAIMED, successor.batch_id)}
     assert batch_row(engine, batch.batch_id).status == ABORTED
-    commit_batch(
-        engine, successor.batch_id, [KeyOutcome(k.key_id, SUCCESS, 1) for k in successor.keys], [], 2, 0
-    )
+    commit_batch(engine, successor.batch_id, [KeyOutcome(k.key_id, SUCCESS, 1) for k in successor.keys], [], 2, 0)
     assert {r.status for r in key_rows(engine).values()} == {SUCCESS}
 
 
@@ -529,9 +517,7 @@ ODD_LIMIT = 137
 
 
 def test_mssql_claim_statement_renders_locking_hints_with_bind_params() -> None:
-    compiled = claim_statement("mssql", BATCH_ID, ODD_DAY, ODD_REGION, ODD_LIMIT).compile(
-        dialect=mssql.dialect()
-    )
+    compiled = claim_statement("mssql", BATCH_ID, ODD_DAY, ODD_REGION, ODD_LIMIT).compile(dialect=mssql.dialect())
     sql = str(compiled)
 
     for fragment in ("UPDATE TOP", "WITH (ROWLOCK, UPDLOCK, READPAST)", "OUTPUT inserted.key_id", "WHERE"):
@@ -715,9 +701,7 @@ def test_ingest_is_exactly_once_across_a_crash_before_commit(
 
     committed = []
     for part in pending_partitions(engine):
-        while (
-            batch := claim_batch(engine, part.part_date, part.dstrct_code, 100, "run-retry", 60)
-        ) is not None:
+        while (batch := claim_batch(engine, part.part_date, part.dstrct_code, 100, "run-retry", 60)) is not None:
             committed.append(ingest_batch(engine, conn, raw, lake, batch, TZ, 60, 3).batch_id)
     conn.close()
 

@@ -11,20 +11,22 @@ DuckDB's httpfs reading the same objects by their s3:// URI.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import boto3
+import duckdb
 import pytest
 
 from datalog_platform.resources.store import (
     LocalStore,
     ObjectStore,
+    S3Access,
     S3Store,
     is_s3_url,
     split_s3_url,
 )
-from datalog_platform_tests.conftest import duckdb_for, new_bucket, s3_access
 
 # Deliberately includes keys whose lexicographic order differs from a per-directory walk:
 # "a/b" < "a-c" is False ('/' 0x2F > '-' 0x2D) and "a/b" < "a0" is True.
@@ -46,8 +48,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     if request.param == "local":
         return LocalStore(tmp_path / "root")
     client = request.getfixturevalue("s3_client")
-    endpoint: str = request.getfixturevalue("moto_server")
-    return S3Store(new_bucket(client), "pre fix/", client, s3_access(endpoint))
+    bucket: str = request.getfixturevalue("s3_bucket")
+    return S3Store(bucket, "pre fix/", client, request.getfixturevalue("s3_test_access"))
 
 
 def fill(store: ObjectStore) -> None:
@@ -135,17 +137,19 @@ def test_delete_many(store: ObjectStore) -> None:
     assert listed(store) == keys[20:]
 
 
-def test_uri_is_readable_by_duckdb(store: ObjectStore) -> None:
+def test_uri_is_readable_by_duckdb(
+    store: ObjectStore, duck_factory: Callable[[ObjectStore | None], duckdb.DuckDBPyConnection]
+) -> None:
     """`uri(key)` is what DuckDB opens: a path locally, an s3:// URL through httpfs on moto."""
     store.write_bytes("dev1/2026110100/log.json", b'{"a": 1}\n{"a": 2}\n')
-    conn = duckdb_for(store)
-    try:
-        total = conn.execute(
+    total = (
+        duck_factory(store)
+        .execute(
             "SELECT sum(a) FROM read_json(?, format = 'newline_delimited')",
             [[store.uri("dev1/2026110100/log.json")]],
-        ).fetchone()
-    finally:
-        conn.close()
+        )
+        .fetchone()
+    )
     assert total == (3,)
     assert store.uri().rstrip("/") == store.url.rstrip("/")
 
@@ -157,13 +161,15 @@ def test_local_store_paths(tmp_path: Path) -> None:
     assert listed(store, "nothing/here/") == []
 
 
-def test_s3_store_pagination_and_request_count(s3_client: Any, moto_server: str) -> None:
+def test_s3_store_pagination_and_request_count(
+    s3_client: Any, s3_bucket: str, s3_test_access: S3Access, moto_server: str
+) -> None:
     """Truncated pages are followed via continuation tokens, and every page request is counted.
 
     The store's own client asks moto for pages of 2 keys (a boto3 parameter hook), so paging is
     exercised without writing thousands of objects.
     """
-    bucket = new_bucket(s3_client)
+    bucket = s3_bucket
     paged = boto3.client(
         "s3",
         region_name="us-east-1",
@@ -176,7 +182,7 @@ def test_s3_store_pagination_and_request_count(s3_client: Any, moto_server: str)
         params.setdefault("MaxKeys", 2)
 
     paged.meta.events.register("provide-client-params.s3.ListObjectsV2", small_pages)
-    store = S3Store(bucket, "p/", paged, s3_access(moto_server))
+    store = S3Store(bucket, "p/", paged, s3_test_access)
     keys = [f"k/{i:02d}.json" for i in range(7)]
     # an object outside the prefix is not part of the store
     s3_client.put_object(Bucket=bucket, Key="outside.json", Body=b"")
@@ -195,12 +201,12 @@ def test_s3_store_pagination_and_request_count(s3_client: Any, moto_server: str)
     assert s3_client.list_objects_v2(Bucket=bucket)["KeyCount"] == 1
 
 
-def test_s3_store_urls(s3_client: Any, moto_server: str) -> None:
-    store = S3Store("bkt", "raw/", s3_client, s3_access(moto_server))
+def test_s3_store_urls(s3_client: Any, s3_test_access: S3Access) -> None:
+    store = S3Store("bkt", "raw/", s3_client, s3_test_access)
     assert store.url == "s3://bkt/raw"
     assert store.uri() == "s3://bkt/raw"
     assert store.uri("a/b.json") == "s3://bkt/raw/a/b.json"
-    root = S3Store("bkt", "", s3_client, s3_access(moto_server))
+    root = S3Store("bkt", "", s3_client, s3_test_access)
     assert root.uri("a.json") == "s3://bkt/a.json"
     assert split_s3_url("s3://bkt/some/prefix") == ("bkt", "some/prefix/")
     assert split_s3_url("s3://bkt") == ("bkt", "")

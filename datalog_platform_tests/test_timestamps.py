@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import duckdb
 import pytest
 
 from datalog_platform.transform.convert import INVALID_TIMESTAMP
 from datalog_platform.transform.timestamps import install_macros, with_instant
-from datalog_platform_tests.conftest import TZ_OFFSET_HOURS, Pipeline
+
+if TYPE_CHECKING:
+    from datalog_platform_tests.conftest import Pipeline
 
 EPOCH = datetime(1970, 1, 1)
 MISSING = object()  # the record has no heartbeat field at all
@@ -152,8 +155,8 @@ def _check_lake(pipeline: Pipeline, cases: list[tuple[str, object, datetime | No
             assert bad[name]["raw_line"] == record(name, heartbeat), name
         else:
             assert name not in bad, name
-            assert rows[name]["datetime_wita"] == expected + timedelta(hours=TZ_OFFSET_HOURS), name
-            local_day = (expected + timedelta(hours=TZ_OFFSET_HOURS)).date()
+            assert rows[name]["datetime_wita"] == expected + timedelta(hours=pipeline.tz_offset_hours), name
+            local_day = (expected + timedelta(hours=pipeline.tz_offset_hours)).date()
             assert str(rows[name]["hiveperiod"]) == local_day.isoformat(), name
     assert len(rows) == sum(1 for c in cases if c[2] is not None)
     assert len(bad) == sum(1 for c in cases if c[2] is None)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import gzip
 import json
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow.dataset as ds
@@ -26,7 +26,9 @@ import pytest
 from datalog_platform.ledger.schema import QUARANTINED, SUCCESS
 from datalog_platform.resources.store import LocalStore, S3Store
 from datalog_platform.transform.convert import INVALID_TIMESTAMP, MALFORMED_JSON
-from datalog_platform_tests.conftest import TZ_OFFSET_HOURS, Pipeline
+
+if TYPE_CHECKING:
+    from datalog_platform_tests.conftest import Pipeline
 
 REGION = "RG"
 HOUR_KEY = "2026110100"  # UTC hour in the key; local date 2026-11-01 at +8
@@ -133,6 +135,16 @@ def test_gzip_and_corrupt_gzip(pipeline: Pipeline) -> None:
         assert not ledger[key]["error"]
 
 
+def test_gzip_on_the_fast_path(pipeline: Pipeline) -> None:
+    """(b) a clean .json.gz batch is read by read_json itself (httpfs on S3), no line path."""
+    pipeline.devices([("dev1", REGION)])
+    key = f"dev1/{HOUR_KEY}/a.json.gz"
+    pipeline.raw.write_bytes(key, gzip.compress(ndjson(good("dev1", 1), good("dev1", 2))))
+    (report,) = pipeline.run()
+    assert (report.rows, report.line_path_files) == (2, 0)
+    assert [(r["seq"], r["source_file"]) for r in pipeline.rows(order_by="seq")] == [(1, key), (2, key)]
+
+
 def test_empty_file_next_to_good_file(pipeline: Pipeline) -> None:
     """(c) an empty (or blank-only) file is SUCCESS with 0 rows and contributes no rows."""
     pipeline.devices([("dev1", REGION)])
@@ -173,15 +185,36 @@ UNUSUAL_KEYS = [
 
 def test_unusual_keys(pipeline: Pipeline) -> None:
     """(d) keys with a quote, spaces, unicode, glob and URL characters are ingested; source_file
-    is the key exactly. On S3 they take the line path, locally only glob characters do."""
+    is the key exactly. On S3 they take the line path, locally only glob characters do (a key
+    read as a glob would also pull in the neighbour file it matches)."""
     pipeline.devices([("dev1", REGION)])
     for seq, key in enumerate(UNUSUAL_KEYS):
         pipeline.raw.write_bytes(key, ndjson(good("dev1", seq)))
+    neighbour = f"dev1/{HOUR_KEY}/glob1ab.json"  # matched by the glob `glob[1]*?.json`
+    pipeline.raw.write_bytes(neighbour, ndjson(good("dev1", 99)))
     (report,) = pipeline.run()
-    assert sorted((r["seq"], r["source_file"]) for r in pipeline.rows()) == list(enumerate(UNUSUAL_KEYS))
+    assert sorted((r["seq"], r["source_file"]) for r in pipeline.rows()) == [
+        *enumerate(UNUSUAL_KEYS),
+        (99, neighbour),
+    ]
     expected_line_path = len(UNUSUAL_KEYS) if isinstance(pipeline.raw, S3Store) else 1
     assert report.line_path_files == expected_line_path
     assert {r["status"] for r in pipeline.key_rows().values()} == {SUCCESS}
+
+
+def test_hive_looking_raw_path_adds_no_column(pipeline: Pipeline) -> None:
+    """A `name=value` directory in a raw key (here the device id) is not read as a hive column:
+    the record's own field of that name keeps its value and no column is added."""
+    pipeline.devices([("site=7", REGION)])
+    key = f"site=7/{HOUR_KEY}/log.json"
+    pipeline.raw.write_bytes(key, ndjson(good("site=7", 1, site="from-record"), good("site=7", 2)))
+    pipeline.run()
+    rows = pipeline.rows(order_by="seq")
+    assert [(r["site"], r["source_file"]) for r in rows] == [("from-record", key), (None, key)]
+    assert set(rows[0]) == {
+        "device_id", "heartbeat", "seq", "temperature", "site",
+        "datetime_wita", "source_file", "hiveperiod", "dstrct_code",
+    }  # fmt: skip
 
 
 def test_quote_key_with_bad_line(pipeline: Pipeline) -> None:
@@ -236,8 +269,7 @@ def test_output_columns_and_partitions(pipeline: Pipeline) -> None:
 
     types = dict(
         pipeline.conn.execute(
-            "SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM read_parquet(?, "
-            "hive_partitioning = true))",
+            "SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM read_parquet(?, hive_partitioning = true))",
             [pipeline.glob("datalog_v2")],
         ).fetchall()
     )
@@ -250,8 +282,8 @@ def test_output_columns_and_partitions(pipeline: Pipeline) -> None:
 
     rows = pipeline.rows(order_by="seq")
     assert [r["datetime_wita"] for r in rows] == [
-        before_midnight + timedelta(hours=TZ_OFFSET_HOURS),
-        after_midnight + timedelta(hours=TZ_OFFSET_HOURS),
+        before_midnight + timedelta(hours=pipeline.tz_offset_hours),
+        after_midnight + timedelta(hours=pipeline.tz_offset_hours),
     ]
     assert [str(r["hiveperiod"]) for r in rows] == ["2026-11-01", "2026-11-02"]
     assert {r["dstrct_code"] for r in rows} == {REGION}
@@ -321,6 +353,27 @@ def test_schema_drift_across_files(pipeline: Pipeline) -> None:
     assert [(r["extra_a"], r["extra_b"]) for r in rows] == [(1, None), (None, "x")]
 
 
+def test_type_conflict_between_fast_and_line_path(pipeline: Pipeline) -> None:
+    """A field that is a number in a clean file (fast path) and a string or object in a file with
+    a bad line (line path) keeps every value."""
+    pipeline.devices([("dev1", REGION)])
+    pipeline.raw.write_bytes(f"dev1/{HOUR_KEY}/a.json", ndjson(good("dev1", 1, extra=1)))
+    pipeline.raw.write_bytes(
+        f"dev1/{HOUR_KEY}/b.json",
+        ndjson(good("dev1", 2, extra="x"), good("dev1", 3, extra={"k": 1}), "broken"),
+    )
+    (report,) = pipeline.run()
+    assert (report.rows, report.quarantined_lines, report.line_path_files) == (3, 1, 1)
+    values = [
+        json.loads(v) if isinstance(v, str) and v[:1] in '{"' else v
+        for (v,) in pipeline.conn.execute(
+            "SELECT extra::VARCHAR FROM read_parquet(?, hive_partitioning = true) ORDER BY seq",
+            [pipeline.glob("datalog_v2")],
+        ).fetchall()
+    ]
+    assert values == ["1", "x", {"k": 1}]
+
+
 def test_fields_after_the_inference_sample_are_kept(pipeline: Pipeline) -> None:
     """A field or type that first appears deep in a large file is neither dropped nor nulled."""
     pipeline.devices([("dev1", REGION)])
@@ -333,7 +386,8 @@ def test_fields_after_the_inference_sample_are_kept(pipeline: Pipeline) -> None:
         "SELECT level::VARCHAR, late_field FROM read_parquet(?, hive_partitioning = true) WHERE seq = 25000",
         [pipeline.glob("datalog_v2")],
     ).fetchall()
-    assert last == ("high", "here")
+    # a column of numbers and strings becomes JSON: the late string survives as JSON text
+    assert (last[0].strip('"'), last[1]) == ("high", "here")
 
 
 def test_rerun_with_nothing_new_writes_nothing(pipeline: Pipeline) -> None:

@@ -1,6 +1,5 @@
 """Raw logs -> claimed key batches -> the hive-partitioned Parquet dataset."""
 
-
 from collections.abc import Iterator
 
 import dagster as dg
@@ -9,7 +8,12 @@ from pydantic import Field
 
 from datalog_platform.ingest import ingest_batch
 from datalog_platform.ledger import protocol
-from datalog_platform.partitions import date_and_region, date_partitions, date_region_partitions, partition_key
+from datalog_platform.partitions import (
+    date_and_region,
+    date_partitions,
+    date_region_partitions,
+    partition_key,
+)
 from datalog_platform.resources.duckdb import enable_s3
 from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.resources.stores import StoresResource

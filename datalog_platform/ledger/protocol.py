@@ -89,16 +89,10 @@ def upsert_devices(engine: sa.Engine, rows: Iterable[tuple[str, str]]) -> tuple[
         for chunk in _chunks(sorted(wanted)):
             existing = dict(
                 conn.execute(
-                    sa.select(devices.c.device_id, devices.c.dstrct_code).where(
-                        devices.c.device_id.in_(chunk)
-                    )
+                    sa.select(devices.c.device_id, devices.c.dstrct_code).where(devices.c.device_id.in_(chunk))
                 ).all()
             )
-            new = [
-                {"device_id": d, "dstrct_code": wanted[d], "updated_at": now}
-                for d in chunk
-                if d not in existing
-            ]
+            new = [{"device_id": d, "dstrct_code": wanted[d], "updated_at": now} for d in chunk if d not in existing]
             if new:
                 conn.execute(sa.insert(devices), new)
                 inserted += len(new)
@@ -517,14 +511,10 @@ def recover_expired(engine: sa.Engine, lake: _Listable, max_attempts: int) -> li
 
 def status_counts(engine: sa.Engine) -> dict[str, Any]:
     with engine.connect() as conn:
-        by_status = dict(
-            conn.execute(sa.select(keys.c.status, sa.func.count()).group_by(keys.c.status)).all()
-        )
+        by_status = dict(conn.execute(sa.select(keys.c.status, sa.func.count()).group_by(keys.c.status)).all())
         by_region: dict[str, dict[str, int]] = {}
         for region, status, count in conn.execute(
-            sa.select(keys.c.dstrct_code, keys.c.status, sa.func.count()).group_by(
-                keys.c.dstrct_code, keys.c.status
-            )
+            sa.select(keys.c.dstrct_code, keys.c.status, sa.func.count()).group_by(keys.c.dstrct_code, keys.c.status)
         ).all():
             by_region.setdefault(region or "(unrouted)", {})[status] = count
         rows = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(keys.c.rows), 0))).scalar()

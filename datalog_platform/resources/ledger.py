@@ -1,6 +1,5 @@
 """The ledger database as a Dagster resource: a SQLAlchemy engine (MSSQL, PostgreSQL or SQLite)."""
 
-
 import functools
 from pathlib import Path
 
@@ -44,9 +43,7 @@ class LedgerResource(dg.ConfigurableResource):
         LedgerResource(url=dg.EnvVar("DATALOG_LEDGER_URL"))
     """
 
-    url: str = Field(
-        description="SQLAlchemy URL: mssql+pymssql://..., postgresql+psycopg2://... or sqlite:///path"
-    )
+    url: str = Field(description="SQLAlchemy URL: mssql+pymssql://..., postgresql+psycopg2://... or sqlite:///path")
 
     def get_engine(self) -> sa.Engine:
         return ledger_engine(self.url)

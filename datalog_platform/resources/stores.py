@@ -1,6 +1,5 @@
 """The raw store and the lake as one Dagster resource on top of dagster-aws `S3Resource`."""
 
-
 import boto3
 import dagster as dg
 from dagster_aws.s3 import S3Resource

