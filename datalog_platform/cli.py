@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from datalog_platform.settings import Settings
@@ -83,7 +83,11 @@ class IngestSummary:
     quarantined_lines: int = 0
     keys: int = 0
     partitions: set[str] = field(default_factory=set)
+    step_seconds: float = 0.0  # time inside datalog_parquet, without Dagster's own overhead
     seconds: float = 0.0
+
+    def as_json(self) -> dict[str, object]:
+        return {**asdict(self), "partitions": sorted(self.partitions)}
 
 
 def run_ingest(settings: Settings) -> IngestSummary:
@@ -140,6 +144,7 @@ def run_ingest(settings: Settings) -> IngestSummary:
                         summary.rows += mat.metadata["rows"].value
                         summary.keys += mat.metadata["keys"].value
                         summary.quarantined_lines += mat.metadata["quarantined_lines"].value
+                        summary.step_seconds += mat.metadata["seconds"].value
                     if mat.asset_key == dg.AssetKey("datalog_parquet"):
                         summary.partitions.add(str(mat.partition))
     summary.unrouted = protocol.status_counts(engine)["by_status"].get("UNROUTED", 0)
@@ -147,8 +152,11 @@ def run_ingest(settings: Settings) -> IngestSummary:
     return summary
 
 
-def cmd_ingest(settings: Settings) -> int:
+def cmd_ingest(settings: Settings, as_json: bool = False) -> int:
     s = run_ingest(settings)
+    if as_json:
+        print(json.dumps(s.as_json(), indent=2))
+        return 1 if s.failed_runs else 0
     print(
         f"registered {s.registered} new object(s) ({s.ignored} ignored), routed {s.routed}; "
         f"{s.runs} run(s) ingested {s.keys} key(s): {s.rows} rows, {s.quarantined_lines} line(s) "
@@ -234,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     devices = sub.add_parser("devices", help="the device registry").add_subparsers(dest="action", required=True)
     load = devices.add_parser("load", help="upsert devices from a CSV (device_id,dstrct_code)")
     load.add_argument("path")
-    sub.add_parser("ingest", help="register new raw objects and ingest every pending partition")
+    ingest = sub.add_parser("ingest", help="register new raw objects and ingest every pending partition")
+    ingest.add_argument("--json", action="store_true", help="print the summary as a JSON object")
     ledger = sub.add_parser("ledger", help="the ledger").add_subparsers(dest="action", required=True)
     status = ledger.add_parser("status", help="keys by status and region")
     status.add_argument("--json", action="store_true", help="print a JSON object")
@@ -254,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "devices":
             return cmd_devices_load(settings, args.path)
         if args.command == "ingest":
-            return cmd_ingest(settings)
+            return cmd_ingest(settings, args.json)
         if args.command == "ledger":
             return cmd_ledger_status(settings, args.json)
         if args.command == "generate":
