@@ -253,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--rows", type=int, required=True)
     gen.add_argument("--seed", type=int, default=0)
     sub.add_parser("demo", help="generate, load, ingest, and show what landed where")
+    sub.add_parser("dagster-home", help="prepare DAGSTER_HOME (as `datalog ingest` uses it) and print its path")
     return parser
 
 
@@ -268,6 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_ledger_status(settings, args.json)
         if args.command == "generate":
             return cmd_generate(settings, args.devices, args.hours, args.rows, args.seed)
+        if args.command == "dagster-home":
+            print(_prepare_dagster_home(settings))
+            return 0
         return cmd_demo(settings)
     except (ValueError, FileNotFoundError) as exc:
         print(f"datalog: {exc}", file=sys.stderr)

@@ -64,12 +64,16 @@ class LocalStore:
         if not base.is_dir():
             return
         found: list[tuple[str, int]] = []
-        for dirpath, _dirs, files in os.walk(base):
-            for name in files:
-                path = Path(dirpath) / name
-                key = path.relative_to(self.root).as_posix()
-                if key.startswith(prefix) and (start_after is None or key > start_after):
-                    found.append((key, path.stat().st_size))
+        pending = [(str(base), base.relative_to(self.root).as_posix().lstrip("."))]
+        while pending:
+            directory, rel = pending.pop()
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    key = f"{rel}/{entry.name}" if rel else entry.name
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append((entry.path, key))
+                    elif key.startswith(prefix) and (start_after is None or key > start_after):
+                        found.append((key, entry.stat().st_size))
         for key, size in sorted(found):
             yield ObjectInfo(key=key, size=size)
 
