@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from datalog_platform.ledger import protocol
 from datalog_platform.ledger.schema import create_schema
+from datalog_platform.resources.store import ObjectInfo
 
 POSTGRES_URL_ENV = "DATALOG_TEST_POSTGRES_URL"
 
@@ -75,5 +76,21 @@ def claim_until_empty(
             claimed.append((batch.batch_id, [k.key_id for k in batch.keys]))
         engine.dispose()
         results.put((worker, claimed))  # type: ignore[attr-defined]
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the test
+        results.put((worker, f"ERROR: {type(exc).__name__}: {exc}"))  # type: ignore[attr-defined]
+
+
+def register_same_objects(url: str, schema: str, count: int, worker: int, barrier: Barrier, results: object) -> None:
+    """Process entry point: wait at `barrier`, then register the same `count` objects as every
+    other worker. Puts `(worker, registered)` or `(worker, "ERROR: ...")` on `results`."""
+    try:
+        engine = schema_engine(url, schema)
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        objects = [ObjectInfo(f"dev{n % 50:03d}/2026110100/log-{n}.json", 10) for n in range(count)]
+        barrier.wait(timeout=60)
+        result = protocol.register_keys(engine, objects, 8)
+        engine.dispose()
+        results.put((worker, result.registered))  # type: ignore[attr-defined]
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the test
         results.put((worker, f"ERROR: {type(exc).__name__}: {exc}"))  # type: ignore[attr-defined]

@@ -645,6 +645,35 @@ def test_concurrent_claimers_never_share_a_key() -> None:
         assert batch_keys == claimed_batches
 
 
+def test_concurrent_registrars_register_each_key_once() -> None:
+    """Two discovery passes registering the same new objects at the same moment: no error, and
+    every key is in the ledger once (a unique-key conflict makes a registrar look again)."""
+    url = postgres_url()
+    count = 3000
+    with ledger_helpers.postgres_schema(url) as (eng, schema):
+        ctx = multiprocessing.get_context("spawn")
+        barrier = ctx.Barrier(2)
+        results = ctx.Queue()
+        procs = [
+            ctx.Process(target=ledger_helpers.register_same_objects, args=(url, schema, count, n, barrier, results))
+            for n in range(2)
+        ]
+        for p in procs:
+            p.start()
+        try:
+            reports = dict(results.get(timeout=180) for _ in procs)
+        finally:
+            for p in procs:
+                p.join(timeout=60)
+                if p.is_alive():
+                    p.kill()
+        assert not [r for r in reports.values() if isinstance(r, str)], reports
+        assert sum(reports.values()) == count
+        with eng.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(keys)).scalar() == count
+            assert conn.execute(sa.select(sa.func.count(sa.distinct(keys.c.key)))).scalar() == count
+
+
 # ---------------------------------------------------------------------------------------------
 # 7. Exactly-once across a crash between write and commit
 

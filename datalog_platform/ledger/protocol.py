@@ -33,6 +33,7 @@ from datalog_platform.ledger.schema import (
 
 _RAW_KEY = re.compile(r"(?P<device>[^/]+)/(?P<hour>\d{10})/[^/]+\.json(\.gz)?")
 _CHUNK = 500
+_REGISTER_ATTEMPTS = 3
 
 
 class StaleBatchError(RuntimeError):
@@ -131,39 +132,49 @@ def register_keys(engine: sa.Engine, objects: Iterable[Any], tz_offset_hours: in
         regions = dict(conn.execute(sa.select(devices.c.device_id, devices.c.dstrct_code)).all())
     batch: list[tuple[Any, RawKey]] = []
 
+    def insert_new(conn: sa.Connection, now: datetime) -> list[dict[str, Any]]:
+        names = [obj.key for obj, _ in batch]
+        known = set(conn.execute(sa.select(keys.c.key).where(keys.c.key.in_(names))).scalars())
+        new_rows = []
+        for obj, raw in batch:
+            if obj.key in known:
+                continue
+            known.add(obj.key)
+            region = regions.get(raw.device_id)
+            new_rows.append(
+                {
+                    "key": obj.key,
+                    "etag": obj.etag,
+                    "size": obj.size,
+                    "device_id": raw.device_id,
+                    "key_hour": raw.hour,
+                    "dstrct_code": region,
+                    "part_date": local_date(raw.hour, tz_offset_hours),
+                    "status": PENDING if region else UNROUTED,
+                    "attempts": 0,
+                    "discovered_at": now,
+                }
+            )
+        if new_rows:
+            conn.execute(sa.insert(keys), new_rows)
+        return new_rows
+
     def flush() -> None:
         nonlocal registered, unrouted, total_bytes
         if not batch:
             return
-        now = utcnow()
-        with engine.begin() as conn:
-            names = [obj.key for obj, _ in batch]
-            known = set(conn.execute(sa.select(keys.c.key).where(keys.c.key.in_(names))).scalars())
-            new_rows = []
-            for obj, raw in batch:
-                if obj.key in known:
-                    continue
-                known.add(obj.key)
-                region = regions.get(raw.device_id)
-                new_rows.append(
-                    {
-                        "key": obj.key,
-                        "etag": obj.etag,
-                        "size": obj.size,
-                        "device_id": raw.device_id,
-                        "key_hour": raw.hour,
-                        "dstrct_code": region,
-                        "part_date": local_date(raw.hour, tz_offset_hours),
-                        "status": PENDING if region else UNROUTED,
-                        "attempts": 0,
-                        "discovered_at": now,
-                    }
-                )
-                unrouted += region is None
-                total_bytes += obj.size
-            if new_rows:
-                conn.execute(sa.insert(keys), new_rows)
-                registered += len(new_rows)
+        for attempt in range(_REGISTER_ATTEMPTS):
+            try:
+                with engine.begin() as conn:
+                    new_rows = insert_new(conn, utcnow())
+                break
+            except sa.exc.IntegrityError:
+                # another registrar inserted some of these keys first: look again
+                if attempt == _REGISTER_ATTEMPTS - 1:
+                    raise
+        registered += len(new_rows)
+        unrouted += sum(1 for row in new_rows if row["status"] == UNROUTED)
+        total_bytes += sum(row["size"] for row in new_rows)
         batch.clear()
 
     for obj in objects:
