@@ -84,6 +84,7 @@ class IngestSummary:
     keys: int = 0
     partitions: set[str] = field(default_factory=set)
     step_seconds: float = 0.0  # time inside datalog_parquet, without Dagster's own overhead
+    out_of_range_keys: int = 0  # pending keys whose date has no partition (see DATALOG_PARTITIONS_START_DATE)
     seconds: float = 0.0
 
     def as_json(self) -> dict[str, object]:
@@ -98,7 +99,7 @@ def run_ingest(settings: Settings) -> IngestSummary:
 
     from datalog_platform.definitions import build_definitions
     from datalog_platform.ledger import protocol
-    from datalog_platform.partitions import REGION_PARTITIONS_NAME, partition_key
+    from datalog_platform.partitions import REGION_PARTITIONS_NAME, date_partitions, partition_key
     from datalog_platform.resources.ledger import ledger_engine
 
     started = time.perf_counter()
@@ -116,12 +117,12 @@ def run_ingest(settings: Settings) -> IngestSummary:
             instance.add_dynamic_partitions(REGION_PARTITIONS_NAME, new_regions)
         job = defs.resolve_job_def("ingest_partition_job")
         given_up: set[tuple[str, str]] = set()
+        first, last = date_partitions.get_first_partition_key(), date_partitions.get_last_partition_key()
         while True:
-            backlog = [
-                p
-                for p in protocol.pending_partitions(engine)
-                if (p.part_date, p.dstrct_code) not in given_up and p.part_date >= settings.partitions_start_date
-            ]
+            pending = protocol.pending_partitions(engine)
+            in_range = [p for p in pending if first <= p.part_date <= last]
+            summary.out_of_range_keys = sum(p.keys for p in pending) - sum(p.keys for p in in_range)
+            backlog = [p for p in in_range if (p.part_date, p.dstrct_code) not in given_up]
             if not backlog:
                 break
             for part in backlog:
@@ -164,6 +165,11 @@ def cmd_ingest(settings: Settings, as_json: bool = False) -> int:
     )
     if s.unrouted:
         print(f"{s.unrouted} key(s) wait for devices missing from the registry (UNROUTED)")
+    if s.out_of_range_keys:
+        print(
+            f"{s.out_of_range_keys} pending key(s) have a date outside the date partitions "
+            "(DATALOG_PARTITIONS_START_DATE .. tomorrow) and were not ingested"
+        )
     for failed in s.failed_runs:
         print(f"FAILED: {failed}", file=sys.stderr)
     return 1 if s.failed_runs else 0
@@ -231,7 +237,8 @@ def cmd_demo(settings: Settings) -> int:
         "\nNext:\n"
         "  .venv/bin/datalog ledger status        keys by status and region\n"
         "  make ui                                 Dagster UI on http://127.0.0.1:3000 (runs, partitions)\n"
-        f"  duckdb -c \"FROM read_parquet('{lake}/datalog_v2/**/*.parquet', hive_partitioning=true)\""
+        f"  .venv/bin/python -c \"import duckdb; duckdb.sql(\\\"FROM read_parquet('{lake}/datalog_v2/**/*.parquet', "
+        'hive_partitioning=true) LIMIT 5\\").show()"\n'
     )
     return code
 
