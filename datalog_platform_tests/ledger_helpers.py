@@ -6,8 +6,9 @@ The worker lives here (an importable module, not the test module) so that the mu
 
 from __future__ import annotations
 
+import multiprocessing
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing.synchronize import Barrier
 
@@ -43,6 +44,25 @@ def postgres_schema(url: str) -> Iterator[tuple[sa.Engine, str]]:
                 conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
     finally:
         admin.dispose()
+
+
+def run_at_once(target: Callable[..., None], args_per_process: list[tuple[object, ...]]) -> dict[int, object]:
+    """Start one spawned process per argument tuple; each calls `target(*args, n, barrier, queue)`,
+    waits at the barrier so that all start together, and puts `(n, report)` on the queue.
+    Returns the reports by process number; a process still alive after its report is killed."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(len(args_per_process))
+    results = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, n, barrier, results)) for n, args in enumerate(args_per_process)]
+    for p in procs:
+        p.start()
+    try:
+        return dict(results.get(timeout=180) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
 
 
 ClaimLog = list[tuple[str, list[int]]]

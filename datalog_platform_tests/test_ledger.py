@@ -14,7 +14,6 @@ is a `commit_batch` that raises a BaseException, standing in for a killed proces
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import uuid
 from collections.abc import Iterator
@@ -605,25 +604,9 @@ def test_concurrent_claimers_never_share_a_key() -> None:
             all_ids = set(conn.execute(sa.select(keys.c.key_id)).scalars())
         assert len(all_ids) == CONCURRENT_KEYS
 
-        ctx = multiprocessing.get_context("spawn")
-        barrier = ctx.Barrier(WORKERS)
-        results = ctx.Queue()
-        procs = [
-            ctx.Process(
-                target=ledger_helpers.claim_until_empty,
-                args=(url, schema, DAY, REGION, 100, n, barrier, results),
-            )
-            for n in range(WORKERS)
-        ]
-        for p in procs:
-            p.start()
-        try:
-            reports = dict(results.get(timeout=180) for _ in procs)
-        finally:
-            for p in procs:
-                p.join(timeout=60)
-                if p.is_alive():
-                    p.kill()
+        reports = ledger_helpers.run_at_once(
+            ledger_helpers.claim_until_empty, [(url, schema, DAY, REGION, 100)] * WORKERS
+        )
         errors = [r for r in reports.values() if isinstance(r, str)]
         assert not errors
 
@@ -651,22 +634,7 @@ def test_concurrent_registrars_register_each_key_once() -> None:
     url = postgres_url()
     count = 3000
     with ledger_helpers.postgres_schema(url) as (eng, schema):
-        ctx = multiprocessing.get_context("spawn")
-        barrier = ctx.Barrier(2)
-        results = ctx.Queue()
-        procs = [
-            ctx.Process(target=ledger_helpers.register_same_objects, args=(url, schema, count, n, barrier, results))
-            for n in range(2)
-        ]
-        for p in procs:
-            p.start()
-        try:
-            reports = dict(results.get(timeout=180) for _ in procs)
-        finally:
-            for p in procs:
-                p.join(timeout=60)
-                if p.is_alive():
-                    p.kill()
+        reports = ledger_helpers.run_at_once(ledger_helpers.register_same_objects, [(url, schema, count)] * 2)
         assert not [r for r in reports.values() if isinstance(r, str)], reports
         assert sum(reports.values()) == count
         with eng.connect() as conn:
