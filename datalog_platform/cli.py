@@ -61,9 +61,10 @@ def read_registry_csv(text: str) -> list[tuple[str, str]]:
 
 def cmd_devices_load(settings: Settings, path: str) -> int:
     from datalog_platform.ledger import protocol
-    from datalog_platform.resources.ledger import ledger_engine
+    from datalog_platform.ledger.engine import ledger_engine
 
-    rows = read_registry_csv(Path(path).read_text(encoding="utf-8"))
+    # utf-8-sig: spreadsheet exports start the file with a byte-order mark
+    rows = read_registry_csv(Path(path).read_text(encoding="utf-8-sig"))
     engine = ledger_engine(settings.ledger_url)
     inserted, updated = protocol.upsert_devices(engine, rows)
     routed = protocol.route_unrouted(engine)
@@ -99,8 +100,8 @@ def run_ingest(settings: Settings) -> IngestSummary:
 
     from datalog_platform.definitions import build_definitions
     from datalog_platform.ledger import protocol
+    from datalog_platform.ledger.engine import ledger_engine
     from datalog_platform.partitions import REGION_PARTITIONS_NAME, date_partitions, partition_key
-    from datalog_platform.resources.ledger import ledger_engine
 
     started = time.perf_counter()
     summary = IngestSummary()
@@ -155,6 +156,8 @@ def run_ingest(settings: Settings) -> IngestSummary:
 
 def cmd_ingest(settings: Settings, as_json: bool = False) -> int:
     s = run_ingest(settings)
+    for failed in s.failed_runs:
+        print(f"FAILED: {failed}", file=sys.stderr)
     if as_json:
         print(json.dumps(s.as_json(), indent=2))
         return 1 if s.failed_runs else 0
@@ -170,14 +173,12 @@ def cmd_ingest(settings: Settings, as_json: bool = False) -> int:
             f"{s.out_of_range_keys} pending key(s) have a date outside the date partitions "
             "(DATALOG_PARTITIONS_START_DATE .. tomorrow) and were not ingested"
         )
-    for failed in s.failed_runs:
-        print(f"FAILED: {failed}", file=sys.stderr)
     return 1 if s.failed_runs else 0
 
 
 def cmd_ledger_status(settings: Settings, as_json: bool) -> int:
     from datalog_platform.ledger import protocol
-    from datalog_platform.resources.ledger import ledger_engine
+    from datalog_platform.ledger.engine import ledger_engine
 
     counts = protocol.status_counts(ledger_engine(settings.ledger_url))
     if as_json:

@@ -20,9 +20,10 @@ from datalog_platform.resources.stores import StoresResource
 from datalog_platform.settings import Settings
 
 
-def _secret_or_default(name: str, default: str) -> str | dg.EnvVar:
-    """A value that may hold credentials is passed as an EnvVar, so it never shows in the UI."""
-    return dg.EnvVar(name) if os.environ.get(name) else default
+def _secret(name: str, value: str) -> str | dg.EnvVar:
+    """A value that may hold credentials is passed as an EnvVar when it comes from the
+    environment, so that it never shows in the UI; otherwise the value itself."""
+    return dg.EnvVar(name) if os.environ.get(name) == value else value
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
@@ -30,7 +31,13 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=[raw_datalog_logs, claimed_key_batches, datalog_parquet],
         jobs=[ingest_partition_job],
         resources={
-            "ledger": LedgerResource(url=_secret_or_default("DATALOG_LEDGER_URL", settings.ledger_url)),
+            "ledger": LedgerResource(
+                url=_secret("DATALOG_LEDGER_URL", settings.ledger_url),
+                key_limit_per_run=settings.key_limit_per_run,
+                lease_seconds=settings.lease_seconds,
+                max_attempts=settings.max_attempts,
+                tz_offset_hours=settings.tz_offset_hours,
+            ),
             "stores": StoresResource(
                 raw_url=settings.raw_url,
                 lake_url=settings.lake_url,

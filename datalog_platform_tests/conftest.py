@@ -22,9 +22,9 @@ from moto.server import ThreadedMotoServer
 
 from datalog_platform.ingest import BatchReport, ingest_batch
 from datalog_platform.ledger import protocol
+from datalog_platform.ledger.engine import ledger_engine
 from datalog_platform.ledger.schema import keys
 from datalog_platform.resources.duckdb import enable_s3
-from datalog_platform.resources.ledger import ledger_engine
 from datalog_platform.resources.store import LocalStore, ObjectStore, S3Access, S3Store
 from datalog_platform.transform.timestamps import install_macros
 

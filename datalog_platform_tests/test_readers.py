@@ -32,8 +32,8 @@ from pyspark.sql import types as st
 from datalog_platform.generate import GenerateSummary, generate
 from datalog_platform.ingest import ingest_batch
 from datalog_platform.ledger import protocol
+from datalog_platform.ledger.engine import ledger_engine
 from datalog_platform.ledger.schema import keys
-from datalog_platform.resources.ledger import ledger_engine
 from datalog_platform.resources.store import LocalStore
 from datalog_platform.transform.timestamps import install_macros
 

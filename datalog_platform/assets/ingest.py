@@ -17,11 +17,8 @@ from datalog_platform.partitions import (
 from datalog_platform.resources.duckdb import enable_s3
 from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.resources.stores import StoresResource
-from datalog_platform.settings import Settings
 from datalog_platform.transform.convert import DATASET
 from datalog_platform.transform.timestamps import install_macros
-
-SETTINGS = Settings.from_env()
 
 raw_datalog_logs = dg.AssetSpec(
     "raw_datalog_logs",
@@ -32,14 +29,14 @@ raw_datalog_logs = dg.AssetSpec(
 
 
 class ClaimConfig(dg.Config):
-    key_limit_per_run: int = Field(
-        default=SETTINGS.key_limit_per_run, description="Most keys one run claims (DATALOG_KEY_LIMIT_PER_RUN)"
+    key_limit_per_run: int | None = Field(
+        default=None, description="Most keys this run claims (default: the ledger's, DATALOG_KEY_LIMIT_PER_RUN)"
     )
 
 
 class ParquetConfig(dg.Config):
-    ram_limit: str = Field(
-        default=SETTINGS.ram_limit, description="DuckDB memory_limit for this run (DATALOG_RAM_LIMIT)"
+    ram_limit: str | None = Field(
+        default=None, description="DuckDB memory_limit for this run (default: DATALOG_RAM_LIMIT)"
     )
 
 
@@ -59,11 +56,16 @@ def claimed_key_batches(
     """A batch of pending raw keys of the partition, leased to this run in the ledger."""
     part_date, region = date_and_region(context.partition_key)
     engine = ledger.get_engine()
-    recovered = protocol.recover_expired(engine, stores.lake(), SETTINGS.max_attempts)
+    recovered = protocol.recover_expired(engine, stores.lake(), ledger.max_attempts)
     if recovered:
         context.log.warning(f"recovered {len(recovered)} batch(es) whose writer stopped: {recovered}")
     batch = protocol.claim_batch(
-        engine, part_date, region, config.key_limit_per_run, context.run_id, SETTINGS.lease_seconds
+        engine,
+        part_date,
+        region,
+        config.key_limit_per_run or ledger.key_limit_per_run,
+        context.run.run_id,
+        ledger.lease_seconds,
     )
     if batch is None:
         context.log.info(f"no pending keys for {part_date} / {region}; nothing to ingest")
@@ -97,7 +99,8 @@ def datalog_parquet(
     lake = stores.lake()
     access = stores.s3_access()
     with duckdb.get_connection() as conn:
-        conn.execute("SET memory_limit = ?", [config.ram_limit])
+        if config.ram_limit:
+            conn.execute("SET memory_limit = ?", [config.ram_limit])
         install_macros(conn)
         if access is not None:
             enable_s3(conn, access)
@@ -107,9 +110,9 @@ def datalog_parquet(
             stores.raw(),
             lake,
             batch,
-            SETTINGS.tz_offset_hours,
-            SETTINGS.lease_seconds,
-            SETTINGS.max_attempts,
+            ledger.tz_offset_hours,
+            ledger.lease_seconds,
+            ledger.max_attempts,
         )
     own_date, region = date_and_region(context.partition_key)
     for day, rows in sorted(report.partitions.items()):
@@ -148,6 +151,5 @@ def datalog_parquet(
 ingest_partition_job = dg.define_asset_job(
     "ingest_partition_job",
     selection=[claimed_key_batches, datalog_parquet],
-    partitions_def=date_region_partitions,
     description="Claim up to key_limit_per_run pending keys of one date x region partition and ingest them.",
 )

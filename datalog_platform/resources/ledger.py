@@ -1,49 +1,26 @@
-"""The ledger database as a Dagster resource: a SQLAlchemy engine (MSSQL, PostgreSQL or SQLite)."""
-
-import functools
-from pathlib import Path
+"""The ledger database and the claim protocol's settings as one Dagster resource."""
 
 import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
 
-from datalog_platform.ledger.schema import create_schema
-
-
-@functools.cache
-def ledger_engine(url: str) -> sa.Engine:
-    """One engine per URL and process, its schema created on first use.
-
-    SQLite gets WAL (readers never block the writer) and a long busy timeout, since concurrent
-    claimers queue on its single writer lock.
-    """
-    if url.startswith("sqlite"):
-        database = sa.make_url(url).database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 60})
-
-        @sa.event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-    else:
-        engine = sa.create_engine(url, pool_pre_ping=True)
-    create_schema(engine)
-    return engine
+from datalog_platform.ledger.engine import ledger_engine
 
 
 class LedgerResource(dg.ConfigurableResource):
-    """The SQL ledger that tracks every raw object and batch.
+    """The SQL ledger that tracks every raw object and batch, and how batches are claimed.
 
     Example:
-        LedgerResource(url=dg.EnvVar("DATALOG_LEDGER_URL"))
+        LedgerResource(url=dg.EnvVar("DATALOG_LEDGER_URL"), key_limit_per_run=1000)
     """
 
     url: str = Field(description="SQLAlchemy URL: mssql+pymssql://..., postgresql+psycopg2://... or sqlite:///path")
+    key_limit_per_run: int = Field(default=1000, description="Most keys one run claims (DATALOG_KEY_LIMIT_PER_RUN)")
+    lease_seconds: int = Field(
+        default=900, description="Lease of a claimed batch; renewed while written, taken over once it lapses"
+    )
+    max_attempts: int = Field(default=3, description="Failed batches a key survives before it is FAILED")
+    tz_offset_hours: int = Field(default=8, description="Local time = UTC + offset (DATALOG_TZ_OFFSET_HOURS)")
 
     def get_engine(self) -> sa.Engine:
         return ledger_engine(self.url)

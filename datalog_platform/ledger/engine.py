@@ -1,0 +1,36 @@
+"""SQLAlchemy engines for the ledger: MSSQL, PostgreSQL or SQLite, one per URL and process."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from datalog_platform.ledger.schema import create_schema
+
+
+@functools.cache
+def ledger_engine(url: str) -> sa.Engine:
+    """One engine per URL and process, its schema created on first use.
+
+    SQLite gets WAL (readers never block the writer) and a long busy timeout, since concurrent
+    claimers queue on its single writer lock.
+    """
+    if url.startswith("sqlite"):
+        database = sa.make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+    else:
+        engine = sa.create_engine(url, pool_pre_ping=True)
+    create_schema(engine)
+    return engine

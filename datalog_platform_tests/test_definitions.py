@@ -1,0 +1,231 @@
+"""The Dagster definitions: they validate, load with the expected assets, job and resources, and a
+date x region partition materializes through the same code path the Dagster UI uses.
+
+Covers `dagster definitions validate` on the code location, the shape of the Definitions object
+(external raw asset, the date x region MultiPartitionsDefinition, the job, the three resources),
+that `build_definitions` wires the resources from the settings it is given, and `dg.materialize` of
+claimed_key_batches + datalog_parquet for one partition: the materialization metadata, a second
+materialization for the neighbouring date its rows reached, the Parquet rows in the lake, the keys
+in the ledger, and a partition with nothing pending (claims nothing, writes nothing).
+
+Real parts only: the `dagster` CLI in a subprocess, a real ephemeral Dagster instance
+(`dg.instance_for_test`, a temp directory), a SQLite ledger file, local directories as raw store
+and lake, the platform's generator and in-memory DuckDB. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from datalog_platform.assets.ingest import claimed_key_batches, datalog_parquet, raw_datalog_logs
+from datalog_platform.definitions import build_definitions, defs
+from datalog_platform.generate import generate
+from datalog_platform.ledger import protocol
+from datalog_platform.ledger.engine import ledger_engine
+from datalog_platform.ledger.schema import COMMITTED, PENDING, SUCCESS, batches
+from datalog_platform.partitions import REGION_PARTITIONS_NAME, date_region_partitions, partition_key
+from datalog_platform.resources.ledger import LedgerResource
+from datalog_platform.resources.store import LocalStore
+from datalog_platform.resources.stores import StoresResource
+from datalog_platform.settings import Settings
+
+try:  # run from the repository root (package-style) or with pytest's rootdir-relative imports
+    from datalog_platform_tests import cli_helpers
+except ImportError:  # pragma: no cover - depends on how pytest was started
+    import cli_helpers  # type: ignore[no-redef]
+
+DAY = "2026-11-01"
+NEXT_DAY = "2026-11-02"
+REGION = "BRCB"  # dev00000's region in the generator's registry
+# A late upload of dev00000: filed under 15:00 UTC (23:00 local, DAY) but its records are from
+# 16:xx UTC, so they belong to the local date NEXT_DAY.
+LATE_KEY = "dev00000/2026110115/late.json"
+LATE_LINES = [
+    f'{{"device_id":"dev00000","heartbeat":"2026-11-01T16:{10 * i:02d}:00Z","temperature":20.5,"seq":{100 + i}}}'
+    for i in range(3)
+]
+
+
+def test_dagster_definitions_validate(tmp_path: Path) -> None:
+    """`dagster definitions validate -m datalog_platform.definitions` accepts the code location."""
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    env = cli_helpers.cli_env(tmp_path / "home", DAGSTER_HOME=str(dagster_home))
+    dagster = Path(sys.executable).with_name("dagster")
+    proc = subprocess.run(
+        [str(dagster), "definitions", "validate", "-m", "datalog_platform.definitions"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, cli_helpers.describe(proc)
+    assert "Validation successful" in proc.stdout + proc.stderr, cli_helpers.describe(proc)
+
+
+def test_definitions_object_shape() -> None:
+    """Assets, partitions, the job and the resources are what the UI and the CLI rely on."""
+    graph = defs.resolve_asset_graph()
+    raw, claimed, parquet = (
+        graph.get(dg.AssetKey(name)) for name in ("raw_datalog_logs", "claimed_key_batches", "datalog_parquet")
+    )
+    assert graph.get_all_asset_keys() == {raw.key, claimed.key, parquet.key}
+
+    assert raw.is_external and not raw.is_materializable
+    assert raw.partitions_def is None
+    assert claimed.is_materializable and parquet.is_materializable
+    assert claimed.parent_keys == {raw.key}
+    assert parquet.parent_keys == {claimed.key}
+
+    for node in (claimed, parquet):
+        pdef = node.partitions_def
+        assert isinstance(pdef, dg.MultiPartitionsDefinition)
+        dims = {d.name: d.partitions_def for d in pdef.partitions_defs}
+        assert set(dims) == {"date", "region"}
+        assert isinstance(dims["date"], dg.DailyPartitionsDefinition)
+        assert isinstance(dims["region"], dg.DynamicPartitionsDefinition)
+        assert dims["region"].name == REGION_PARTITIONS_NAME
+        assert pdef == date_region_partitions
+
+    job = defs.resolve_job_def("ingest_partition_job")
+    assert job.partitions_def == date_region_partitions
+    assert set(job.asset_layer.executable_asset_keys) == {claimed.key, parquet.key}
+
+    assert set(defs.resources) >= {"ledger", "stores", "duckdb"}
+    assert isinstance(defs.resources["ledger"], LedgerResource)
+    assert isinstance(defs.resources["stores"], StoresResource)
+
+
+def test_build_definitions_uses_the_settings_it_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`build_definitions(settings)` wires the stores and the ledger from `settings`, even when the
+    process environment names a different ledger (the URL may still travel as an EnvVar, but it
+    must resolve to the ledger the caller asked for)."""
+    given = f"sqlite:///{tmp_path / 'given.db'}"
+    monkeypatch.setenv("DATALOG_LEDGER_URL", f"sqlite:///{tmp_path / 'from_env.db'}")
+    settings = Settings.from_env(
+        {
+            "DATALOG_HOME": str(tmp_path / "home"),
+            "DATALOG_LEDGER_URL": given,
+            "DATALOG_RAW_URL": str(tmp_path / "raw"),
+            "DATALOG_LAKE_URL": str(tmp_path / "lake"),
+        }
+    )
+    built = build_definitions(settings)
+    with dg.build_resources({"ledger": built.resources["ledger"], "stores": built.resources["stores"]}) as res:
+        assert res.stores.raw_url == str(tmp_path / "raw")
+        assert res.stores.lake_url == str(tmp_path / "lake")
+        assert res.ledger.url == given
+
+
+# ---------------------------------------------------------------------------------------------
+# Materializing a partition the way the UI launches it
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def materialize(
+    instance: dg.DagsterInstance, resources: dict[str, object], part_date: str, region: str
+) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [raw_datalog_logs, claimed_key_batches, datalog_parquet],
+        selection=[claimed_key_batches, datalog_parquet],
+        partition_key=partition_key(part_date, region),
+        instance=instance,
+        resources=resources,
+        raise_on_error=False,
+    )
+
+
+def test_partition_materializes_like_the_ui(
+    tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DATALOG_LEDGER_URL", raising=False)  # the ledger must come from the settings
+    home = tmp_path / "home"
+    settings = Settings.from_env(
+        {
+            "DATALOG_HOME": str(home),
+            "DATALOG_TZ_OFFSET_HOURS": "8",
+        }
+    )
+    tz = settings.tz_offset_hours
+    assert protocol.local_date(protocol.parse_raw_key(LATE_KEY).hour, tz) == DAY, "test data assumes UTC+8"  # type: ignore[union-attr]
+    raw = LocalStore(settings.raw_url)
+    summary = generate(raw, devices=3, hours=2, rows=20, seed=1)
+    raw.write_bytes(LATE_KEY, ("\n".join(LATE_LINES) + "\n").encode())
+    engine = ledger_engine(settings.ledger_url)
+    protocol.upsert_devices(engine, summary.devices)
+    protocol.register_keys(engine, raw.list(), tz)
+    regions = protocol.known_regions(engine)
+    instance.add_dynamic_partitions(REGION_PARTITIONS_NAME, regions)
+    resources = dict(build_definitions(settings).resources)
+
+    expected_all = cli_helpers.raw_records(raw)
+    brcb_keys = {k for k in cli_helpers.raw_log_keys(raw) if k.startswith("dev00000/")}
+    expected = sorted(r for r in expected_all if r[0] in brcb_keys)
+    expected_late = sorted(r for r in expected if r[0] == LATE_KEY)
+    assert len(brcb_keys) == 3 and len(expected_late) == 3
+
+    result = materialize(instance, resources, DAY, REGION)
+    assert result.success, [e.message for e in result.get_step_failure_events()]
+
+    # Metadata on the partition's own materialization, and one for the neighbouring date.
+    mats = {
+        (e.materialization.asset_key.to_user_string(), e.materialization.partition): e.materialization
+        for e in result.get_asset_materialization_events()
+    }
+    own = mats[("datalog_parquet", f"{DAY}|{REGION}")]
+    meta = {k: v.value for k, v in own.metadata.items()}
+    assert meta["rows"] == len(expected)
+    assert meta["rows_in_partition"] == len(expected) - len(expected_late)
+    assert meta["keys"] == len(brcb_keys)
+    assert meta["quarantined_lines"] == 0
+    lake_dir = Path(settings.lake_url) / "datalog_v2" / f"hiveperiod={DAY}" / f"dstrct_code={REGION}"
+    assert Path(str(meta["path"])) == lake_dir
+    assert any(lake_dir.glob("*.parquet"))
+    neighbour = mats[("datalog_parquet", f"{NEXT_DAY}|{REGION}")]
+    assert neighbour.metadata["rows"].value == len(expected_late)
+    claimed = mats[("claimed_key_batches", f"{DAY}|{REGION}")]
+    assert claimed.metadata["keys"].value == len(brcb_keys)
+    assert instance.get_materialized_partitions(dg.AssetKey("datalog_parquet")) == {
+        f"{DAY}|{REGION}",
+        f"{NEXT_DAY}|{REGION}",
+    }
+
+    # The lake holds exactly the partition's generated records, each in its own local date.
+    rows = cli_helpers.lake_rows(settings.lake_url)
+    assert cli_helpers.row_ids(rows) == expected
+    by_day = {str(r["hiveperiod"]) for r in rows if r["source_file"] == LATE_KEY}
+    assert by_day == {NEXT_DAY}
+    assert {r["dstrct_code"] for r in rows} == {REGION}
+
+    # The ledger: this partition's keys SUCCESS with their batch committed, every other key pending.
+    table = cli_helpers.key_table(settings.ledger_url)
+    assert {k for k, r in table.items() if r["status"] == SUCCESS} == brcb_keys
+    assert {r["status"] for k, r in table.items() if k not in brcb_keys} == {PENDING}
+    with engine.connect() as conn:
+        batch_rows = conn.execute(sa.select(batches.c.status, batches.c.run_id)).all()
+    assert [(b.status, b.run_id) for b in batch_rows] == [(COMMITTED, result.run_id)]
+
+    # Nothing pending any more: the run succeeds, claims nothing, writes nothing.
+    before = cli_helpers.local_files(Path(settings.lake_url))
+    again = materialize(instance, resources, DAY, REGION)
+    assert again.success
+    assert again.get_asset_materialization_events() == []
+    assert again.is_node_skipped("datalog_parquet")
+    assert cli_helpers.local_files(Path(settings.lake_url)) == before
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(batches)).scalar_one() == 1
+    assert cli_helpers.key_table(settings.ledger_url) == table
