@@ -5,7 +5,8 @@ store). With `ignore_errors`, a line DuckDB cannot parse becomes a row of NULLs,
 heartbeat: a file is clean exactly when every row it produced has a valid instant. Files that are
 not clean take the line path, which is what gives line numbers, raw lines and reasons: Python only
 splits the bytes into lines (C speed); DuckDB validates each line and the clean lines are read back
-by `read_json`, so the two paths produce the same types.
+by the same `read_json`. Where the two reads inferred different types for a field, the field is
+carried as JSON on both sides.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 import shutil
 import tempfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,18 +101,17 @@ def _conflicting_columns(schemas: list[dict[str, str]]) -> set[str]:
     return {c for c, k in kinds.items() if len(k) > 1 and not all(is_numeric(x) for x in k)}
 
 
-def _split_lines(data: bytes) -> list[tuple[int, str | None, bytes]]:
-    """(1-based line number, text or None if not UTF-8, raw bytes) of every non-blank line."""
-    out = []
+def _split_lines(data: bytes) -> Iterator[tuple[int, str, bool]]:
+    """(1-based line number, text, whether it is valid UTF-8) of every non-blank line; a line
+    that is not UTF-8 keeps its text with replacement characters, for the quarantine record."""
     for number, raw in enumerate(data.split(b"\n"), start=1):
         raw = raw.rstrip(b"\r")
         if not raw.strip():
             continue
         try:
-            out.append((number, raw.decode("utf-8"), raw))
+            yield number, raw.decode("utf-8"), True
         except UnicodeDecodeError:
-            out.append((number, None, raw))
-    return out
+            yield number, raw.decode("utf-8", errors="replace"), False
 
 
 class BatchConverter:
@@ -218,12 +218,13 @@ class BatchConverter:
     def _line_path(
         self, files: list[SourceFile], outcomes: dict[int, FileOutcome], scratch: Path
     ) -> dict[str, SourceFile]:
-        """Validate the files line by line: bad lines -> `_dl_bad`; clean lines -> one local NDJSON
-        file per source file. Returns the clean files by path."""
+        """Validate the files line by line into `_dl_lines` (a reason for each bad line); clean
+        lines go to one local NDJSON file per source file. Returns the clean files by path."""
         key_ids: list[int] = []
         sources: list[str] = []
         numbers: list[int] = []
-        texts: list[str | None] = []
+        texts: list[str] = []
+        utf8: list[bool] = []
         for f in files:
             try:
                 data = self.raw.read_bytes(f.key)
@@ -232,24 +233,24 @@ class BatchConverter:
             except (OSError, EOFError, zlib.error) as exc:
                 outcomes[f.key_id].error = f"unreadable: {type(exc).__name__}: {exc}"
                 continue
-            for number, text, raw in _split_lines(data):
+            for number, text, valid in _split_lines(data):
                 key_ids.append(f.key_id)
                 sources.append(f.key)
                 numbers.append(number)
-                texts.append(text if text is not None else raw.decode("utf-8", errors="replace"))
-                if text is None:
-                    numbers[-1] = -number  # marks a line that is not UTF-8
+                texts.append(text)
+                utf8.append(valid)
         lines = pa.table(
             {
                 "key_id": pa.array(key_ids, pa.int64()),
                 "source_file": pa.array(sources, pa.string()),
                 "line_number": pa.array(numbers, pa.int64()),
                 "raw_line": pa.array(texts, pa.string()),
+                "utf8": pa.array(utf8, pa.bool_()),
             }
         )
         self.conn.register("_dl_lines_arrow", lines)
-        objects = """SELECT key_id, source_file, abs(line_number) AS line_number, raw_line,
-                CASE WHEN line_number > 0 AND json_valid(raw_line)
+        objects = """SELECT key_id, source_file, line_number, raw_line,
+                CASE WHEN utf8 AND json_valid(raw_line)
                      THEN json_type(raw_line) = 'OBJECT' ELSE false END AS __dl_object
             FROM _dl_lines_arrow"""
         heartbeats = f"""SELECT *, CASE WHEN __dl_object THEN json_extract(raw_line, '$.heartbeat') END AS __dl_hb
