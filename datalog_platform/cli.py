@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import date
 from pathlib import Path
 
 from datalog_platform.settings import Settings
@@ -98,6 +99,7 @@ def run_ingest(settings: Settings) -> IngestSummary:
     _prepare_dagster_home(settings)
     import dagster as dg
 
+    from datalog_platform.backlog import ingestible_backlog
     from datalog_platform.definitions import build_definitions
     from datalog_platform.ledger import protocol
     from datalog_platform.ledger.engine import ledger_engine
@@ -120,9 +122,7 @@ def run_ingest(settings: Settings) -> IngestSummary:
         given_up: set[tuple[str, str]] = set()
         first, last = date_partitions.get_first_partition_key(), date_partitions.get_last_partition_key()
         while True:
-            pending = protocol.pending_partitions(engine)
-            in_range = [p for p in pending if first <= p.part_date <= last]
-            summary.out_of_range_keys = sum(p.keys for p in pending) - sum(p.keys for p in in_range)
+            in_range, summary.out_of_range_keys = ingestible_backlog(engine, first, last)
             backlog = [p for p in in_range if (p.part_date, p.dstrct_code) not in given_up]
             if not backlog:
                 break
@@ -193,6 +193,24 @@ def cmd_ledger_status(settings: Settings, as_json: bool) -> int:
     return 0
 
 
+def cmd_ledger_requeue(settings: Settings, status: str, region: str | None, since: str | None) -> int:
+    from datalog_platform.ledger import protocol
+    from datalog_platform.ledger.engine import ledger_engine
+
+    # ValueError (SUCCESS, UNROUTED, ...) is reported by `main` with exit code 2
+    count = protocol.requeue(ledger_engine(settings.ledger_url), status, region, since)
+    where = "".join([f" in region {region}" if region else "", f" dated {since} or later" if since else ""])
+    print(f"requeued {count} {status} key(s){where}: PENDING again, attempts reset")
+    return 0
+
+
+def _iso_date(text: str) -> str:
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
 def cmd_generate(settings: Settings, devices: int, hours: int, rows: int, seed: int) -> int:
     from datalog_platform.definitions import build_definitions
     from datalog_platform.generate import REGISTRY_KEY, generate, registry_csv
@@ -255,6 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     ledger = sub.add_parser("ledger", help="the ledger").add_subparsers(dest="action", required=True)
     status = ledger.add_parser("status", help="keys by status and region")
     status.add_argument("--json", action="store_true", help="print a JSON object")
+    requeue = ledger.add_parser(
+        "requeue", help="put FAILED or QUARANTINED keys back to PENDING (attempts reset, error cleared)"
+    )
+    requeue.add_argument(
+        "--status", required=True, help="FAILED or QUARANTINED (SUCCESS is refused: it would duplicate rows)"
+    )
+    requeue.add_argument("--region", help="only keys of this region (dstrct_code)")
+    requeue.add_argument("--since", type=_iso_date, help="only keys whose local date is DATE or later")
     gen = sub.add_parser("generate", help="write synthetic device logs into the raw store")
     gen.add_argument("--devices", type=int, required=True)
     gen.add_argument("--hours", type=int, required=True)
@@ -273,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_devices_load(settings, args.path)
         if args.command == "ingest":
             return cmd_ingest(settings, args.json)
+        if args.command == "ledger" and args.action == "requeue":
+            return cmd_ledger_requeue(settings, args.status.upper(), args.region, args.since)
         if args.command == "ledger":
             return cmd_ledger_status(settings, args.json)
         if args.command == "generate":

@@ -22,6 +22,7 @@ class Settings:
     lease_seconds: int
     max_attempts: int
     partitions_start_date: str
+    max_runs_per_tick: int = 20
 
     @property
     def spill_dir(self) -> Path:
@@ -49,4 +50,5 @@ class Settings:
             lease_seconds=int(env.get("DATALOG_LEASE_SECONDS", "900")),
             max_attempts=int(env.get("DATALOG_MAX_ATTEMPTS", "3")),
             partitions_start_date=env.get("DATALOG_PARTITIONS_START_DATE", "2020-01-01"),
+            max_runs_per_tick=int(env.get("DATALOG_MAX_RUNS_PER_TICK", "20")),
         )

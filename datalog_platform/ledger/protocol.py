@@ -24,6 +24,8 @@ from datalog_platform.ledger.schema import (
     COMMITTED,
     FAILED,
     PENDING,
+    QUARANTINED,
+    SUCCESS,
     UNROUTED,
     WRITING,
     batches,
@@ -206,17 +208,40 @@ class PartitionBacklog:
     part_date: str
     dstrct_code: str
     keys: int
+    # Identifies the pending work (see `backlog_fingerprint`); equal work, equal fingerprint.
+    fingerprint: str = ""
+
+
+def backlog_fingerprint(pending: int, max_key_id: int, attempts: int) -> str:
+    """The same PENDING keys give the same text; a new key raises the count and the highest key id,
+    and keys handed back by an aborted batch raise the sum of attempts."""
+    return f"n{pending}-k{max_key_id}-a{attempts}"
 
 
 def pending_partitions(engine: sa.Engine) -> list[PartitionBacklog]:
+    """Every (part_date, region) with PENDING keys: how many, and the fingerprint of that backlog."""
     stmt = (
-        sa.select(keys.c.part_date, keys.c.dstrct_code, sa.func.count())
+        sa.select(
+            keys.c.part_date,
+            keys.c.dstrct_code,
+            sa.func.count(),
+            sa.func.max(keys.c.key_id),
+            sa.func.coalesce(sa.func.sum(keys.c.attempts), 0),
+        )
         .where(keys.c.status == PENDING)
         .group_by(keys.c.part_date, keys.c.dstrct_code)
         .order_by(keys.c.part_date, keys.c.dstrct_code)
     )
     with engine.connect() as conn:
-        return [PartitionBacklog(d, r, n) for d, r, n in conn.execute(stmt).all()]
+        return [
+            PartitionBacklog(d, r, int(n), backlog_fingerprint(int(n), int(top), int(attempts)))
+            for d, r, n, top, attempts in conn.execute(stmt).all()
+        ]
+
+
+def partition_fingerprints(engine: sa.Engine) -> dict[tuple[str, str], str]:
+    """(part_date, region) -> fingerprint of its PENDING keys, for sensor run keys."""
+    return {(p.part_date, p.dstrct_code): p.fingerprint for p in pending_partitions(engine)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,6 +517,18 @@ def abort_batch(
     return True
 
 
+def writing_batches_of_run(engine: sa.Engine, run_id: str) -> list[str]:
+    """Batches the run claimed that are still WRITING (the run stopped before commit or abort)."""
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.select(batches.c.batch_id)
+                .where(batches.c.run_id == run_id, batches.c.status == WRITING)
+                .order_by(batches.c.created_at, batches.c.batch_id)
+            ).scalars()
+        )
+
+
 def recover_expired(engine: sa.Engine, lake: _Listable, max_attempts: int) -> list[str]:
     """Abort batches whose writer stopped renewing its lease (a crashed process), and finish
     aborts that were interrupted. Returns the batch ids recovered."""
@@ -535,3 +572,44 @@ def status_counts(engine: sa.Engine) -> dict[str, Any]:
 def known_regions(engine: sa.Engine) -> list[str]:
     with engine.connect() as conn:
         return sorted(conn.execute(sa.select(devices.c.dstrct_code).distinct()).scalars())
+
+
+# ---------------------------------------------------------------------------------------------
+# Operator actions
+
+REQUEUEABLE = (FAILED, QUARANTINED)
+
+
+def requeue(engine: sa.Engine, status: str, region: str | None = None, since: str | None = None) -> int:
+    """Put keys of `status` (FAILED or QUARANTINED; optionally one region, part_date >= since) back
+    to PENDING with attempts reset and the error cleared. Returns how many keys were requeued.
+
+    SUCCESS is refused: its rows are in the lake, so ingesting the key again would duplicate them
+    (rebuilding a partition is a backfill's job). UNROUTED is refused: routing decides those.
+    """
+    if status == SUCCESS:
+        raise ValueError(
+            "SUCCESS keys cannot be requeued: their rows are already in the lake and ingesting them "
+            "again would duplicate those rows; rebuild the partition with a backfill instead"
+        )
+    if status not in REQUEUEABLE:
+        raise ValueError(f"only {' or '.join(REQUEUEABLE)} keys can be requeued, not {status!r}")
+    stmt = (
+        sa.update(keys)
+        .where(keys.c.status == status)
+        .values(
+            status=PENDING,
+            attempts=0,
+            error=None,
+            batch_id=None,
+            rows=None,
+            quarantined_lines=None,
+            done_at=None,
+        )
+    )
+    if region is not None:
+        stmt = stmt.where(keys.c.dstrct_code == region)
+    if since is not None:
+        stmt = stmt.where(keys.c.part_date >= since)
+    with engine.begin() as conn:
+        return conn.execute(stmt).rowcount
