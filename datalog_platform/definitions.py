@@ -1,4 +1,4 @@
-"""The one place that wires assets, jobs and resources."""
+"""The one place that wires assets, jobs, sensors, schedules and resources."""
 
 from __future__ import annotations
 
@@ -14,9 +14,13 @@ from datalog_platform.assets.ingest import (
     ingest_partition_job,
     raw_datalog_logs,
 )
+from datalog_platform.assets.registry import device_registry
+from datalog_platform.jobs import daily_reconciliation_schedule, reconcile_raw_keys_job
 from datalog_platform.resources.duckdb import connection_config
 from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.resources.stores import StoresResource
+from datalog_platform.schedules import hourly_ingest_schedule
+from datalog_platform.sensors import SENSORS
 from datalog_platform.settings import Settings
 
 
@@ -28,8 +32,10 @@ def _secret(name: str, value: str) -> str | dg.EnvVar:
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
-        assets=[raw_datalog_logs, claimed_key_batches, datalog_parquet],
-        jobs=[ingest_partition_job],
+        assets=[raw_datalog_logs, device_registry, claimed_key_batches, datalog_parquet],
+        jobs=[ingest_partition_job, reconcile_raw_keys_job],
+        sensors=[*SENSORS],
+        schedules=[hourly_ingest_schedule, daily_reconciliation_schedule],
         resources={
             "ledger": LedgerResource(
                 url=_secret("DATALOG_LEDGER_URL", settings.ledger_url),

@@ -78,7 +78,9 @@ def test_definitions_object_shape() -> None:
     raw, claimed, parquet = (
         graph.get(dg.AssetKey(name)) for name in ("raw_datalog_logs", "claimed_key_batches", "datalog_parquet")
     )
-    assert graph.get_all_asset_keys() == {raw.key, claimed.key, parquet.key}
+    registry = graph.get(dg.AssetKey("device_registry"))
+    assert graph.get_all_asset_keys() == {raw.key, registry.key, claimed.key, parquet.key}
+    assert registry.is_materializable and registry.partitions_def is None
 
     assert raw.is_external and not raw.is_materializable
     assert raw.partitions_def is None

@@ -53,6 +53,8 @@ keys = sa.Table(
     sa.Index("ix_keys_claim", "status", "dstrct_code", "part_date", "key_id"),
     sa.Index("ix_keys_batch", "batch_id"),
     sa.Index("ix_keys_device", "device_id", "status"),
+    # discovery asks, every tick, for each device's latest hour
+    sa.Index("ix_keys_device_hour", "device_id", "key_hour"),
 )
 
 batches = sa.Table(

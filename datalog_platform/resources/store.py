@@ -2,6 +2,10 @@
 
 Keys are always relative to the store's root (a directory, or `s3://bucket/prefix`), use `/`,
 and are listed in lexicographic order so a listing can resume after any key.
+
+Both stores count their list requests (`list_requests`): S3 counts the ListObjectsV2 calls it
+makes, the local store counts what S3 would need for the same listing (one request per page of
+`LIST_PAGE_SIZE` entries), so a budget of list requests means the same on both.
 """
 
 from __future__ import annotations
@@ -13,12 +17,23 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+# S3 returns at most 1,000 keys or common prefixes per ListObjectsV2 call.
+LIST_PAGE_SIZE = 1000
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
     size: int
     etag: str | None = None
+
+
+@dataclass(frozen=True)
+class ListPage:
+    """One list request's worth of objects; `truncated` when more follow the last one."""
+
+    objects: list[ObjectInfo]
+    truncated: bool
 
 
 @dataclass(frozen=True)
@@ -34,8 +49,17 @@ class S3Access:
 
 class ObjectStore(Protocol):
     url: str
+    list_requests: int
 
     def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]: ...
+
+    def list_page(self, prefix: str = "", start_after: str | None = None, limit: int = LIST_PAGE_SIZE) -> ListPage:
+        """At most `limit` objects after `start_after`, in exactly one list request."""
+        ...
+
+    def list_prefixes(self, prefix: str = "", start_after: str | None = None) -> Iterator[str]:
+        """The "directories" directly under `prefix` (each ending in `/`), in order, after `start_after`."""
+        ...
 
     def read_bytes(self, key: str) -> bytes: ...
 
@@ -55,11 +79,44 @@ class LocalStore:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.url = str(self.root)
+        self.list_requests = 0
 
     def _path(self, key: str) -> Path:
         return self.root / key
 
     def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
+        self.list_requests += 1
+        for n, info in enumerate(self._walk(prefix, start_after)):
+            if n and n % LIST_PAGE_SIZE == 0:
+                self.list_requests += 1
+            yield info
+
+    def list_page(self, prefix: str = "", start_after: str | None = None, limit: int = LIST_PAGE_SIZE) -> ListPage:
+        self.list_requests += 1
+        objects: list[ObjectInfo] = []
+        for info in self._walk(prefix, start_after):
+            if len(objects) == limit:
+                return ListPage(objects, truncated=True)
+            objects.append(info)
+        return ListPage(objects, truncated=False)
+
+    def list_prefixes(self, prefix: str = "", start_after: str | None = None) -> Iterator[str]:
+        self.list_requests += 1
+        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not base.is_dir():
+            return
+        rel = base.relative_to(self.root).as_posix().lstrip(".")
+        with os.scandir(base) as entries:
+            names = sorted(
+                f"{rel}/{e.name}/" if rel else f"{e.name}/" for e in entries if e.is_dir(follow_symlinks=False)
+            )
+        found = [n for n in names if n.startswith(prefix) and (start_after is None or n > start_after)]
+        for n, name in enumerate(found):
+            if n and n % LIST_PAGE_SIZE == 0:
+                self.list_requests += 1
+            yield name
+
+    def _walk(self, prefix: str, start_after: str | None) -> Iterator[ObjectInfo]:
         base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
         if not base.is_dir():
             return
@@ -119,6 +176,34 @@ class S3Store:
     def _full(self, key: str) -> str:
         return f"{self.prefix}{key}"
 
+    def _info(self, item: dict[str, Any]) -> ObjectInfo:
+        return ObjectInfo(
+            key=item["Key"][len(self.prefix) :],
+            size=int(item["Size"]),
+            etag=item.get("ETag", "").strip('"') or None,
+        )
+
+    def list_page(self, prefix: str = "", start_after: str | None = None, limit: int = LIST_PAGE_SIZE) -> ListPage:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._full(prefix), "MaxKeys": limit}
+        if start_after is not None:
+            kwargs["StartAfter"] = self._full(start_after)
+        self.list_requests += 1
+        page = self.client.list_objects_v2(**kwargs)
+        return ListPage([self._info(item) for item in page.get("Contents", [])], bool(page.get("IsTruncated")))
+
+    def list_prefixes(self, prefix: str = "", start_after: str | None = None) -> Iterator[str]:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._full(prefix), "Delimiter": "/"}
+        if start_after is not None:
+            kwargs["StartAfter"] = self._full(start_after)
+        while True:
+            self.list_requests += 1
+            page = self.client.list_objects_v2(**kwargs)
+            for item in page.get("CommonPrefixes", []):
+                yield item["Prefix"][len(self.prefix) :]
+            if not page.get("IsTruncated"):
+                return
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
     def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._full(prefix)}
         if start_after is not None:
@@ -127,11 +212,7 @@ class S3Store:
             self.list_requests += 1
             page = self.client.list_objects_v2(**kwargs)
             for item in page.get("Contents", []):
-                yield ObjectInfo(
-                    key=item["Key"][len(self.prefix) :],
-                    size=int(item["Size"]),
-                    etag=item.get("ETag", "").strip('"') or None,
-                )
+                yield self._info(item)
             if not page.get("IsTruncated"):
                 return
             kwargs["ContinuationToken"] = page["NextContinuationToken"]

@@ -1,0 +1,34 @@
+"""Read-only ledger queries for discovery: which devices are known and how fresh, and the backlog."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from datalog_platform.ledger.schema import PENDING, UNROUTED, keys
+
+
+def latest_hour_by_device(engine: sa.Engine) -> dict[str, datetime]:
+    """Every device with a registered key -> the newest hour among its keys."""
+    stmt = sa.select(keys.c.device_id, sa.func.max(keys.c.key_hour)).group_by(keys.c.device_id)
+    with engine.connect() as conn:
+        return {device: hour for device, hour in conn.execute(stmt).all()}
+
+
+@dataclass(frozen=True)
+class Backlog:
+    pending: int
+    oldest_pending_discovered_at: datetime | None
+    unrouted: int
+
+
+def backlog(engine: sa.Engine) -> Backlog:
+    """PENDING keys (how many, the oldest discovery time) and UNROUTED keys waiting for the registry."""
+    with engine.connect() as conn:
+        pending, oldest = conn.execute(
+            sa.select(sa.func.count(), sa.func.min(keys.c.discovered_at)).where(keys.c.status == PENDING)
+        ).one()
+        unrouted = conn.execute(sa.select(sa.func.count()).where(keys.c.status == UNROUTED)).scalar_one()
+    return Backlog(pending=int(pending), oldest_pending_discovered_at=oldest, unrouted=int(unrouted))

@@ -1,0 +1,73 @@
+"""`raw_logs_sensor`: one bounded discovery tick, reported as an observation of `raw_datalog_logs`."""
+
+from datetime import datetime
+
+import dagster as dg
+import sqlalchemy as sa
+
+from datalog_platform.discovery import DiscoveryCursor, DiscoveryLimits, TickResult, discover
+from datalog_platform.ledger import stats
+from datalog_platform.ledger.protocol import utcnow
+from datalog_platform.resources.ledger import LedgerResource
+from datalog_platform.resources.stores import StoresResource
+
+RAW_ASSET_KEY = dg.AssetKey("raw_datalog_logs")
+
+
+def backlog_metadata(engine: sa.Engine, now: datetime) -> dict[str, int | float]:
+    """Pending keys, how long the oldest has waited since discovery, and keys waiting for the registry."""
+    backlog = stats.backlog(engine)
+    oldest = backlog.oldest_pending_discovered_at
+    return {
+        "pending_backlog": backlog.pending,
+        "oldest_pending_age_seconds": round((now - oldest).total_seconds(), 1) if oldest else 0.0,
+        "unrouted_backlog": backlog.unrouted,
+    }
+
+
+def tick_metadata(result: TickResult) -> dict[str, int | bool | str]:
+    return {
+        "keys_found": result.registered,
+        "bytes_found": result.bytes,
+        "keys_unrouted": result.unrouted,
+        "keys_listed": result.keys_listed,
+        "list_requests": result.list_requests,
+        "devices_listed": result.devices_listed,
+        "new_devices": len(result.new_devices),
+        "hot_devices": result.hot_devices,
+        "cold_devices": result.cold_devices,
+        "more_to_list": result.more,
+    }
+
+
+@dg.sensor(
+    name="raw_logs_sensor",
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Registers new raw objects in the ledger: new devices, devices active in the trailing window "
+        "(late keys included) and a few silent devices per tick, within a request and key budget "
+        "(DATALOG_DISCOVERY_*). Reports keys found and the pending backlog on raw_datalog_logs."
+    ),
+)
+def raw_logs_sensor(
+    context: dg.SensorEvaluationContext, ledger: LedgerResource, stores: StoresResource
+) -> dg.SensorResult:
+    engine = ledger.get_engine()
+    result = discover(
+        stores.raw(),
+        engine,
+        DiscoveryCursor.from_json(context.cursor),
+        now=utcnow(),
+        limits=DiscoveryLimits.from_env(),
+        tz_offset_hours=ledger.tz_offset_hours,
+    )
+    metadata = {**tick_metadata(result), **backlog_metadata(engine, utcnow())}
+    observation = dg.AssetObservation(asset_key=RAW_ASSET_KEY, metadata=metadata)
+    summary = (
+        f"{result.registered} new key(s) ({result.bytes} bytes) from {result.keys_listed} listed "
+        f"in {result.list_requests} list request(s); {metadata['pending_backlog']} pending"
+    )
+    context.log.info(summary + ("; the next tick continues the round" if result.more else ""))
+    skip = None if result.registered else f"no new raw objects: {summary}"
+    return dg.SensorResult(cursor=result.cursor.to_json(), asset_events=[observation], skip_reason=skip)

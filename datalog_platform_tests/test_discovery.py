@@ -1,0 +1,353 @@
+"""Discovery of new raw objects: the bounded tick, `raw_logs_sensor`, reconciliation, and scale on S3.
+
+Covers the stores' delimiter and single-page listings (local and S3), a tick capped by list requests
+and by keys that continues from its cursor, idempotent re-ticks, a late key under an older hour
+inside the trailing window found by the next tick, a key older than the window missed by the sensor
+but registered by `reconcile_raw_keys_job`, silent (cold) devices visited round-robin, the
+observation on `raw_datalog_logs` (keys and bytes found, pending backlog, age of the oldest pending
+key), and discovery at scale: 100,000 existing keys under 1,000 devices plus 1,000 new ones on
+moto's S3 server, where one tick registers every new key with a handful of list requests.
+
+Real parts only: local directories, moto's S3 HTTP server on 127.0.0.1 (boto3), a SQLite ledger
+file, a real ephemeral Dagster instance (`dg.instance_for_test`) for the sensor and the job.
+The scale test seeds its 100,000 existing objects straight into the moto server's storage (moto
+accepts only about 100 PUTs per second over HTTP); everything discovery does goes over HTTP.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from dagster_aws.s3 import S3Resource
+
+from datalog_platform.discovery import DiscoveryCursor, DiscoveryLimits, discover, reconcile, window_start
+from datalog_platform.jobs import daily_reconciliation_schedule, reconcile_raw_keys_job
+from datalog_platform.ledger import protocol
+from datalog_platform.ledger.engine import ledger_engine
+from datalog_platform.ledger.schema import PENDING, keys
+from datalog_platform.resources.ledger import LedgerResource
+from datalog_platform.resources.store import LocalStore, ObjectInfo, ObjectStore, S3Access, S3Store
+from datalog_platform.resources.stores import StoresResource
+from datalog_platform.sensors.discovery import raw_logs_sensor
+
+TZ = 8
+
+
+def hour_ago(hours: int, now: datetime | None = None) -> datetime:
+    now = now or protocol.utcnow()
+    return (now - timedelta(hours=hours)).replace(minute=0, second=0, microsecond=0)
+
+
+def raw_key(device: str, hour: datetime, name: str = "log") -> str:
+    return f"{device}/{hour:%Y%m%d%H}/{name}.json"
+
+
+def ledger_keys(engine: sa.Engine) -> dict[str, str]:
+    """key -> status."""
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.select(keys.c.key, keys.c.status)).all())
+
+
+# ---------------------------------------------------------------------------------------------
+# The store listings discovery is built on
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    if request.param == "local":
+        return LocalStore(tmp_path / "root")
+    client = request.getfixturevalue("s3_client")
+    return S3Store(request.getfixturevalue("s3_bucket"), "raw/", client, request.getfixturevalue("s3_test_access"))
+
+
+def test_list_prefixes_and_list_page(store: ObjectStore) -> None:
+    """Top-level prefixes in order (after a cursor, files at the top excluded), and one-request pages."""
+    for key in ["b/2026110100/x.json", "a/2026110100/x.json", "a/2026110101/y.json", "c-d/1.json", "top.json"]:
+        store.write_bytes(key, b"{}")
+    before = store.list_requests
+    assert list(store.list_prefixes()) == ["a/", "b/", "c-d/"]
+    assert list(store.list_prefixes(start_after="a/")) == ["b/", "c-d/"]
+    assert list(store.list_prefixes("a/")) == ["a/2026110100/", "a/2026110101/"]
+    assert store.list_requests == before + 3
+    page = store.list_page("a/", "a/2026110100", limit=1)
+    assert [o.key for o in page.objects] == ["a/2026110100/x.json"] and page.truncated
+    page = store.list_page("a/", page.objects[-1].key, limit=1)
+    assert [o.key for o in page.objects] == ["a/2026110101/y.json"] and not page.truncated
+    assert store.list_requests == before + 5
+
+
+# ---------------------------------------------------------------------------------------------
+# The tick on its own (local store, SQLite ledger)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> sa.Engine:
+    return ledger_engine(f"sqlite:///{tmp_path}/ledger.db")
+
+
+def test_tick_is_capped_by_requests_and_continues(tmp_path: Path, engine: sa.Engine) -> None:
+    """Five active devices, 4 requests a tick: the first tick lists three of them and says more
+    remains; the second continues after the third and finishes the round."""
+    raw = LocalStore(tmp_path / "raw")
+    now = protocol.utcnow()
+    devices = [f"dev{n}" for n in range(5)]
+    for device in devices:
+        raw.write_bytes(raw_key(device, hour_ago(2, now), "old"), b"{}")
+    protocol.upsert_devices(engine, [(d, "R1") for d in devices])
+    reconcile(raw, engine, TZ)
+    new = {raw_key(d, hour_ago(0, now), f"new{i}") for d in devices for i in range(3)}
+    for key in new:
+        raw.write_bytes(key, b"{}")
+    limits = DiscoveryLimits(max_requests=4, cold_requests=0)
+
+    first = discover(raw, engine, DiscoveryCursor(), now, limits, TZ)
+    assert first.list_requests == 4  # the prefix listing + dev0, dev1, dev2
+    assert first.registered == 9 and first.more
+    assert first.cursor.hot_after == "dev2"
+    second = discover(raw, engine, DiscoveryCursor.from_json(first.cursor.to_json()), now, limits, TZ)
+    assert second.registered == 6 and not second.more
+    assert second.list_requests == 3
+    assert new <= set(ledger_keys(engine))
+
+
+def test_tick_is_capped_by_keys_and_resumes_mid_device(tmp_path: Path, engine: sa.Engine) -> None:
+    """A new device with 2,500 keys and 1,000 keys a tick: three ticks, each resuming after the
+    last key the previous one listed, register every key exactly once."""
+    raw = LocalStore(tmp_path / "raw")
+    now = protocol.utcnow()
+    written = [raw_key("big", hour_ago(100 + n // 100, now), f"f{n:04d}") for n in range(2500)]
+    for key in written:
+        raw.write_bytes(key, b"{}")
+    limits = DiscoveryLimits(max_keys=1000)
+    cursor = DiscoveryCursor()
+    counts = []
+    for _ in range(3):
+        result = discover(raw, engine, cursor, now, limits, TZ)
+        counts.append(result.registered)
+        cursor = result.cursor
+    assert counts == [1000, 1000, 500]
+    assert cursor.resume_prefix is None
+    assert set(ledger_keys(engine)) == set(written)
+    again = discover(raw, engine, cursor, now, limits, TZ)
+    assert again.registered == 0
+
+
+def test_cold_devices_are_visited_round_robin(tmp_path: Path, engine: sa.Engine) -> None:
+    """Devices silent for longer than the window cost `cold_requests` requests a tick, round-robin:
+    a new key of the third silent device is found on the third tick, not before."""
+    raw = LocalStore(tmp_path / "raw")
+    now = protocol.utcnow()
+    for device in ("c1", "c2", "c3"):
+        raw.write_bytes(raw_key(device, hour_ago(48, now)), b"{}")
+    reconcile(raw, engine, TZ)
+    raw.write_bytes(raw_key("c3", hour_ago(1, now), "back"), b"{}")
+    limits = DiscoveryLimits(cold_requests=1)
+    cursor = DiscoveryCursor()
+    found = []
+    for _ in range(3):
+        result = discover(raw, engine, cursor, now, limits, TZ)
+        assert result.cold_devices == 3 and result.list_requests == 2
+        found.append(result.registered)
+        cursor = result.cursor
+    assert found == [0, 0, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The sensor and the reconciliation job, with Dagster resources
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture
+def resources(tmp_path: Path) -> dict[str, Any]:
+    return {
+        "ledger": LedgerResource(url=f"sqlite:///{tmp_path}/ledger.db", tz_offset_hours=TZ),
+        "stores": StoresResource(raw_url=str(tmp_path / "raw"), lake_url=str(tmp_path / "lake"), s3=S3Resource()),
+    }
+
+
+def tick(instance: dg.DagsterInstance, resources: dict[str, Any], cursor: str | None) -> dg.SensorResult:
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = raw_logs_sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def observed(result: dg.SensorResult) -> dict[str, Any]:
+    (event,) = result.asset_events
+    assert isinstance(event, dg.AssetObservation)
+    assert event.asset_key == dg.AssetKey("raw_datalog_logs")
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+def test_sensor_registers_reports_and_is_idempotent(
+    tmp_path: Path, instance: dg.DagsterInstance, resources: dict[str, Any]
+) -> None:
+    assert raw_logs_sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    raw = LocalStore(tmp_path / "raw")
+    engine = ledger_engine(resources["ledger"].url)
+    protocol.upsert_devices(engine, [("devA", "R1"), ("devB", "R2")])
+    now = protocol.utcnow()
+    written = {raw_key("devA", hour_ago(h, now)): b"{}\n" * (h + 1) for h in range(3)}
+    written[raw_key("devB", hour_ago(0, now))] = b"{}\n"
+    written[raw_key("devC", hour_ago(0, now))] = b"{}\n"  # not in the registry: UNROUTED
+    for key, data in written.items():
+        raw.write_bytes(key, data)
+    raw.write_bytes("_registry/devices.csv", b"device_id,dstrct_code\n")
+
+    first = tick(instance, resources, None)
+    meta = observed(first)
+    assert first.skip_reason is None
+    assert meta["keys_found"] == 5
+    assert meta["bytes_found"] == sum(len(d) for d in written.values())
+    assert meta["keys_unrouted"] == 1 and meta["unrouted_backlog"] == 1
+    assert meta["new_devices"] == 3
+    assert meta["pending_backlog"] == 4
+    assert 0 <= meta["oldest_pending_age_seconds"] < 60
+    assert set(ledger_keys(engine)) == set(written)
+
+    # Nothing new: a skip with a reason, and the backlog is still reported.
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(keys)
+            .where(keys.c.key == raw_key("devA", hour_ago(2, now)))
+            .values(discovered_at=protocol.utcnow() - timedelta(hours=2))
+        )
+    second = tick(instance, resources, first.cursor)
+    meta = observed(second)
+    assert second.skip_reason is not None and "no new raw objects" in (second.skip_reason.skip_message or "")
+    assert meta["keys_found"] == 0 and meta["bytes_found"] == 0
+    assert meta["new_devices"] == 0 and meta["hot_devices"] == 3
+    assert meta["pending_backlog"] == 4
+    assert 7200 <= meta["oldest_pending_age_seconds"] < 7200 + 60
+    assert set(ledger_keys(engine)) == set(written)
+
+
+def test_late_keys_inside_the_window_and_reconciliation(
+    tmp_path: Path, instance: dg.DagsterInstance, resources: dict[str, Any]
+) -> None:
+    """A late key under an older hour inside the window is found by the next tick; one older than
+    the window is not, and the reconciliation job registers it."""
+    raw = LocalStore(tmp_path / "raw")
+    engine = ledger_engine(resources["ledger"].url)
+    protocol.upsert_devices(engine, [("devA", "R1")])
+    now = protocol.utcnow()
+    raw.write_bytes(raw_key("devA", hour_ago(1, now)), b"{}")
+    cursor = tick(instance, resources, None).cursor
+
+    late = raw_key("devA", hour_ago(4, now), "late")
+    too_late = raw_key("devA", hour_ago(30, now), "too-late")
+    raw.write_bytes(late, b"{}")
+    raw.write_bytes(too_late, b"{}")
+    assert window_start(now, DiscoveryLimits().window_hours) <= hour_ago(4, now)
+    result = tick(instance, resources, cursor)
+    assert observed(result)["keys_found"] == 1
+    assert late in ledger_keys(engine) and too_late not in ledger_keys(engine)
+    assert observed(tick(instance, resources, result.cursor))["keys_found"] == 0
+
+    run = reconcile_raw_keys_job.execute_in_process(instance=instance, resources=resources)
+    assert run.success
+    (event,) = [e for e in run.all_events if e.event_type == dg.DagsterEventType.ASSET_OBSERVATION]
+    meta = {k: v.value for k, v in event.asset_observation_data.asset_observation.metadata.items()}
+    assert meta["keys_found"] == 1 and meta["keys_listed"] == 3
+    assert ledger_keys(engine)[too_late] == PENDING
+    assert reconcile_raw_keys_job.execute_in_process(instance=instance, resources=resources).success
+    assert len(ledger_keys(engine)) == 3
+    assert daily_reconciliation_schedule.job_name == "reconcile_raw_keys_job"
+    assert daily_reconciliation_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+
+
+# ---------------------------------------------------------------------------------------------
+# Scale, against moto's S3 server
+
+EXISTING_DEVICES = 1000
+EXISTING_HOURS = 100  # 100,000 existing keys
+ACTIVE_DEVICES = 20  # of the 1,000, these uploaded up to the previous hour; the rest went silent
+NEW_PER_ACTIVE = 45  # 900 new keys under active devices ...
+NEW_DEVICES = 2
+NEW_PER_NEW_DEVICE = 50  # ... and 100 under two devices never seen before: 1,000 new keys
+
+
+def seed_moto(bucket: str, keys_to_write: list[str]) -> None:
+    """Put objects straight into the moto server's storage (same process), without HTTP."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
+    for key in keys_to_write:
+        backend.put_object(bucket, key, b"{}")
+
+
+def test_discovery_at_scale_on_s3(
+    s3_client: Any,
+    s3_bucket: str,
+    s3_test_access: S3Access,
+    tmp_path: Path,
+    record_property: Any,
+) -> None:
+    """One tick registers 1,000 new keys (and a late one) among 100,000 existing ones with a number of
+    list requests bounded by the devices that have new keys; seconds go to the JUnit report."""
+    now = protocol.utcnow()
+    engine = ledger_engine(f"sqlite:///{tmp_path}/ledger.db")
+    raw = S3Store(s3_bucket, "raw/", s3_client, s3_test_access)
+    devices = [f"dev{n:05d}" for n in range(EXISTING_DEVICES)]
+    active = devices[:: EXISTING_DEVICES // ACTIVE_DEVICES]
+    existing = []
+    for device in devices:
+        newest = 1 if device in active else 24 * 10
+        existing += [raw_key(device, hour_ago(newest + h, now)) for h in range(EXISTING_HOURS)]
+    assert len(existing) == 100_000
+
+    started = time.perf_counter()
+    seed_moto(s3_bucket, [f"raw/{k}" for k in existing])
+    seed_seconds = time.perf_counter() - started
+    # the ledger already knows them (what the previous ticks and reconciliations left)
+    protocol.upsert_devices(engine, [(d, "R1") for d in devices])
+    protocol.register_keys(engine, [ObjectInfo(k, 2) for k in existing], TZ)
+
+    new = [raw_key(d, hour_ago(0, now), f"n{i:02d}") for d in active for i in range(NEW_PER_ACTIVE)]
+    new += [
+        raw_key(f"zz-new{n}", hour_ago(0, now), f"n{i:02d}")
+        for n in range(NEW_DEVICES)
+        for i in range(NEW_PER_NEW_DEVICE)
+    ]
+    late = raw_key(active[3], hour_ago(5, now), "late")  # under an old hour, inside the 6-hour window
+    assert len(new) == 1000
+    started = time.perf_counter()
+    with ThreadPoolExecutor(32) as pool:  # the new objects arrive over HTTP, as uploads would
+        list(pool.map(lambda k: raw.write_bytes(k, b"{}"), [*new, late]))
+    upload_seconds = time.perf_counter() - started
+
+    limits = DiscoveryLimits(cold_requests=5)
+    before = raw.list_requests
+    started = time.perf_counter()
+    result = discover(raw, engine, DiscoveryCursor(), now, limits, TZ)
+    tick_seconds = time.perf_counter() - started
+
+    assert raw.list_requests - before == result.list_requests
+    known = ledger_keys(engine)
+    assert set(new) | {late} <= set(known)
+    assert result.registered == len(new) + 1
+    assert sorted(result.new_devices) == ["zz-new0", "zz-new1"]
+    devices_with_new_keys = ACTIVE_DEVICES + NEW_DEVICES
+    # two pages of the delimiter listing (1,002 devices), one request per device with new keys, the
+    # cold reserve; a full listing of the 101,001 objects would need 102 requests
+    assert result.list_requests <= 2 + devices_with_new_keys + limits.cold_requests
+    assert result.list_requests * 3 < (len(existing) + len(new)) // 1000
+    assert not result.more
+    record_property("seed_seconds", round(seed_seconds, 1))
+    record_property("upload_seconds", round(upload_seconds, 1))
+    record_property("tick_seconds", round(tick_seconds, 1))
+    record_property("tick_list_requests", result.list_requests)
