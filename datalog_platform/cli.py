@@ -20,14 +20,23 @@ from datalog_platform.settings import Settings
 _RUN_CONFIG_LOGGING = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-# A new DAGSTER_HOME gets one event-log database instead of one per run: creating and
-# migrating a database for every run cost about 0.5 s a run.
+# A new DAGSTER_HOME gets one event-log database instead of one per run (creating and migrating
+# a database for every run cost about 0.5 s a run), and a run queue that runs backfills and
+# sensor-launched runs in parallel but never two runs of the same partition at once.
 _DEFAULT_DAGSTER_YAML = """\
 event_log_storage:
   module: dagster._core.storage.event_log
   class: ConsolidatedSqliteEventLogStorage
   config:
     base_dir: {home}/history
+concurrency:
+  runs:
+    max_concurrent_runs: 2
+    tag_concurrency_limits:
+      - key: dagster/partition
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
 telemetry:
   enabled: false
 """

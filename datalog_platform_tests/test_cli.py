@@ -460,3 +460,25 @@ def test_demo_in_an_empty_directory(tmp_path: Path) -> None:
     assert listed, out
     assert sum(int(line.split(": ")[1].split(" rows")[0]) for line in listed) == generated_rows
     assert (cwd / ".datalog" / "dagster" / "dagster.yaml").is_file()
+
+
+def test_dagster_home_gets_one_event_log_and_one_run_per_partition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`datalog dagster-home` prepares the instance the CLI and `make ui` share: a consolidated
+    event log, and a run queue that never runs two runs of one partition at once. An existing
+    dagster.yaml is left as it is."""
+    monkeypatch.setenv("DATALOG_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert cli.main(["dagster-home"]) == 0
+    home = tmp_path / "home" / "dagster"
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        queue = instance.get_concurrency_config().run_queue_config
+        assert queue.max_concurrent_runs == 2
+        assert queue.tag_concurrency_limits == [
+            {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+        ]
+        assert type(instance.event_log_storage).__name__ == "ConsolidatedSqliteEventLogStorage"
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    assert cli.main(["dagster-home"]) == 0
+    assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
