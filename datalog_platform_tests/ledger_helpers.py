@@ -7,11 +7,13 @@ The worker lives here (an importable module, not the test module) so that the mu
 from __future__ import annotations
 
 import multiprocessing
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing.synchronize import Barrier
 
+import pytest
 import sqlalchemy as sa
 
 from datalog_platform.ledger import protocol
@@ -19,6 +21,17 @@ from datalog_platform.ledger.schema import create_schema
 from datalog_platform.resources.store import ObjectInfo
 
 POSTGRES_URL_ENV = "DATALOG_TEST_POSTGRES_URL"
+
+
+def postgres_url() -> str:
+    """The test server's URL; without it the calling test is skipped, saying why."""
+    url = os.environ.get(POSTGRES_URL_ENV)
+    if not url:
+        pytest.skip(
+            f"{POSTGRES_URL_ENV} not set: PostgreSQL ledger tests need a running server, "
+            "e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+        )
+    return url
 
 
 def schema_engine(url: str, schema: str) -> sa.Engine:

@@ -14,7 +14,6 @@ is a `commit_batch` that raises a BaseException, standing in for a killed proces
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -83,16 +82,6 @@ REGION = "BRCB"
 # Backends
 
 
-def postgres_url() -> str:
-    url = os.environ.get(ledger_helpers.POSTGRES_URL_ENV)
-    if not url:
-        pytest.skip(
-            f"{ledger_helpers.POSTGRES_URL_ENV} not set: PostgreSQL ledger tests need a running server, "
-            "e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-        )
-    return url
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
     """A ledger with empty tables: a temp-file SQLite database, or a fresh PostgreSQL schema."""
@@ -102,7 +91,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine
         yield eng
         eng.dispose()
     else:
-        with ledger_helpers.postgres_schema(postgres_url()) as (eng, _schema):
+        with ledger_helpers.postgres_schema(ledger_helpers.postgres_url()) as (eng, _schema):
             yield eng
 
 
@@ -597,7 +586,7 @@ CONCURRENT_KEYS = 10_000
 
 
 def test_concurrent_claimers_never_share_a_key() -> None:
-    url = postgres_url()
+    url = ledger_helpers.postgres_url()
     with ledger_helpers.postgres_schema(url) as (eng, schema):
         seed(eng, CONCURRENT_KEYS)
         with eng.connect() as conn:
@@ -631,7 +620,7 @@ def test_concurrent_claimers_never_share_a_key() -> None:
 def test_concurrent_registrars_register_each_key_once() -> None:
     """Two discovery passes registering the same new objects at the same moment: no error, and
     every key is in the ledger once (a unique-key conflict makes a registrar look again)."""
-    url = postgres_url()
+    url = ledger_helpers.postgres_url()
     count = 3000
     with ledger_helpers.postgres_schema(url) as (eng, schema):
         reports = ledger_helpers.run_at_once(ledger_helpers.register_same_objects, [(url, schema, count)] * 2)

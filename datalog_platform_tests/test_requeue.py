@@ -12,7 +12,6 @@ the `datalog` command run by a child Python process against a SQLite ledger unde
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,12 +52,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine
         yield eng
         eng.dispose()
         return
-    url = os.environ.get(ledger_helpers.POSTGRES_URL_ENV)
-    if not url:
-        pytest.skip(
-            f"{ledger_helpers.POSTGRES_URL_ENV} not set: PostgreSQL ledger tests need a running server, "
-            "e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-        )
+    url = ledger_helpers.postgres_url()
     with ledger_helpers.postgres_schema(url) as (eng, _schema):
         fill(eng)
         yield eng

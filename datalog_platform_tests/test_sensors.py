@@ -15,7 +15,6 @@ schema per test, skipped with a visible reason when unset), and a local director
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -63,12 +62,7 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
         ledger_engine(url).dispose()
         return
-    base = os.environ.get(ledger_helpers.POSTGRES_URL_ENV)
-    if not base:
-        pytest.skip(
-            f"{ledger_helpers.POSTGRES_URL_ENV} not set: PostgreSQL ledger tests need a running server, "
-            "e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-        )
+    base = ledger_helpers.postgres_url()
     with ledger_helpers.postgres_schema(base) as (_engine, schema):
         url = f"{base}?options=-csearch_path%3D{schema}"
         yield url
