@@ -517,6 +517,15 @@ def abort_batch(
     return True
 
 
+def runs_of_batches(engine: sa.Engine, batch_ids: list[str]) -> set[str]:
+    """The run ids that claimed these batches."""
+    if not batch_ids:
+        return set()
+    with engine.connect() as conn:
+        found = conn.execute(sa.select(batches.c.run_id).where(batches.c.batch_id.in_(batch_ids))).scalars()
+        return {run_id for run_id in found if run_id}
+
+
 def writing_batches_of_run(engine: sa.Engine, run_id: str) -> list[str]:
     """Batches the run claimed that are still WRITING (the run stopped before commit or abort)."""
     with engine.connect() as conn:

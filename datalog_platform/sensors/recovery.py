@@ -71,8 +71,20 @@ def batch_recovery_sensor(
 def expired_lease_sensor(
     context: dg.SensorEvaluationContext, ledger: LedgerResource, stores: StoresResource
 ) -> dg.SkipReason:
-    recovered = protocol.recover_expired(ledger.get_engine(), stores.lake(), ledger.max_attempts)
-    if recovered:
-        context.log.warning(f"took over {len(recovered)} batch(es) whose lease lapsed: {recovered}")
-        return dg.SkipReason(f"recovered {len(recovered)} batch(es) whose lease lapsed; no run to request")
-    return dg.SkipReason("no batch with a lapsed lease")
+    engine = ledger.get_engine()
+    recovered = protocol.recover_expired(engine, stores.lake(), ledger.max_attempts)
+    if not recovered:
+        return dg.SkipReason("no batch with a lapsed lease")
+    context.log.warning(f"took over {len(recovered)} batch(es) whose lease lapsed: {recovered}")
+    # A writer that died with its whole process tree (daemon restart, OOM kill) leaves its run
+    # STARTED for ever; as in progress it would hold its partition back from every later run.
+    orphaned = []
+    for run_id in sorted(protocol.runs_of_batches(engine, recovered)):
+        run = context.instance.get_run_by_id(run_id)
+        if run is not None and not run.is_finished:
+            context.instance.report_run_failed(
+                run, message="its batch's lease lapsed: the writer stopped; keys handed back to PENDING"
+            )
+            orphaned.append(run_id)
+    note = f"; marked {len(orphaned)} orphaned run(s) failed" if orphaned else ""
+    return dg.SkipReason(f"recovered {len(recovered)} batch(es) whose lease lapsed{note}; no run to request")

@@ -1,0 +1,316 @@
+"""Helpers for the daemon tests: start and stop `dagster-daemon` in its own process group, find and
+kill the processes of one run, read sensor ticks and runs from the instance, read lake partitions.
+
+Real parts only: the `dagster-daemon` executable of the virtualenv as a child process group, /proc
+for the process tree, the Dagster instance in DAGSTER_HOME, the SQLite ledger and DuckDB over the
+lake's Parquet files.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import dagster as dg
+import duckdb
+import sqlalchemy as sa
+
+from datalog_platform.ledger.schema import batches, keys
+
+T = TypeVar("T")
+RowId = tuple[str, int]  # (source_file, seq)
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    pid: int
+    ppid: int
+    pgid: int
+    state: str  # "Z" for a zombie (dead, not yet reaped)
+
+
+def processes() -> dict[int, ProcInfo]:
+    """Every process of the machine, read from /proc (those that vanish while reading are skipped)."""
+    found: dict[int, ProcInfo] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+        fields = text[text.rindex(")") + 2 :].split()
+        found[int(entry.name)] = ProcInfo(int(entry.name), int(fields[1]), int(fields[2]), fields[0])
+    return found
+
+
+def alive(info: ProcInfo | None) -> bool:
+    return info is not None and info.state != "Z"
+
+
+def descendants(root: int, table: Mapping[int, ProcInfo] | None = None) -> list[int]:
+    """Living descendants of `root` (children first found, breadth first)."""
+    table = processes() if table is None else table
+    children: dict[int, list[int]] = {}
+    for info in table.values():
+        children.setdefault(info.ppid, []).append(info.pid)
+    out: list[int] = []
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(0), []):
+            if alive(table.get(child)):
+                out.append(child)
+                todo.append(child)
+    return out
+
+
+def group_members(pgid: int) -> list[int]:
+    """Living processes of a process group."""
+    return sorted(p.pid for p in processes().values() if p.pgid == pgid and alive(p))
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "<gone>"
+
+
+def kill_tree(root: int, pgid: int) -> list[int]:
+    """SIGKILL `root` and every descendant, all of which must belong to process group `pgid` (ours).
+
+    The root is stopped first so that it cannot notice its children dying (and report a step
+    failure) or start new ones; then its descendants are stopped; then all are killed at once.
+    Returns the pids killed.
+    """
+    table = processes()
+    if not alive(table.get(root)):
+        raise AssertionError(f"process {root} is not running")
+    if table[root].pgid != pgid:
+        raise AssertionError(f"process {root} ({cmdline(root)}) is not in the daemon's process group {pgid}")
+    os.kill(root, signal.SIGSTOP)
+    table = processes()
+    tree = [root, *descendants(root, table)]
+    foreign = [p for p in tree if p in table and table[p].pgid != pgid]
+    if foreign:
+        os.kill(root, signal.SIGCONT)
+        raise AssertionError(f"processes {foreign} under {root} are outside process group {pgid}; not killing")
+    for pid in tree[1:]:
+        _signal(pid, signal.SIGSTOP)
+    for pid in tree:
+        _signal(pid, signal.SIGKILL)
+    return tree
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
+    """Wait until none of `pids` is alive (zombies count as dead); returns those still alive."""
+    pids = list(pids)
+    deadline = time.monotonic() + timeout
+    while True:
+        table = processes()
+        left = [p for p in pids if alive(table.get(p))]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The daemon
+
+
+@dataclass
+class Daemon:
+    """`dagster-daemon run` as the leader of its own session and process group."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes]
+
+    @property
+    def pgid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, chars: int = 6000) -> str:
+        if not self.log_file.closed:
+            self.log_file.flush()
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return f"--- daemon log ({self.log_path}), last {chars} characters:\n{text[-chars:]}"
+
+    def require_running(self) -> None:
+        code = self.proc.poll()
+        assert code is None, f"dagster-daemon exited with code {code}\n{self.log_tail()}"
+
+    def crash(self) -> list[int]:
+        """SIGKILL the whole group at once, as a lost machine or container would; returns survivors."""
+        try:
+            os.killpg(self.pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return self.stop()
+
+    def stop(self, grace: float = 15) -> list[int]:
+        """SIGTERM the whole group, then SIGKILL whatever is left; returns pids that survived both."""
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(self.pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while group_members(self.pgid) and time.monotonic() < deadline:
+                self.proc.poll()
+                time.sleep(0.2)
+            if not group_members(self.pgid):
+                break
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - only if SIGKILL failed
+            pass
+        if not self.log_file.closed:
+            self.log_file.close()
+        return group_members(self.pgid)
+
+
+def start_daemon(bin_dir: Path, workspace: Path, env: Mapping[str, str], log_path: Path) -> Daemon:
+    """`dagster-daemon run -w WORKSPACE` with cwd = the workspace's directory and exactly `env`."""
+    executable = bin_dir / "dagster-daemon"
+    assert executable.is_file(), f"{executable} not found: is the virtualenv installed (make setup)?"
+    log_file = log_path.open("wb")
+    proc = subprocess.Popen(
+        [str(executable), "run", "-w", str(workspace)],
+        cwd=workspace.parent,
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: teardown kills everything it started
+    )
+    return Daemon(proc, log_path, log_file)
+
+
+def poll(
+    check: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    interval: float = 1.0,
+    daemon: Daemon | None = None,
+    detail: Callable[[], str] | None = None,
+) -> T:
+    """Call `check` until it returns something other than None/False; fail after `timeout` seconds
+    with `what`, the `detail` of the state reached and the daemon's log tail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if daemon is not None:
+            daemon.require_running()
+        value = check()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > deadline:
+            state = detail() if detail else ""
+            log = daemon.log_tail() if daemon else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{state}\n{log}")
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Dagster instance
+
+
+def sensor_ticks(instance: dg.DagsterInstance, name: str, limit: int = 50) -> list[Any]:
+    """The newest ticks of the sensor called `name` ([] before its first evaluation)."""
+    for state in instance.all_instigator_state():
+        if state.instigator_name == name:
+            return list(instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=limit))
+    return []
+
+
+def sensor_states(instance: dg.DagsterInstance) -> dict[str, str]:
+    """Instigator name -> stored status (DECLARED_IN_CODE for a default-running sensor nobody toggled)."""
+    return {s.instigator_name: s.status.value for s in instance.all_instigator_state()}
+
+
+def partition_runs(instance: dg.DagsterInstance, partition: str) -> list[dg.DagsterRun]:
+    """Runs of ingest_partition_job for one date|region partition, oldest first."""
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(job_name="ingest_partition_job", tags={"dagster/partition": partition})
+    )
+    return sorted(runs, key=lambda r: instance.get_run_record_by_id(r.run_id).create_timestamp)
+
+
+def run_worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    """The pid that reported RUN_START: the run worker the code server spawned for the run."""
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_START):
+        if entry.dagster_event is not None and entry.dagster_event.pid is not None:
+            return int(entry.dagster_event.pid)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Ledger and lake
+
+
+def key_rows(engine: sa.Engine, key_names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    wanted = sorted(key_names)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(keys).where(keys.c.key.in_(wanted))).all()
+    return {r.key: dict(r._mapping) for r in rows}
+
+
+def batch_rows(engine: sa.Engine, part_date: str | None = None, region: str | None = None) -> list[dict[str, Any]]:
+    stmt = sa.select(batches).order_by(batches.c.created_at)
+    if part_date is not None:
+        stmt = stmt.where(batches.c.part_date == part_date)
+    if region is not None:
+        stmt = stmt.where(batches.c.dstrct_code == region)
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(stmt).all()]
+
+
+def batch_row(engine: sa.Engine, batch_id: str) -> dict[str, Any]:
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.select(batches).where(batches.c.batch_id == batch_id)).one()._mapping)
+
+
+def partition_dir(lake: Path, part_date: str, region: str, dataset: str = "datalog_v2") -> Path:
+    return lake / dataset / f"hiveperiod={part_date}" / f"dstrct_code={region}"
+
+
+def partition_row_ids(lake: Path, part_date: str, region: str) -> list[RowId]:
+    """(source_file, seq) of every row in one hive partition of the lake, duplicates kept, sorted.
+
+    Reads one partition only, so that files other runs are writing elsewhere are never opened.
+    """
+    directory = partition_dir(lake, part_date, region)
+    if not any(directory.glob("*.parquet")):
+        return []
+    conn = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False})
+    try:
+        rows = conn.execute(
+            "SELECT source_file, seq FROM read_parquet(?, hive_partitioning = true, union_by_name = true)",
+            [f"{directory}/*.parquet"],
+        ).fetchall()
+    finally:
+        conn.close()
+    return sorted((str(f), int(s)) for f, s in rows)
+
+
+def batch_files(lake: Path, batch_id: str) -> list[str]:
+    """Every lake file a batch wrote (`part-{batch_id}-*`), as paths relative to the lake."""
+    return sorted(p.relative_to(lake).as_posix() for p in lake.rglob(f"part-{batch_id}-*"))
