@@ -47,14 +47,8 @@ from datalog_platform.ledger.schema import (
     devices,
 )
 from datalog_platform.resources.store import LocalStore, S3Access, S3Store
-
-try:  # run from the repository root (package-style) or with pytest's rootdir-relative imports
-    from datalog_platform_tests import cli_helpers, ledger_helpers
-    from datalog_platform_tests.cli_helpers import run_cli, run_json, run_ok
-except ImportError:  # pragma: no cover - depends on how pytest was started
-    import cli_helpers  # type: ignore[no-redef]
-    import ledger_helpers  # type: ignore[no-redef]
-    from cli_helpers import run_cli, run_json, run_ok  # type: ignore[no-redef]
+from datalog_platform_tests import cli_helpers, ledger_helpers
+from datalog_platform_tests.cli_helpers import run_cli, run_json, run_ok
 
 DAY = "2026-11-01"
 

@@ -57,45 +57,24 @@ from datalog_platform.ledger.engine import ledger_engine
 from datalog_platform.ledger.schema import ABORTED, SUCCESS, WRITING
 from datalog_platform.resources.store import LocalStore
 from datalog_platform.settings import Settings
-
-try:  # run from the repository root (package-style) or with pytest's rootdir-relative imports
-    from datalog_platform_tests.cli_helpers import RowId, is_raw_log, raw_records, run_ok, write_csv
-    from datalog_platform_tests.daemon_helpers import (
-        Daemon,
-        batch_files,
-        batch_row,
-        batch_rows,
-        key_rows,
-        kill_tree,
-        partition_dir,
-        partition_row_ids,
-        partition_runs,
-        poll,
-        run_worker_pid,
-        sensor_states,
-        sensor_ticks,
-        start_daemon,
-        wait_gone,
-    )
-except ImportError:  # pragma: no cover - depends on how pytest was started
-    from cli_helpers import RowId, is_raw_log, raw_records, run_ok, write_csv  # type: ignore[no-redef]
-    from daemon_helpers import (  # type: ignore[no-redef]
-        Daemon,
-        batch_files,
-        batch_row,
-        batch_rows,
-        key_rows,
-        kill_tree,
-        partition_dir,
-        partition_row_ids,
-        partition_runs,
-        poll,
-        run_worker_pid,
-        sensor_states,
-        sensor_ticks,
-        start_daemon,
-        wait_gone,
-    )
+from datalog_platform_tests.cli_helpers import RowId, is_raw_log, raw_records, run_ok, write_csv
+from datalog_platform_tests.daemon_helpers import (
+    Daemon,
+    batch_files,
+    batch_row,
+    batch_rows,
+    key_rows,
+    kill_tree,
+    partition_dir,
+    partition_row_ids,
+    partition_runs,
+    poll,
+    run_worker_pid,
+    sensor_states,
+    sensor_ticks,
+    start_daemon,
+    wait_gone,
+)
 
 log = logging.getLogger(__name__)
 

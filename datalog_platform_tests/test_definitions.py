@@ -35,11 +35,7 @@ from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.resources.store import LocalStore
 from datalog_platform.resources.stores import StoresResource
 from datalog_platform.settings import Settings
-
-try:  # run from the repository root (package-style) or with pytest's rootdir-relative imports
-    from datalog_platform_tests import cli_helpers
-except ImportError:  # pragma: no cover - depends on how pytest was started
-    import cli_helpers  # type: ignore[no-redef]
+from datalog_platform_tests import cli_helpers
 
 DAY = "2026-11-01"
 NEXT_DAY = "2026-11-02"

@@ -67,11 +67,7 @@ from datalog_platform.ledger.schema import (
 )
 from datalog_platform.resources.store import LocalStore, ObjectInfo
 from datalog_platform.transform.timestamps import install_macros
-
-try:  # run from the repository root (package-style) or with pytest's rootdir-relative imports
-    from datalog_platform_tests import ledger_helpers
-except ImportError:  # pragma: no cover - depends on how pytest was started
-    import ledger_helpers  # type: ignore[no-redef]
+from datalog_platform_tests import ledger_helpers
 
 TZ = 8
 DAY = "2026-11-01"

@@ -22,12 +22,7 @@ from datalog_platform.ledger import protocol
 from datalog_platform.ledger.engine import ledger_engine
 from datalog_platform.ledger.schema import FAILED, PENDING, QUARANTINED, SUCCESS, UNROUTED, keys
 from datalog_platform.resources.store import ObjectInfo
-
-try:  # run from the repository root (package-style) or with pytest's rootdir-relative imports
-    from datalog_platform_tests import cli_helpers, ledger_helpers
-except ImportError:  # pragma: no cover - depends on how pytest was started
-    import cli_helpers  # type: ignore[no-redef]
-    import ledger_helpers  # type: ignore[no-redef]
+from datalog_platform_tests import cli_helpers, ledger_helpers
 
 TZ = 8
 DEVICES = [("dev001", "BRCB"), ("dev002", "KPCS")]

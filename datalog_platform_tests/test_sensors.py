@@ -38,11 +38,7 @@ from datalog_platform.schedules import hourly_ingest_schedule
 from datalog_platform.sensors import SENSORS, batch_recovery_sensor, expired_lease_sensor, pending_keys_sensor
 from datalog_platform.sensors.pending import BACKLOG_TAG, TRIGGER_TAG, backlog_runs
 from datalog_platform.settings import Settings
-
-try:  # run from the repository root (package-style) or with pytest's rootdir-relative imports
-    from datalog_platform_tests import ledger_helpers
-except ImportError:  # pragma: no cover - depends on how pytest was started
-    import ledger_helpers  # type: ignore[no-redef]
+from datalog_platform_tests import ledger_helpers
 
 TZ = 8
 DAY = "2026-11-01"

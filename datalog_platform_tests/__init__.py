@@ -1,0 +1,1 @@
+"""Tests of datalog_platform; a package so helper modules import the same way however pytest is started."""
