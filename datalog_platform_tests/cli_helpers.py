@@ -13,7 +13,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -109,25 +109,29 @@ def is_raw_log(key: str) -> bool:
     return key.endswith((".json", ".json.gz")) and not key.startswith("_")
 
 
-def raw_records(store: ObjectStore) -> set[RowId]:
-    """Every record of the raw store that should reach the lake: (source key, seq) of each line that
-    is valid JSON with a usable heartbeat (the generator's two kinds of bad line are excluded)."""
-    expected: set[RowId] = set()
-    for obj in store.list():
-        if not is_raw_log(obj.key):
+def good_records(store: ObjectStore, key: str) -> Iterator[dict[str, Any]]:
+    """The records of one raw file that should reach the lake: lines that are valid JSON with a
+    usable heartbeat (the generator's two kinds of bad line are left out)."""
+    data = store.read_bytes(key)
+    if key.endswith(".gz"):
+        data = gzip.decompress(data)
+    for line in data.decode().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
             continue
-        data = store.read_bytes(obj.key)
-        if obj.key.endswith(".gz"):
-            data = gzip.decompress(data)
-        for line in data.decode().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("heartbeat") == "not a time":
-                continue
-            expected.add((obj.key, int(record["seq"])))
-    return expected
+        if record.get("heartbeat") != "not a time":
+            yield record
+
+
+def raw_records(store: ObjectStore) -> set[RowId]:
+    """(source key, seq) of every record of the raw store that should reach the lake."""
+    return {
+        (obj.key, int(record["seq"]))
+        for obj in store.list()
+        if is_raw_log(obj.key)
+        for record in good_records(store, obj.key)
+    }
 
 
 def raw_log_keys(store: ObjectStore) -> list[str]:

@@ -8,8 +8,6 @@ local[1] session per module, bound to 127.0.0.1 with its UI off: it needs a Java
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import shutil
 from collections import Counter
@@ -36,6 +34,7 @@ from datalog_platform.ledger.engine import ledger_engine
 from datalog_platform.ledger.schema import keys
 from datalog_platform.resources.store import LocalStore
 from datalog_platform.transform.timestamps import install_macros
+from datalog_platform_tests.cli_helpers import good_records
 
 DATASET = "datalog_v2"
 QUARANTINE = "quarantine"
@@ -358,15 +357,8 @@ def known_row(lake: Lake) -> tuple[str, int, datetime]:
     found in the raw store."""
     prefix = f"dev00000/{START:%Y%m%d%H}/"
     (obj,) = [o for o in lake.raw.list(prefix)]
-    data = lake.raw.read_bytes(obj.key)
-    if obj.key.endswith(".gz"):
-        data = gzip.decompress(data)
-    for line in data.decode().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "seq" in record and "not a time" not in line:
+    for record in good_records(lake.raw, obj.key):
+        if "seq" in record:
             return (
                 obj.key,
                 record["seq"],
