@@ -13,7 +13,7 @@ import duckdb
 import sqlalchemy as sa
 
 from datalog_platform.ledger import protocol
-from datalog_platform.ledger.schema import QUARANTINED, SUCCESS
+from datalog_platform.ledger.schema import QUARANTINED, REBUILD, SUCCESS
 from datalog_platform.resources.store import ObjectStore
 from datalog_platform.transform.convert import BatchConverter, ConvertResult, SourceFile
 
@@ -27,10 +27,11 @@ class BatchReport:
     quarantined_lines: int
     quarantined_keys: int
     line_path_files: int
-    files: list[str]
+    files: list[protocol.LakeFile]
     bytes_written: int
     partitions: dict[str, int]
     seconds: float
+    replaced_files: int = 0
 
     @property
     def rows_per_second(self) -> float:
@@ -62,6 +63,24 @@ class LeaseRenewer:
         self._thread.join()
 
 
+class RawObjectsMissingError(RuntimeError):
+    """A rebuild found keys of its partition whose raw objects are gone from the raw store."""
+
+
+def missing_raw_objects(raw: ObjectStore, batch: protocol.Batch) -> list[str]:
+    """The batch's keys that the raw store no longer holds, found with one listing per device and
+    UTC day (`{device}/{YYYYMMDD}`) rather than one request per key."""
+    by_prefix: dict[str, set[str]] = {}
+    for k in batch.keys:
+        device, hour, _ = k.key.split("/", 2)
+        by_prefix.setdefault(f"{device}/{hour[:8]}", set()).add(k.key)
+    missing: list[str] = []
+    for prefix, wanted in sorted(by_prefix.items()):
+        found = {obj.key for obj in raw.list(prefix)}
+        missing += sorted(wanted - found)
+    return missing
+
+
 def outcomes_of(result: ConvertResult) -> list[protocol.KeyOutcome]:
     return [
         protocol.KeyOutcome(
@@ -89,12 +108,20 @@ def ingest_batch(
 
     On any error the batch is aborted before the error propagates: its files are deleted and its
     keys go back to PENDING (or FAILED once attempts run out).
+
+    A REBUILD batch first checks that every raw object of its partition is still there (if not,
+    it stops and the partition keeps its files); once committed, the files it replaced are deleted.
     """
     started = time.perf_counter()
     converter = BatchConverter(conn, raw, lake, batch.batch_id, batch.part_date, batch.dstrct_code, tz_offset_hours)
     files = [SourceFile(k.key_id, k.key) for k in batch.keys]
     try:
         with LeaseRenewer(engine, batch.batch_id, lease_seconds):
+            if batch.kind == REBUILD and (missing := missing_raw_objects(raw, batch)):
+                raise RawObjectsMissingError(
+                    f"rebuild of {batch.part_date} / {batch.dstrct_code} stopped: {len(missing)} raw object(s) "
+                    f"of the partition are gone from the raw store, e.g. {missing[:3]}; its files are kept"
+                )
             result = converter.convert(
                 files, before_write=lambda dirs: protocol.record_intent(engine, batch.batch_id, dirs)
             )
@@ -103,6 +130,7 @@ def ingest_batch(
     except Exception as exc:
         protocol.abort_batch(engine, lake, batch.batch_id, f"{type(exc).__name__}: {exc}", max_attempts)
         raise
+    replaced = protocol.delete_retired(engine, lake, batch.batch_id)
     return BatchReport(
         batch_id=batch.batch_id,
         keys=len(batch.keys),
@@ -115,4 +143,5 @@ def ingest_batch(
         bytes_written=result.bytes_written,
         partitions=result.partitions,
         seconds=time.perf_counter() - started,
+        replaced_files=replaced,
     )

@@ -32,6 +32,7 @@ from datalog_platform.ledger import protocol
 from datalog_platform.ledger.protocol import (
     Batch,
     KeyOutcome,
+    LakeFile,
     StaleBatchError,
     abort_batch,
     claim_batch,
@@ -58,6 +59,7 @@ from datalog_platform.ledger.schema import (
     FAILED,
     PENDING,
     QUARANTINED,
+    RETIRED,
     SUCCESS,
     UNROUTED,
     WRITING,
@@ -65,6 +67,7 @@ from datalog_platform.ledger.schema import (
     create_schema,
     keys,
 )
+from datalog_platform.ledger.swap import live_files
 from datalog_platform.resources.store import LocalStore, ObjectInfo
 from datalog_platform.transform.timestamps import install_macros
 from datalog_platform_tests import ledger_helpers
@@ -102,6 +105,10 @@ def lake(tmp_path: Path) -> LocalStore:
 
 def obj(key: str, size: int = 10, etag: str | None = "etag") -> ObjectInfo:
     return ObjectInfo(key, size, etag)
+
+
+def manifest_file(name: str, batch_id: str) -> LakeFile:
+    return LakeFile(f"datalog_v2/hiveperiod={DAY}/dstrct_code={REGION}/part-{batch_id}-{name}.parquet", 1, 100)
 
 
 def key_rows(engine: sa.Engine) -> dict[str, Any]:
@@ -329,7 +336,8 @@ def test_commit_marks_keys_final_and_batch_committed(engine: sa.Engine) -> None:
     seed(engine, 4)
     batch = claim(engine, limit=3)
     k1, k2, k3 = batch.keys
-    files = [f"datalog_v2/hiveperiod={DAY}/dstrct_code={REGION}/part-{batch.batch_id}-0.parquet"]
+    path = f"datalog_v2/hiveperiod={DAY}/dstrct_code={REGION}/part-{batch.batch_id}-0.parquet"
+    files = [LakeFile(path, 90, 1234)]
 
     commit_batch(
         engine,
@@ -355,27 +363,33 @@ def test_commit_marks_keys_final_and_batch_committed(engine: sa.Engine) -> None:
     assert all(rows[k.key].done_at is not None for k in batch.keys)
     assert sum(r.status == PENDING for r in rows.values()) == 1
     b = batch_row(engine, batch.batch_id)
-    assert (b.status, json.loads(b.files), b.rows, b.quarantined_lines) == (COMMITTED, files, 90, 2)
+    assert (b.status, json.loads(b.files), b.rows, b.quarantined_lines) == (COMMITTED, [path], 90, 2)
     assert b.committed_at is not None
+    assert live_files(engine, "datalog_v2") == files
+    assert live_files(engine, "datalog_v2", DAY, REGION) == files
+    assert live_files(engine, "datalog_v2", DAY, "elsewhere") == []
 
 
 def test_commit_of_a_batch_no_longer_writing_raises_and_changes_nothing(engine: sa.Engine, lake: LocalStore) -> None:
     seed(engine, 2)
     batch = claim(engine, limit=1)
     outcome = [KeyOutcome(batch.keys[0].key_id, SUCCESS, rows=5)]
-    commit_batch(engine, batch.batch_id, outcome, ["a.parquet"], 5, 0)
+    commit_batch(engine, batch.batch_id, outcome, [manifest_file("a", batch.batch_id)], 5, 0)
     before = (key_rows(engine), batch_row(engine, batch.batch_id))
 
     with pytest.raises(StaleBatchError):  # already COMMITTED
-        commit_batch(engine, batch.batch_id, [KeyOutcome(batch.keys[0].key_id, QUARANTINED)], ["b"], 0, 0)
+        commit_batch(engine, batch.batch_id, [KeyOutcome(batch.keys[0].key_id, QUARANTINED)], [], 0, 0)
     assert (key_rows(engine), batch_row(engine, batch.batch_id)) == before
 
     aborted = claim(engine, limit=1)
     assert abort_batch(engine, lake, aborted.batch_id, "write failed", 3)
     before = (key_rows(engine), batch_row(engine, aborted.batch_id))
     with pytest.raises(StaleBatchError):  # ABORTED
-        commit_batch(engine, aborted.batch_id, [KeyOutcome(aborted.keys[0].key_id, SUCCESS, 9)], ["c"], 9, 0)
+        commit_batch(
+            engine, aborted.batch_id, [KeyOutcome(aborted.keys[0].key_id, SUCCESS, 9)], [manifest_file("c", "x")], 9, 0
+        )
     assert (key_rows(engine), batch_row(engine, aborted.batch_id)) == before
+    assert [f.path for f in live_files(engine, "datalog_v2")] == [manifest_file("a", batch.batch_id).path]
     assert before[0][aborted.keys[0].key].status == PENDING
 
 
@@ -549,7 +563,8 @@ def test_mssql_commit_and_release_statements_render_with_bind_params() -> None:
     for literal in (error, FAILED, PENDING, CLAIMED):
         assert literal not in sql
     assert "b_batch_id" in release.binds
-    assert {error, FAILED, PENDING, CLAIMED, 3} <= set(release.params.values())
+    values = [v for p in release.params.values() for v in (p if isinstance(p, list) else [p])]
+    assert {error, FAILED, PENDING, CLAIMED, SUCCESS, QUARANTINED, 3} <= set(values)
 
 
 def test_mssql_recovery_select_renders_with_bind_params(tmp_path: Path) -> None:
@@ -562,13 +577,16 @@ def test_mssql_recovery_select_renders_with_bind_params(tmp_path: Path) -> None:
     eng.dispose()
 
     selects = [s for s in executed if isinstance(s, sa.Select)]
-    assert len(selects) == 1
+    assert len(selects) == 2  # expired batches, then retired files left undeleted
     compiled = selects[0].compile(dialect=mssql.dialect())
     sql = str(compiled)
     assert sql.startswith("SELECT batches.batch_id")
     assert "batches.lease_until <" in sql
     for literal in (WRITING, ABORTING):
         assert literal not in sql
+    retired = selects[1].compile(dialect=mssql.dialect())
+    assert str(retired).startswith("SELECT lake_files.path") and RETIRED not in str(retired)
+    assert list(retired.params.values()) == [RETIRED]
     values = list(compiled.params.values())
     assert WRITING in values and ABORTING in values
     assert any(isinstance(v, datetime) for v in values)

@@ -296,7 +296,8 @@ def test_output_columns_and_partitions(pipeline: Pipeline) -> None:
         f"datalog_v2/hiveperiod=2026-11-01/dstrct_code={REGION}",
         f"datalog_v2/hiveperiod=2026-11-02/dstrct_code={REGION}",
     ]
-    assert sorted(report.files) == files
+    assert sorted(f.path for f in report.files) == files
+    assert sorted(f.rows for f in report.files) == [1, 1] and all(f.bytes > 0 for f in report.files)
     assert all(f.rsplit("/", 1)[1].startswith(f"part-{report.batch_id}-") for f in files)
 
     codecs = {

@@ -1,8 +1,9 @@
 """The claim protocol: register -> claim -> (write) -> commit | abort -> recover.
 
 Each step is one short transaction. The batch row is the write intent: while it is WRITING, its
-files may exist in the lake; COMMITTED makes them part of the dataset; ABORTING fences a stale
-writer out (its commit fails) while the files are deleted; ABORTED hands the keys back.
+files may exist in the lake; COMMITTED makes them part of the dataset (LIVE in the `lake_files`
+manifest); ABORTING fences a stale writer out (its commit fails) while the files are deleted;
+ABORTED hands the keys back. Rebuilds and compactions (see `swap`) commit through the same steps.
 """
 
 from __future__ import annotations
@@ -23,14 +24,18 @@ from datalog_platform.ledger.schema import (
     CLAIMED,
     COMMITTED,
     FAILED,
+    INGEST,
+    LIVE,
     PENDING,
     QUARANTINED,
+    RETIRED,
     SUCCESS,
     UNROUTED,
     WRITING,
     batches,
     devices,
     keys,
+    lake_files,
 )
 
 _RAW_KEY = re.compile(r"(?P<device>[^/]+)/(?P<hour>\d{10})/[^/]+\.json(\.gz)?")
@@ -262,6 +267,7 @@ class Batch:
     part_date: str
     dstrct_code: str
     keys: tuple[ClaimedKey, ...]
+    kind: str = INGEST
 
     @property
     def bytes(self) -> int:
@@ -326,6 +332,7 @@ def claim_batch(
                 part_date=part_date,
                 dstrct_code=region,
                 status=WRITING,
+                kind=INGEST,
                 lease_until=now + timedelta(seconds=lease_seconds),
                 keys=0,
                 created_at=now,
@@ -374,6 +381,23 @@ def record_intent(engine: sa.Engine, batch_id: str, target_dirs: Iterable[str]) 
 
 
 @dataclass(frozen=True)
+class LakeFile:
+    """A Parquet file a batch wrote: its path in the lake (`dataset/hiveperiod=D/dstrct_code=R/name`)."""
+
+    path: str
+    rows: int
+    bytes: int
+
+    @property
+    def dataset(self) -> str:
+        return self.path.split("/", 1)[0]
+
+    @property
+    def hiveperiod(self) -> str:
+        return self.path.split("hiveperiod=", 1)[1][:10]
+
+
+@dataclass(frozen=True)
 class KeyOutcome:
     key_id: int
     status: str  # SUCCESS or QUARANTINED
@@ -408,6 +432,8 @@ def commit_statements() -> tuple[sa.Update, sa.Update]:
             quarantined_lines=sa.bindparam("b_quarantined"),
             error=sa.bindparam("b_error"),
             done_at=sa.bindparam("b_now"),
+            prior_status=None,
+            prior_batch_id=None,
         )
     )
     return batch_stmt, key_stmt
@@ -417,11 +443,12 @@ def commit_batch(
     engine: sa.Engine,
     batch_id: str,
     outcomes: list[KeyOutcome],
-    files: list[str],
+    files: list[LakeFile],
     rows: int,
     quarantined_lines: int,
 ) -> None:
-    """In one transaction: keys to their final status, the batch COMMITTED with its files."""
+    """In one transaction: keys to their final status, the batch COMMITTED, its files LIVE in the
+    manifest and the files it replaces (marked with `retire_by` when it was claimed) RETIRED."""
     now = utcnow()
     batch_stmt, key_stmt = commit_statements()
     with engine.begin() as conn:
@@ -429,7 +456,7 @@ def commit_batch(
             batch_stmt,
             {
                 "b_batch_id": batch_id,
-                "b_files": json.dumps(files),
+                "b_files": json.dumps([f.path for f in files]),
                 "b_rows": rows,
                 "b_quarantined": quarantined_lines,
                 "b_now": now,
@@ -453,6 +480,48 @@ def commit_batch(
                     for o in outcomes
                 ],
             )
+        part_date, region = conn.execute(
+            sa.select(batches.c.part_date, batches.c.dstrct_code).where(batches.c.batch_id == batch_id)
+        ).one()
+        if files:
+            conn.execute(
+                sa.insert(lake_files),
+                [
+                    {
+                        "path": f.path,
+                        "batch_id": batch_id,
+                        "dataset": f.dataset,
+                        "hiveperiod": f.hiveperiod,
+                        "dstrct_code": region,
+                        "part_date": part_date,
+                        "rows": f.rows,
+                        "bytes": f.bytes,
+                        "state": LIVE,
+                        "committed_at": now,
+                    }
+                    for f in files
+                ],
+            )
+        conn.execute(
+            sa.update(lake_files)
+            .where(lake_files.c.retire_by == batch_id, lake_files.c.state == LIVE)
+            .values(state=RETIRED, retired_at=now)
+        )
+
+
+def delete_retired(engine: sa.Engine, lake: _Listable, batch_id: str | None = None) -> int:
+    """Delete the files of RETIRED manifest rows (those one batch retired, or all) and then the
+    rows; a crash in between leaves rows whose deletion is simply repeated. Returns the count."""
+    stmt = sa.select(lake_files.c.path).where(lake_files.c.state == RETIRED)
+    if batch_id is not None:
+        stmt = stmt.where(lake_files.c.retire_by == batch_id)
+    with engine.connect() as conn:
+        paths = list(conn.execute(stmt).scalars())
+    for chunk in _chunks(paths):
+        lake.delete(chunk)
+        with engine.begin() as conn:
+            conn.execute(sa.delete(lake_files).where(lake_files.c.path.in_(chunk), lake_files.c.state == RETIRED))
+    return len(paths)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,14 +533,21 @@ def batch_file_prefixes(batch_id: str, target_dirs: Iterable[str]) -> list[str]:
 
 
 def release_statement(max_attempts: int, error: str) -> sa.Update:
-    """Keys of an aborted batch: back to PENDING with attempts + 1, FAILED once attempts run out."""
+    """Keys of an aborted batch: back to PENDING with attempts + 1, FAILED once attempts run out.
+    Keys a rebuild held that were already ingested get their status and batch back unchanged."""
+    ingested = keys.c.prior_status.in_((SUCCESS, QUARANTINED))
     return (
         sa.update(keys)
         .where(keys.c.batch_id == sa.bindparam("b_batch_id"), keys.c.status == CLAIMED)
         .values(
-            status=sa.case((keys.c.attempts + 1 >= max_attempts, FAILED), else_=PENDING),
-            attempts=keys.c.attempts + 1,
-            error=error,
+            status=sa.case(
+                (ingested, keys.c.prior_status), (keys.c.attempts + 1 >= max_attempts, FAILED), else_=PENDING
+            ),
+            attempts=sa.case((ingested, keys.c.attempts), else_=keys.c.attempts + 1),
+            error=sa.case((ingested, keys.c.error), else_=error),
+            batch_id=sa.case((ingested, keys.c.prior_batch_id), else_=keys.c.batch_id),
+            prior_status=None,
+            prior_batch_id=None,
         )
     )
 
@@ -510,6 +586,11 @@ def abort_batch(
     with engine.begin() as conn:
         conn.execute(release_statement(max_attempts, error[:4000]), {"b_batch_id": batch_id})
         conn.execute(
+            sa.update(lake_files)
+            .where(lake_files.c.retire_by == batch_id, lake_files.c.state == LIVE)
+            .values(retire_by=None)
+        )
+        conn.execute(
             sa.update(batches)
             .where(batches.c.batch_id == batch_id, batches.c.status == ABORTING)
             .values(status=ABORTED)
@@ -539,8 +620,9 @@ def writing_batches_of_run(engine: sa.Engine, run_id: str) -> list[str]:
 
 
 def recover_expired(engine: sa.Engine, lake: _Listable, max_attempts: int) -> list[str]:
-    """Abort batches whose writer stopped renewing its lease (a crashed process), and finish
-    aborts that were interrupted. Returns the batch ids recovered."""
+    """Abort batches whose writer stopped renewing its lease (a crashed process), finish aborts
+    that were interrupted, and delete retired files a committer stopped before deleting. Returns
+    the batch ids recovered."""
     now = utcnow()
     with engine.connect() as conn:
         stale = (
@@ -555,11 +637,13 @@ def recover_expired(engine: sa.Engine, lake: _Listable, max_attempts: int) -> li
             .scalars()
             .all()
         )
-    return [
+    recovered = [
         batch_id
         for batch_id in stale
         if abort_batch(engine, lake, batch_id, "lease expired: writer stopped", max_attempts, now)
     ]
+    delete_retired(engine, lake)
+    return recovered
 
 
 # ---------------------------------------------------------------------------------------------

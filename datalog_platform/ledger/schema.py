@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
@@ -21,6 +23,15 @@ WRITING = "WRITING"
 ABORTING = "ABORTING"
 COMMITTED = "COMMITTED"
 ABORTED = "ABORTED"
+
+# Batch kinds: an ingest of pending keys, a rebuild of a whole partition, a compaction of files.
+INGEST = "INGEST"
+REBUILD = "REBUILD"
+COMPACT = "COMPACT"
+
+# Lake file states: LIVE files are the dataset; RETIRED ones were replaced and are being deleted.
+LIVE = "LIVE"
+RETIRED = "RETIRED"
 
 devices = sa.Table(
     "devices",
@@ -44,6 +55,10 @@ keys = sa.Table(
     sa.Column("part_date", sa.String(10), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("batch_id", sa.String(36)),
+    # While a rebuild holds a key that was already ingested: its status and batch before, restored
+    # if the rebuild aborts.
+    sa.Column("prior_status", sa.String(16)),
+    sa.Column("prior_batch_id", sa.String(36)),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("error", sa.Text),
     sa.Column("rows", sa.BigInteger),
@@ -65,6 +80,8 @@ batches = sa.Table(
     sa.Column("part_date", sa.String(10), nullable=False),
     sa.Column("dstrct_code", sa.String(64), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
+    # NULL in ledgers created before kinds existed: an ingest.
+    sa.Column("kind", sa.String(16)),
     sa.Column("lease_until", sa.DateTime, nullable=False),
     # Write intent: the lake directories this batch may write `part-{batch_id}-*` files into.
     sa.Column("target_dirs", sa.Text),
@@ -78,6 +95,70 @@ batches = sa.Table(
     sa.Index("ix_batches_status", "status", "lease_until"),
 )
 
+# The manifest: every Parquet file of the lake that a committed batch wrote, one row each. A
+# rebuild or compaction swaps files in one transaction here; readers that list LIVE files never
+# see a partition half-replaced.
+lake_files = sa.Table(
+    "lake_files",
+    metadata,
+    sa.Column("file_id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("path", sa.String(512), nullable=False, unique=True),
+    sa.Column("batch_id", sa.String(36), nullable=False),
+    sa.Column("dataset", sa.String(64), nullable=False),
+    sa.Column("hiveperiod", sa.String(10), nullable=False),
+    sa.Column("dstrct_code", sa.String(64), nullable=False),
+    # The partition whose keys the rows came from (rows crossing midnight live in the next date).
+    sa.Column("part_date", sa.String(10), nullable=False),
+    sa.Column("rows", sa.BigInteger),
+    sa.Column("bytes", sa.BigInteger),
+    sa.Column("state", sa.String(16), nullable=False),
+    # A WRITING rebuild or compaction that will retire this file when it commits.
+    sa.Column("retire_by", sa.String(36)),
+    sa.Column("committed_at", sa.DateTime, nullable=False),
+    sa.Column("retired_at", sa.DateTime),
+    sa.Index("ix_lake_files_dir", "dataset", "hiveperiod", "dstrct_code", "state"),
+    sa.Index("ix_lake_files_source", "part_date", "dstrct_code", "state"),
+    sa.Index("ix_lake_files_retire", "retire_by"),
+)
+
+# Columns added since the first ledgers were created; `create_schema` adds them where missing.
+_ADDED_COLUMNS = ((batches, batches.c.kind), (keys, keys.c.prior_status), (keys, keys.c.prior_batch_id))
+
 
 def create_schema(engine: sa.Engine) -> None:
+    """Create missing tables; upgrade a ledger from before batch kinds and the file manifest."""
+    fresh = not sa.inspect(engine).has_table("lake_files")
     metadata.create_all(engine)
+    for table, column in _ADDED_COLUMNS:
+        if column.name not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
+            kind = column.type.compile(engine.dialect)
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"ALTER TABLE {table.name} ADD {column.name} {kind}"))
+    if fresh:
+        _fill_manifest(engine)
+
+
+def _fill_manifest(engine: sa.Engine) -> None:
+    """Record the files of batches committed before the manifest existed as LIVE."""
+    with engine.begin() as conn:
+        committed = conn.execute(
+            sa.select(
+                batches.c.batch_id, batches.c.part_date, batches.c.dstrct_code, batches.c.files, batches.c.committed_at
+            ).where(batches.c.status == COMMITTED)
+        ).all()
+        rows = [
+            {
+                "path": path,
+                "batch_id": b.batch_id,
+                "dataset": path.split("/", 1)[0],
+                "hiveperiod": path.split("hiveperiod=", 1)[1][:10],
+                "dstrct_code": b.dstrct_code,
+                "part_date": b.part_date,
+                "state": LIVE,
+                "committed_at": b.committed_at,
+            }
+            for b in committed
+            for path in json.loads(b.files or "[]")
+        ]
+        if rows:
+            conn.execute(sa.insert(lake_files), rows)

@@ -23,6 +23,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from datalog_platform.ledger.protocol import LakeFile
 from datalog_platform.resources.store import ObjectStore
 from datalog_platform.transform.timestamps import is_numeric, with_instant
 
@@ -58,7 +59,7 @@ class FileOutcome:
 @dataclass
 class ConvertResult:
     outcomes: list[FileOutcome]
-    files: list[str] = field(default_factory=list)  # lake keys written
+    files: list[LakeFile] = field(default_factory=list)
     rows: int = 0
     quarantined_lines: int = 0
     bytes_written: int = 0
@@ -364,20 +365,45 @@ class BatchConverter:
             )
 
     def _copy(self, select: str, params: dict[str, object], dataset: str, expected: int, result: ConvertResult) -> None:
-        """COPY to hive Parquet, then verify every written file's footer and row count."""
-        count, files = self.conn.execute(
-            f"""COPY ({select}) TO $target (FORMAT parquet, COMPRESSION zstd,
-                PARTITION_BY (hiveperiod, dstrct_code), OVERWRITE_OR_IGNORE true,
-                FILENAME_PATTERN $pattern, RETURN_FILES true)""",
-            {**params, "target": self.lake.uri(dataset), "pattern": f"part-{self.batch_id}-{{i}}"},
-        ).fetchone()
-        if count != expected:
-            raise RuntimeError(f"COPY to {dataset} wrote {count} rows, expected {expected}")
-        footer_rows, footer_bytes = self.conn.execute(
-            "SELECT sum(num_rows), sum(file_size_bytes) FROM parquet_file_metadata(?)", [list(files)]
-        ).fetchone()
-        if footer_rows != expected:
-            raise RuntimeError(f"{dataset} files hold {footer_rows} rows, expected {expected}")
-        root = self.lake.uri().rstrip("/") + "/"
-        result.files += [f[len(root) :] if f.startswith(root) else f for f in files]
-        result.bytes_written += int(footer_bytes or 0)
+        written = copy_to_lake(self.conn, self.lake, select, params, dataset, self.batch_id, expected)
+        result.files += written
+        result.bytes_written += sum(f.bytes for f in written)
+
+
+PARTITIONED = "PARTITION_BY (hiveperiod, dstrct_code)"
+
+
+def copy_to_lake(
+    conn: duckdb.DuckDBPyConnection,
+    lake: ObjectStore,
+    select: str,
+    params: dict[str, object],
+    target: str,
+    batch_id: str,
+    expected: int,
+    layout: str = PARTITIONED,
+) -> list[LakeFile]:
+    """COPY the rows of `select` under the lake directory `target` as Parquet files
+    `part-{batch_id}-{i}`, then verify every file's footer and the row count.
+
+    `layout` is a COPY option: by default the rows (with `hiveperiod` and `dstrct_code` columns)
+    are split into hive directories under the dataset `target`; `FILE_SIZE_BYTES n` writes files
+    of about n bytes into the one directory `target` (DuckDB cannot combine the two).
+    """
+    count, files = conn.execute(
+        f"""COPY ({select}) TO $target (FORMAT parquet, COMPRESSION zstd, {layout},
+            OVERWRITE_OR_IGNORE true, FILENAME_PATTERN $pattern, RETURN_FILES true)""",
+        {**params, "target": lake.uri(target), "pattern": f"part-{batch_id}-{{i}}"},
+    ).fetchone()
+    if count != expected:
+        raise RuntimeError(f"COPY to {target} wrote {count} rows, expected {expected}")
+    footers = conn.execute(
+        "SELECT file_name, num_rows, file_size_bytes FROM parquet_file_metadata(?)", [list(files)]
+    ).fetchall()
+    if sum(rows for _, rows, _ in footers) != expected or len(footers) != len(files):
+        raise RuntimeError(f"{target} files hold {sum(r for _, r, _ in footers)} rows, expected {expected}")
+    root = lake.uri().rstrip("/") + "/"
+    return [
+        LakeFile(name[len(root) :] if name.startswith(root) else name, int(rows), int(size))
+        for name, rows, size in footers
+    ]

@@ -1,0 +1,198 @@
+"""Rebuilds and compactions: replace files of the lake in one ledger transaction.
+
+A rebuild reprocesses every key of a (date, region) partition; a compaction rewrites the small
+files of one hive directory into few. Both write their new files first, while the files they
+replace stay LIVE; their commit makes the new files LIVE and the replaced ones RETIRED in one
+transaction, and only then are the retired files deleted (`protocol.delete_retired`).
+
+A file is replaced by at most one writer: a claim marks the files it will replace with
+`retire_by`, and only unmarked files can be marked. A rebuild needs every LIVE file of its
+partition, so it stops if another writer holds one; a compaction takes whatever is unmarked.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from datalog_platform.ledger.protocol import Batch, ClaimedKey, LakeFile, utcnow
+from datalog_platform.ledger.schema import (
+    CLAIMED,
+    COMPACT,
+    FAILED,
+    LIVE,
+    PENDING,
+    QUARANTINED,
+    REBUILD,
+    SUCCESS,
+    WRITING,
+    batches,
+    keys,
+    lake_files,
+)
+
+# Every key a rebuild reprocesses: all of the partition but keys another batch holds and UNROUTED.
+REBUILT_STATUSES = (PENDING, FAILED, SUCCESS, QUARANTINED)
+
+
+class PartitionBusyError(RuntimeError):
+    """Another rebuild or compaction holds files of the partition; try again when it has ended."""
+
+
+def _new_batch(conn: sa.Connection, kind: str, part_date: str, region: str, run_id: str | None, lease: int) -> str:
+    batch_id = str(uuid.uuid4())
+    now = utcnow()
+    conn.execute(
+        sa.insert(batches).values(
+            batch_id=batch_id,
+            run_id=run_id,
+            part_date=part_date,
+            dstrct_code=region,
+            status=WRITING,
+            kind=kind,
+            lease_until=now + timedelta(seconds=lease),
+            keys=0,
+            created_at=now,
+        )
+    )
+    return batch_id
+
+
+def _mark(conn: sa.Connection, batch_id: str, *where: sa.ColumnElement[bool]) -> None:
+    conn.execute(
+        sa.update(lake_files)
+        .where(*where, lake_files.c.state == LIVE, lake_files.c.retire_by.is_(None))
+        .values(retire_by=batch_id)
+    )
+
+
+def claim_rebuild(
+    engine: sa.Engine, part_date: str, region: str, run_id: str | None, lease_seconds: int
+) -> Batch | None:
+    """Lease every key of (part_date, region) that no other batch holds to a new REBUILD batch,
+    and mark every LIVE file of the partition to be replaced by it. None if the partition has no
+    keys; PartitionBusyError if another rebuild or compaction holds some of its files.
+
+    Keys already ingested remember their status and batch (`prior_status`, `prior_batch_id`), so
+    that an abort gives them back exactly as they were. The claim has no size limit: the files it
+    replaces hold the rows of all those keys.
+    """
+    of_partition = (lake_files.c.part_date == part_date, lake_files.c.dstrct_code == region)
+    with engine.connect() as conn, conn.begin() as tx:
+        batch_id = _new_batch(conn, REBUILD, part_date, region, run_id, lease_seconds)
+        _mark(conn, batch_id, *of_partition)
+        holders = sorted(
+            conn.execute(
+                sa.select(lake_files.c.retire_by)
+                .where(*of_partition, lake_files.c.state == LIVE, lake_files.c.retire_by != batch_id)
+                .distinct()
+            ).scalars()
+        )
+        if holders:
+            tx.rollback()
+            raise PartitionBusyError(
+                f"partition {part_date} / {region} has files held by batch(es) {', '.join(holders)} "
+                "(a rebuild or compaction in progress); run the rebuild again when they have ended"
+            )
+        claimed = sorted(
+            conn.execute(
+                sa.update(keys)
+                .where(
+                    keys.c.part_date == part_date,
+                    keys.c.dstrct_code == region,
+                    keys.c.status.in_(REBUILT_STATUSES),
+                )
+                .values(status=CLAIMED, batch_id=batch_id, prior_status=keys.c.status, prior_batch_id=keys.c.batch_id)
+                .returning(keys.c.key_id, keys.c.key, keys.c.size)
+            ).all()
+        )
+        if not claimed:
+            tx.rollback()
+            return None
+        conn.execute(sa.update(batches).where(batches.c.batch_id == batch_id).values(keys=len(claimed)))
+    return Batch(
+        batch_id=batch_id,
+        run_id=run_id,
+        part_date=part_date,
+        dstrct_code=region,
+        keys=tuple(ClaimedKey(int(i), k, int(s)) for i, k, s in claimed),
+        kind=REBUILD,
+    )
+
+
+@dataclass(frozen=True)
+class Directory:
+    """The LIVE files of one hive directory that came from one partition's keys."""
+
+    dataset: str
+    hiveperiod: str
+    dstrct_code: str
+    part_date: str
+    files: int
+
+
+@dataclass(frozen=True)
+class Compaction:
+    batch_id: str
+    directory: Directory
+    files: tuple[LakeFile, ...]
+
+
+def crowded_directories(engine: sa.Engine, min_files: int) -> list[Directory]:
+    """Directories with more than `min_files` LIVE files from one source partition that no
+    rebuild or compaction holds, most files first."""
+    count = sa.func.count()
+    stmt = (
+        sa.select(
+            lake_files.c.dataset, lake_files.c.hiveperiod, lake_files.c.dstrct_code, lake_files.c.part_date, count
+        )
+        .where(lake_files.c.state == LIVE, lake_files.c.retire_by.is_(None))
+        .group_by(lake_files.c.dataset, lake_files.c.hiveperiod, lake_files.c.dstrct_code, lake_files.c.part_date)
+        .having(count > min_files)
+        .order_by(count.desc(), lake_files.c.dataset, lake_files.c.hiveperiod, lake_files.c.dstrct_code)
+    )
+    with engine.connect() as conn:
+        return [Directory(*row[:4], files=int(row[4])) for row in conn.execute(stmt).all()]
+
+
+def claim_compaction(
+    engine: sa.Engine, directory: Directory, run_id: str | None, lease_seconds: int
+) -> Compaction | None:
+    """Mark the directory's unheld LIVE files (of its source partition) to be replaced by a new
+    COMPACT batch; None if fewer than two are left to merge."""
+    where = (
+        lake_files.c.dataset == directory.dataset,
+        lake_files.c.hiveperiod == directory.hiveperiod,
+        lake_files.c.dstrct_code == directory.dstrct_code,
+        lake_files.c.part_date == directory.part_date,
+    )
+    with engine.connect() as conn, conn.begin() as tx:
+        batch_id = _new_batch(conn, COMPACT, directory.part_date, directory.dstrct_code, run_id, lease_seconds)
+        _mark(conn, batch_id, *where)
+        marked = conn.execute(
+            sa.select(lake_files.c.path, lake_files.c.rows, lake_files.c.bytes)
+            .where(*where, lake_files.c.retire_by == batch_id)
+            .order_by(lake_files.c.path)
+        ).all()
+        if len(marked) < 2:
+            tx.rollback()
+            return None
+    return Compaction(batch_id, directory, tuple(LakeFile(p, r, b) for p, r, b in marked))
+
+
+def live_files(
+    engine: sa.Engine, dataset: str, hiveperiod: str | None = None, region: str | None = None
+) -> list[LakeFile]:
+    """The dataset's LIVE files (of one date and region if given): what a reader should read."""
+    stmt = sa.select(lake_files.c.path, lake_files.c.rows, lake_files.c.bytes).where(
+        lake_files.c.dataset == dataset, lake_files.c.state == LIVE
+    )
+    if hiveperiod is not None:
+        stmt = stmt.where(lake_files.c.hiveperiod == hiveperiod)
+    if region is not None:
+        stmt = stmt.where(lake_files.c.dstrct_code == region)
+    with engine.connect() as conn:
+        return [LakeFile(p, r, b) for p, r, b in conn.execute(stmt.order_by(lake_files.c.path)).all()]
