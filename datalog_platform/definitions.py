@@ -15,7 +15,12 @@ from datalog_platform.assets.ingest import (
     raw_datalog_logs,
 )
 from datalog_platform.assets.registry import device_registry
-from datalog_platform.jobs import daily_reconciliation_schedule, reconcile_raw_keys_job
+from datalog_platform.jobs import (
+    compact_lake_job,
+    daily_compaction_schedule,
+    daily_reconciliation_schedule,
+    reconcile_raw_keys_job,
+)
 from datalog_platform.resources.duckdb import connection_config
 from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.resources.stores import StoresResource
@@ -33,9 +38,9 @@ def _secret(name: str, value: str) -> str | dg.EnvVar:
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=[raw_datalog_logs, device_registry, claimed_key_batches, datalog_parquet],
-        jobs=[ingest_partition_job, reconcile_raw_keys_job],
+        jobs=[ingest_partition_job, reconcile_raw_keys_job, compact_lake_job],
         sensors=[*SENSORS],
-        schedules=[hourly_ingest_schedule, daily_reconciliation_schedule],
+        schedules=[hourly_ingest_schedule, daily_reconciliation_schedule, daily_compaction_schedule],
         resources={
             "ledger": LedgerResource(
                 url=_secret("DATALOG_LEDGER_URL", settings.ledger_url),

@@ -23,6 +23,8 @@ class Settings:
     max_attempts: int
     partitions_start_date: str
     max_runs_per_tick: int = 20
+    compaction_min_files: int = 8
+    compaction_target_mb: int = 256
 
     @property
     def spill_dir(self) -> Path:
@@ -51,4 +53,6 @@ class Settings:
             max_attempts=int(env.get("DATALOG_MAX_ATTEMPTS", "3")),
             partitions_start_date=env.get("DATALOG_PARTITIONS_START_DATE", "2020-01-01"),
             max_runs_per_tick=int(env.get("DATALOG_MAX_RUNS_PER_TICK", "20")),
+            compaction_min_files=int(env.get("DATALOG_COMPACTION_MIN_FILES", "8")),
+            compaction_target_mb=int(env.get("DATALOG_COMPACTION_TARGET_MB", "256")),
         )

@@ -135,8 +135,14 @@ def instance() -> Iterator[dg.DagsterInstance]:
 
 
 def materialize(
-    instance: dg.DagsterInstance, resources: dict[str, object], part_date: str, region: str
+    instance: dg.DagsterInstance,
+    resources: dict[str, object],
+    part_date: str,
+    region: str,
+    tags: dict[str, str] | None = None,
+    key_limit: int | None = None,
 ) -> dg.ExecuteInProcessResult:
+    config = {"ops": {"claimed_key_batches": {"config": {"key_limit_per_run": key_limit}}}} if key_limit else None
     return dg.materialize(
         [raw_datalog_logs, claimed_key_batches, datalog_parquet],
         selection=[claimed_key_batches, datalog_parquet],
@@ -144,6 +150,8 @@ def materialize(
         instance=instance,
         resources=resources,
         raise_on_error=False,
+        tags=tags,
+        run_config=config,
     )
 
 
@@ -227,3 +235,88 @@ def test_partition_materializes_like_the_ui(
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(batches)).scalar_one() == 1
     assert cli_helpers.key_table(settings.ledger_url) == table
+
+
+# ---------------------------------------------------------------------------------------------
+# Backfills rebuild; the compaction job merges files
+
+
+def one_file_per_key(tmp_path: Path, instance: dg.DagsterInstance) -> tuple[Settings, dict[str, object], list]:
+    """REGION's three keys of DAY ingested by three runs (one file each); returns the settings,
+    the resources and the records the lake must hold for REGION."""
+    settings = Settings.from_env({"DATALOG_HOME": str(tmp_path / "home")})
+    raw = LocalStore(settings.raw_url)
+    summary = generate(raw, devices=3, hours=3, rows=20, seed=2)
+    engine = ledger_engine(settings.ledger_url)
+    protocol.upsert_devices(engine, summary.devices)
+    protocol.register_keys(engine, raw.list(), settings.tz_offset_hours)
+    instance.add_dynamic_partitions(REGION_PARTITIONS_NAME, protocol.known_regions(engine))
+    resources = dict(build_definitions(settings).resources)
+    for _ in range(3):
+        assert materialize(instance, resources, DAY, REGION, key_limit=1).success
+    expected = sorted(r for r in cli_helpers.raw_records(raw) if r[0].startswith("dev00000/"))
+    return settings, resources, expected
+
+
+def day_files(settings: Settings) -> set[str]:
+    lake_dir = Path(settings.lake_url) / "datalog_v2" / f"hiveperiod={DAY}" / f"dstrct_code={REGION}"
+    return {p.name for p in lake_dir.glob("*.parquet")}
+
+
+def test_a_backfill_run_rebuilds_its_partition(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    settings, resources, expected = one_file_per_key(tmp_path, instance)
+    old = day_files(settings)
+    assert len(old) == 3
+
+    result = materialize(instance, resources, DAY, REGION, tags={"dagster/backfill": "abcdefgh"})
+
+    assert result.success, [e.message for e in result.get_step_failure_events()]
+    own = next(
+        e.materialization
+        for e in result.get_asset_materialization_events()
+        if e.materialization.asset_key == dg.AssetKey("datalog_parquet")
+        and e.materialization.partition == f"{DAY}|{REGION}"
+    )
+    meta = {k: v.value for k, v in own.metadata.items()}
+    assert meta["rebuild"] is True and meta["keys"] == 3 and meta["files_replaced"] == 3
+    new = day_files(settings)
+    assert new.isdisjoint(old) and new == {f"part-{meta['batch_id']}-0.parquet"}
+    assert cli_helpers.row_ids(cli_helpers.lake_rows(settings.lake_url)) == expected
+
+    # an ordinary run of the same partition claims nothing: the rebuild held no pending key back
+    again = materialize(instance, resources, DAY, REGION)
+    assert again.success and again.is_node_skipped("datalog_parquet")
+
+
+def test_compaction_job_merges_crowded_directories(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    settings, resources, expected = one_file_per_key(tmp_path, instance)
+    job = build_definitions(settings).resolve_job_def("compact_lake_job")
+    config = {"ops": {"compact_lake": {"config": {"min_files": 3}}}}
+
+    untouched = job.execute_in_process(run_config=config, instance=instance, resources=resources)
+    assert untouched.success and len(day_files(settings)) == 3  # 3 files is not more than 3
+
+    config["ops"]["compact_lake"]["config"]["min_files"] = 2
+    result = job.execute_in_process(run_config=config, instance=instance, resources=resources)
+
+    assert result.success
+    (merged,) = day_files(settings)
+    observations = [
+        e.event_specific_data.asset_observation
+        for e in result.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_OBSERVATION
+    ]
+    (seen,) = observations
+    assert seen.asset_key == dg.AssetKey("datalog_parquet") and seen.partition == f"{DAY}|{REGION}"
+    assert (seen.metadata["files_before"].value, seen.metadata["files_after"].value) == (3, 1)
+    assert merged == f"part-{seen.metadata['compacted_by'].value}-0.parquet"
+    assert cli_helpers.row_ids(cli_helpers.lake_rows(settings.lake_url)) == expected
+
+
+def test_daily_compaction_schedule_requests_the_compaction_job() -> None:
+    schedule = defs.resolve_schedule_def("daily_compaction_schedule")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert schedule.job_name == "compact_lake_job" and schedule.cron_schedule == "30 4 * * *"
+    with dg.build_schedule_context() as context:
+        (request,) = schedule.evaluate_tick(context).run_requests
+    assert request.job_name in (None, "compact_lake_job")

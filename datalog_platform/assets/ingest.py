@@ -7,7 +7,8 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from datalog_platform.ingest import ingest_batch
-from datalog_platform.ledger import protocol
+from datalog_platform.ledger import protocol, swap
+from datalog_platform.ledger.schema import REBUILD
 from datalog_platform.partitions import (
     date_and_region,
     date_partitions,
@@ -28,9 +29,20 @@ raw_datalog_logs = dg.AssetSpec(
 )
 
 
+# The tag Dagster puts on every run of a backfill.
+BACKFILL_TAG = "dagster/backfill"
+
+
 class ClaimConfig(dg.Config):
     key_limit_per_run: int | None = Field(
         default=None, description="Most keys this run claims (default: the ledger's, DATALOG_KEY_LIMIT_PER_RUN)"
+    )
+    rebuild: bool = Field(
+        default=False,
+        description=(
+            "Rebuild the partition: reprocess every key, commit, then remove its older files. "
+            "Runs of a backfill always rebuild."
+        ),
     )
 
 
@@ -53,22 +65,30 @@ def claimed_key_batches(
     ledger: LedgerResource,
     stores: StoresResource,
 ) -> Iterator[dg.Output[protocol.Batch]]:
-    """A batch of pending raw keys of the partition, leased to this run in the ledger."""
+    """A batch of pending raw keys of the partition, leased to this run in the ledger; in a
+    backfill (or with `rebuild`), every key of the partition, to rebuild it."""
     part_date, region = date_and_region(context.partition_key)
     engine = ledger.get_engine()
     recovered = protocol.recover_expired(engine, stores.lake(), ledger.max_attempts)
     if recovered:
         context.log.warning(f"recovered {len(recovered)} batch(es) whose writer stopped: {recovered}")
-    batch = protocol.claim_batch(
-        engine,
-        part_date,
-        region,
-        config.key_limit_per_run or ledger.key_limit_per_run,
-        context.run.run_id,
-        ledger.lease_seconds,
-    )
+    rebuild = config.rebuild or BACKFILL_TAG in context.run.tags
+    if rebuild:
+        try:
+            batch = swap.claim_rebuild(engine, part_date, region, context.run.run_id, ledger.lease_seconds)
+        except swap.PartitionBusyError as exc:
+            raise dg.Failure(description=str(exc)) from exc
+    else:
+        batch = protocol.claim_batch(
+            engine,
+            part_date,
+            region,
+            config.key_limit_per_run or ledger.key_limit_per_run,
+            context.run.run_id,
+            ledger.lease_seconds,
+        )
     if batch is None:
-        context.log.info(f"no pending keys for {part_date} / {region}; nothing to ingest")
+        context.log.info(f"no {'keys' if rebuild else 'pending keys'} for {part_date} / {region}; nothing to ingest")
         return
     yield dg.Output(
         batch,
@@ -76,6 +96,7 @@ def claimed_key_batches(
             "batch_id": batch.batch_id,
             "keys": len(batch.keys),
             "bytes": batch.bytes,
+            "rebuild": batch.kind == REBUILD,
             "recovered_batches": len(recovered),
         },
     )
@@ -94,7 +115,8 @@ def datalog_parquet(
     stores: StoresResource,
     duckdb: DuckDBResource,
 ) -> dg.MaterializeResult:
-    """The hive partition hiveperiod=DATE/dstrct_code=REGION with every key claimed for it."""
+    """The hive partition hiveperiod=DATE/dstrct_code=REGION with every key claimed for it; a
+    rebuild replaces the partition's files once its new ones are committed."""
     batch = claimed_key_batches
     lake = stores.lake()
     access = stores.s3_access()
@@ -132,6 +154,8 @@ def datalog_parquet(
     return dg.MaterializeResult(
         metadata={
             "batch_id": report.batch_id,
+            "rebuild": batch.kind == REBUILD,
+            "files_replaced": report.replaced_files,
             "keys": report.keys,
             "rows": report.rows,
             "rows_in_partition": report.partitions.get(own_date, 0),
