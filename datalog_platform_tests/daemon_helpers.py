@@ -188,14 +188,13 @@ class Daemon:
         return group_members(self.pgid)
 
 
-def start_daemon(bin_dir: Path, workspace: Path, env: Mapping[str, str], log_path: Path) -> Daemon:
-    """`dagster-daemon run -w WORKSPACE` with cwd = the workspace's directory and exactly `env`."""
-    executable = bin_dir / "dagster-daemon"
-    assert executable.is_file(), f"{executable} not found: is the virtualenv installed (make setup)?"
+def start_process(argv: list[str], cwd: Path, env: Mapping[str, str], log_path: Path) -> Daemon:
+    """A Dagster service in its own session and process group, its output in `log_path`."""
+    assert Path(argv[0]).is_file(), f"{argv[0]} not found: is the virtualenv installed (make setup)?"
     log_file = log_path.open("wb")
     proc = subprocess.Popen(
-        [str(executable), "run", "-w", str(workspace)],
-        cwd=workspace.parent,
+        argv,
+        cwd=cwd,
         env=dict(env),
         stdin=subprocess.DEVNULL,
         stdout=log_file,
@@ -203,6 +202,19 @@ def start_daemon(bin_dir: Path, workspace: Path, env: Mapping[str, str], log_pat
         start_new_session=True,  # its own process group: teardown kills everything it started
     )
     return Daemon(proc, log_path, log_file)
+
+
+def start_daemon(bin_dir: Path, workspace: Path, env: Mapping[str, str], log_path: Path) -> Daemon:
+    """`dagster-daemon run -w WORKSPACE` with cwd = the workspace's directory and exactly `env`."""
+    return start_process(
+        [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)], workspace.parent, env, log_path
+    )
+
+
+def start_webserver(bin_dir: Path, workspace: Path, env: Mapping[str, str], log_path: Path, port: int) -> Daemon:
+    """`dagster-webserver -w WORKSPACE` on 127.0.0.1:port: the UI and the GraphQL API it speaks."""
+    argv = [str(bin_dir / "dagster-webserver"), "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)]
+    return start_process(argv, workspace.parent, env, log_path)
 
 
 def poll(

@@ -403,7 +403,10 @@ def copy_to_lake(
     if sum(rows for _, rows, _ in footers) != expected or len(footers) != len(files):
         raise RuntimeError(f"{target} files hold {sum(r for _, r, _ in footers)} rows, expected {expected}")
     root = lake.uri().rstrip("/") + "/"
-    return [
+    written = [
         LakeFile(name[len(root) :] if name.startswith(root) else name, int(rows), int(size))
         for name, rows, size in footers
     ]
+    # With FILE_SIZE_BYTES, a thread that got no rows can still leave a file without any
+    lake.delete([f.path for f in written if f.rows == 0])
+    return [f for f in written if f.rows > 0]
