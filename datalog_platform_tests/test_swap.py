@@ -440,7 +440,8 @@ def test_a_ledger_from_before_the_manifest_is_upgraded(tmp_path: Path) -> None:
     old = sa.MetaData()
     for table in (batches, keys):
         dropped = {"kind", "prior_status", "prior_batch_id"}
-        sa.Table(table.name, old, *[c.copy() for c in table.columns if c.name not in dropped])
+        columns = [sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable) for c in table.columns]
+        sa.Table(table.name, old, *[c for c in columns if c.name not in dropped])
     old.create_all(eng)
     path = f"{DATA}/hiveperiod={DAY}/dstrct_code={REGION}/part-b1-0.parquet"
     with eng.begin() as conn:
