@@ -32,6 +32,7 @@ from datalog_platform.ledger.schema import (
     SUCCESS,
     UNROUTED,
     WRITING,
+    LakeFile,
     batches,
     devices,
     keys,
@@ -378,23 +379,6 @@ def record_intent(engine: sa.Engine, batch_id: str, target_dirs: Iterable[str]) 
 
 # ---------------------------------------------------------------------------------------------
 # Commit
-
-
-@dataclass(frozen=True)
-class LakeFile:
-    """A Parquet file a batch wrote: its path in the lake (`dataset/hiveperiod=D/dstrct_code=R/name`)."""
-
-    path: str
-    rows: int
-    bytes: int
-
-    @property
-    def dataset(self) -> str:
-        return self.path.split("/", 1)[0]
-
-    @property
-    def hiveperiod(self) -> str:
-        return self.path.split("hiveperiod=", 1)[1][:10]
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 
@@ -121,6 +122,24 @@ lake_files = sa.Table(
     sa.Index("ix_lake_files_retire", "retire_by"),
 )
 
+
+@dataclass(frozen=True)
+class LakeFile:
+    """A Parquet file a batch wrote: its path in the lake (`dataset/hiveperiod=D/dstrct_code=R/name`)."""
+
+    path: str
+    rows: int | None
+    bytes: int | None
+
+    @property
+    def dataset(self) -> str:
+        return self.path.split("/", 1)[0]
+
+    @property
+    def hiveperiod(self) -> str:
+        return self.path.split("hiveperiod=", 1)[1][:10]
+
+
 # Columns added since the first ledgers were created; `create_schema` adds them where missing.
 _ADDED_COLUMNS = ((batches, batches.c.kind), (keys, keys.c.prior_status), (keys, keys.c.prior_batch_id))
 
@@ -148,17 +167,17 @@ def _fill_manifest(engine: sa.Engine) -> None:
         ).all()
         rows = [
             {
-                "path": path,
+                "path": f.path,
                 "batch_id": b.batch_id,
-                "dataset": path.split("/", 1)[0],
-                "hiveperiod": path.split("hiveperiod=", 1)[1][:10],
+                "dataset": f.dataset,
+                "hiveperiod": f.hiveperiod,
                 "dstrct_code": b.dstrct_code,
                 "part_date": b.part_date,
                 "state": LIVE,
                 "committed_at": b.committed_at,
             }
             for b in committed
-            for path in json.loads(b.files or "[]")
+            for f in (LakeFile(path, None, None) for path in json.loads(b.files or "[]"))
         ]
         if rows:
             conn.execute(sa.insert(lake_files), rows)
