@@ -314,6 +314,28 @@ def claim_statement(dialect_name: str, batch_id: str, part_date: str, region: st
     )
 
 
+def insert_batch(
+    conn: sa.Connection, kind: str, part_date: str, region: str, run_id: str | None, lease_seconds: int
+) -> str:
+    """A new WRITING batch of `kind` with no keys yet, in the caller's transaction; returns its id."""
+    batch_id = str(uuid.uuid4())
+    now = utcnow()
+    conn.execute(
+        sa.insert(batches).values(
+            batch_id=batch_id,
+            run_id=run_id,
+            part_date=part_date,
+            dstrct_code=region,
+            status=WRITING,
+            kind=kind,
+            lease_until=now + timedelta(seconds=lease_seconds),
+            keys=0,
+            created_at=now,
+        )
+    )
+    return batch_id
+
+
 def claim_batch(
     engine: sa.Engine,
     part_date: str,
@@ -323,22 +345,8 @@ def claim_batch(
     lease_seconds: int,
 ) -> Batch | None:
     """Lease up to `limit` PENDING keys of (part_date, region) to a new WRITING batch, or None."""
-    batch_id = str(uuid.uuid4())
-    now = utcnow()
     with engine.connect() as conn, conn.begin() as tx:
-        conn.execute(
-            sa.insert(batches).values(
-                batch_id=batch_id,
-                run_id=run_id,
-                part_date=part_date,
-                dstrct_code=region,
-                status=WRITING,
-                kind=INGEST,
-                lease_until=now + timedelta(seconds=lease_seconds),
-                keys=0,
-                created_at=now,
-            )
-        )
+        batch_id = insert_batch(conn, INGEST, part_date, region, run_id, lease_seconds)
         stmt = claim_statement(engine.dialect.name, batch_id, part_date, region, limit)
         claimed = sorted(conn.execute(stmt).all())
         if not claimed:

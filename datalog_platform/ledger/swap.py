@@ -12,13 +12,11 @@ partition, so it stops if another writer holds one; a compaction takes whatever 
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 
 import sqlalchemy as sa
 
-from datalog_platform.ledger.protocol import Batch, ClaimedKey, LakeFile, utcnow
+from datalog_platform.ledger.protocol import Batch, ClaimedKey, insert_batch
 from datalog_platform.ledger.schema import (
     CLAIMED,
     COMPACT,
@@ -28,7 +26,7 @@ from datalog_platform.ledger.schema import (
     QUARANTINED,
     REBUILD,
     SUCCESS,
-    WRITING,
+    LakeFile,
     batches,
     keys,
     lake_files,
@@ -40,25 +38,6 @@ REBUILT_STATUSES = (PENDING, FAILED, SUCCESS, QUARANTINED)
 
 class PartitionBusyError(RuntimeError):
     """Another rebuild or compaction holds files of the partition; try again when it has ended."""
-
-
-def _new_batch(conn: sa.Connection, kind: str, part_date: str, region: str, run_id: str | None, lease: int) -> str:
-    batch_id = str(uuid.uuid4())
-    now = utcnow()
-    conn.execute(
-        sa.insert(batches).values(
-            batch_id=batch_id,
-            run_id=run_id,
-            part_date=part_date,
-            dstrct_code=region,
-            status=WRITING,
-            kind=kind,
-            lease_until=now + timedelta(seconds=lease),
-            keys=0,
-            created_at=now,
-        )
-    )
-    return batch_id
 
 
 def _mark(conn: sa.Connection, batch_id: str, *where: sa.ColumnElement[bool]) -> None:
@@ -82,7 +61,7 @@ def claim_rebuild(
     """
     of_partition = (lake_files.c.part_date == part_date, lake_files.c.dstrct_code == region)
     with engine.connect() as conn, conn.begin() as tx:
-        batch_id = _new_batch(conn, REBUILD, part_date, region, run_id, lease_seconds)
+        batch_id = insert_batch(conn, REBUILD, part_date, region, run_id, lease_seconds)
         _mark(conn, batch_id, *of_partition)
         holders = sorted(
             conn.execute(
@@ -170,7 +149,7 @@ def claim_compaction(
         lake_files.c.part_date == directory.part_date,
     )
     with engine.connect() as conn, conn.begin() as tx:
-        batch_id = _new_batch(conn, COMPACT, directory.part_date, directory.dstrct_code, run_id, lease_seconds)
+        batch_id = insert_batch(conn, COMPACT, directory.part_date, directory.dstrct_code, run_id, lease_seconds)
         _mark(conn, batch_id, *where)
         marked = conn.execute(
             sa.select(lake_files.c.path, lake_files.c.rows, lake_files.c.bytes)
