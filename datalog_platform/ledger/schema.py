@@ -120,6 +120,8 @@ lake_files = sa.Table(
     sa.Index("ix_lake_files_dir", "dataset", "hiveperiod", "dstrct_code", "state"),
     sa.Index("ix_lake_files_source", "part_date", "dstrct_code", "state"),
     sa.Index("ix_lake_files_retire", "retire_by"),
+    # recovery looks for RETIRED files left undeleted on every claim: a seek, not a scan
+    sa.Index("ix_lake_files_state", "state"),
 )
 
 
