@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import duckdb
 import sqlalchemy as sa
 
-from datalog_platform.ledger import protocol
+from datalog_platform.ledger import fields, protocol, swap
 from datalog_platform.ledger.schema import QUARANTINED, REBUILD, SUCCESS
 from datalog_platform.resources.store import ObjectStore
-from datalog_platform.transform.convert import BatchConverter, ConvertResult, SourceFile
+from datalog_platform.transform.convert import DATASET, BatchConverter, ConvertResult, SourceFile
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,10 @@ class BatchReport:
     rows: int
     quarantined_lines: int
     quarantined_keys: int
+    duplicate_rows: int
+    rescued_values: dict[str, int]
+    new_fields: list[str]
+    widened_fields: list[str]
     line_path_files: int
     files: list[protocol.LakeFile]
     bytes_written: int
@@ -81,6 +85,27 @@ def missing_raw_objects(raw: ObjectStore, batch: protocol.Batch) -> list[str]:
     return missing
 
 
+class LedgerCatalog:
+    """The ledger as one batch's conversion sees it (`convert.LakeCatalog`)."""
+
+    def __init__(self, engine: sa.Engine, batch: protocol.Batch) -> None:
+        self.engine = engine
+        self.batch = batch
+
+    def known_fields(self) -> dict[str, str]:
+        return fields.known_fields(self.engine, DATASET)
+
+    def record_fields(self, new: list[fields.FieldSeen], widened: dict[str, tuple[str, str]]) -> dict[str, str]:
+        b = self.batch
+        return fields.record_fields(self.engine, DATASET, b.batch_id, b.part_date, b.dstrct_code, new, widened)
+
+    def stored_files(self, dirs: list[str]) -> list[str]:
+        return [f.path for f in swap.files_staying(self.engine, dirs, self.batch.batch_id)]
+
+    def record_intent(self, dirs: list[str]) -> None:
+        protocol.record_intent(self.engine, self.batch.batch_id, dirs)
+
+
 def outcomes_of(result: ConvertResult) -> list[protocol.KeyOutcome]:
     return [
         protocol.KeyOutcome(
@@ -88,6 +113,7 @@ def outcomes_of(result: ConvertResult) -> list[protocol.KeyOutcome]:
             status=QUARANTINED if o.error else SUCCESS,
             rows=o.rows,
             quarantined_lines=o.quarantined_lines,
+            duplicate_rows=o.duplicate_rows,
             error=o.error,
         )
         for o in result.outcomes
@@ -122,9 +148,7 @@ def ingest_batch(
                     f"rebuild of {batch.part_date} / {batch.dstrct_code} stopped: {len(missing)} raw object(s) "
                     f"of the partition are gone from the raw store, e.g. {missing[:3]}; its files are kept"
                 )
-            result = converter.convert(
-                files, before_write=lambda dirs: protocol.record_intent(engine, batch.batch_id, dirs)
-            )
+            result = converter.convert(files, LedgerCatalog(engine, batch))
             outcomes = outcomes_of(result)
             protocol.commit_batch(engine, batch.batch_id, outcomes, result.files, result.rows, result.quarantined_lines)
     except Exception as exc:
@@ -138,6 +162,10 @@ def ingest_batch(
         rows=result.rows,
         quarantined_lines=result.quarantined_lines,
         quarantined_keys=sum(1 for o in outcomes if o.status == QUARANTINED),
+        duplicate_rows=result.duplicate_rows,
+        rescued_values=result.rescued_values,
+        new_fields=result.new_fields,
+        widened_fields=result.widened_fields,
         line_path_files=result.line_path_files,
         files=result.files,
         bytes_written=result.bytes_written,

@@ -213,7 +213,7 @@ def test_hive_looking_raw_path_adds_no_column(pipeline: Pipeline) -> None:
     assert [(r["site"], r["source_file"]) for r in rows] == [("from-record", key), (None, key)]
     assert set(rows[0]) == {
         "device_id", "heartbeat", "seq", "temperature", "site",
-        "datetime_wita", "source_file", "hiveperiod", "dstrct_code",
+        "datetime_wita", "source_file", "hiveperiod", "dstrct_code", "_rescued", "_record_hash",
     }  # fmt: skip
 
 

@@ -395,6 +395,7 @@ class KeyOutcome:
     status: str  # SUCCESS or QUARANTINED
     rows: int = 0
     quarantined_lines: int = 0
+    duplicate_rows: int = 0
     error: str | None = None
 
 
@@ -422,6 +423,7 @@ def commit_statements() -> tuple[sa.Update, sa.Update]:
             status=sa.bindparam("b_status"),
             rows=sa.bindparam("b_rows"),
             quarantined_lines=sa.bindparam("b_quarantined"),
+            duplicate_rows=sa.bindparam("b_duplicates"),
             error=sa.bindparam("b_error"),
             done_at=sa.bindparam("b_now"),
             prior_status=None,
@@ -466,6 +468,7 @@ def commit_batch(
                         "b_status": o.status,
                         "b_rows": o.rows,
                         "b_quarantined": o.quarantined_lines,
+                        "b_duplicates": o.duplicate_rows,
                         "b_error": o.error,
                         "b_now": now,
                     }

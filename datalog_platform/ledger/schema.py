@@ -64,6 +64,8 @@ keys = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("rows", sa.BigInteger),
     sa.Column("quarantined_lines", sa.BigInteger),
+    # Valid rows of the key not written because the partition already held the same record.
+    sa.Column("duplicate_rows", sa.BigInteger),
     sa.Column("discovered_at", sa.DateTime, nullable=False),
     sa.Column("done_at", sa.DateTime),
     sa.Index("ix_keys_claim", "status", "dstrct_code", "part_date", "key_id"),
@@ -124,6 +126,29 @@ lake_files = sa.Table(
     sa.Index("ix_lake_files_state", "state"),
 )
 
+# The record fields of each dataset: the type a field's column has in the lake and where it was
+# first seen. A value of another type is cast to it where that is lossless, otherwise it is kept
+# in the row's `_rescued` column; numbers only ever widen (BIGINT -> DOUBLE).
+schema_fields = sa.Table(
+    "schema_fields",
+    metadata,
+    sa.Column("dataset", sa.String(64), primary_key=True),
+    sa.Column("field", sa.String(400), primary_key=True),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("first_key", sa.String(1024), nullable=False),
+    sa.Column("first_batch_id", sa.String(36), nullable=False),
+    # The partition of the batch that first carried it, for the day's schema changes.
+    sa.Column("first_part_date", sa.String(10), nullable=False),
+    sa.Column("first_dstrct_code", sa.String(64), nullable=False),
+    sa.Column("first_seen_at", sa.DateTime, nullable=False),
+    # The last widening of the type: from what, by which batch, when.
+    sa.Column("previous_type", sa.Text),
+    sa.Column("changed_by_batch_id", sa.String(36)),
+    sa.Column("changed_part_date", sa.String(10)),
+    sa.Column("changed_dstrct_code", sa.String(64)),
+    sa.Column("changed_at", sa.DateTime),
+)
+
 
 @dataclass(frozen=True)
 class LakeFile:
@@ -143,7 +168,12 @@ class LakeFile:
 
 
 # Columns added since the first ledgers were created; `create_schema` adds them where missing.
-_ADDED_COLUMNS = ((batches, batches.c.kind), (keys, keys.c.prior_status), (keys, keys.c.prior_batch_id))
+_ADDED_COLUMNS = (
+    (batches, batches.c.kind),
+    (keys, keys.c.prior_status),
+    (keys, keys.c.prior_batch_id),
+    (keys, keys.c.duplicate_rows),
+)
 
 
 def create_schema(engine: sa.Engine) -> None:

@@ -175,3 +175,24 @@ def live_files(
         stmt = stmt.where(lake_files.c.dstrct_code == region)
     with engine.connect() as conn:
         return [LakeFile(p, r, b) for p, r, b in conn.execute(stmt.order_by(lake_files.c.path)).all()]
+
+
+def files_staying(engine: sa.Engine, dirs: list[str], batch_id: str) -> list[LakeFile]:
+    """The LIVE files of lake directories (`dataset/hiveperiod=D/dstrct_code=R`) that `batch_id`
+    will not replace: what its rows must not duplicate."""
+    if not dirs:
+        return []
+    f = lake_files.c
+    where = []
+    for d in dirs:
+        dataset, day, region = d.split("/")
+        where.append(
+            sa.and_(
+                f.dataset == dataset, f.hiveperiod == day.split("=", 1)[1], f.dstrct_code == region.split("=", 1)[1]
+            )
+        )
+    stmt = sa.select(f.path, f.rows, f.bytes).where(
+        sa.or_(*where), f.state == LIVE, sa.or_(f.retire_by.is_(None), f.retire_by != batch_id)
+    )
+    with engine.connect() as conn:
+        return [LakeFile(p, r, b) for p, r, b in conn.execute(stmt.order_by(f.path)).all()]

@@ -16,15 +16,26 @@ import re
 import shutil
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import duckdb
 import pyarrow as pa
 
+from datalog_platform.ledger.fields import FieldSeen
 from datalog_platform.ledger.protocol import LakeFile
 from datalog_platform.resources.store import ObjectStore
+from datalog_platform.transform.shape import (
+    HEARTBEAT,
+    RECORD_HASH,
+    RESCUED,
+    quote,
+    record_hash_sql,
+    shape_fields,
+    widened_type,
+)
 from datalog_platform.transform.timestamps import is_numeric, with_instant
 
 DATASET = "datalog_v2"
@@ -53,6 +64,7 @@ class FileOutcome:
     key_id: int
     rows: int = 0
     quarantined_lines: int = 0
+    duplicate_rows: int = 0  # valid rows not written: the record is already in the batch or the lake
     error: str | None = None  # set when the file could not be read at all
 
 
@@ -62,13 +74,29 @@ class ConvertResult:
     files: list[LakeFile] = field(default_factory=list)
     rows: int = 0
     quarantined_lines: int = 0
+    duplicate_rows: int = 0
+    rescued_values: dict[str, int] = field(default_factory=dict)  # field -> values kept in `_rescued`
+    new_fields: list[str] = field(default_factory=list)
+    widened_fields: list[str] = field(default_factory=list)
     bytes_written: int = 0
     line_path_files: int = 0
     partitions: dict[str, int] = field(default_factory=dict)  # hiveperiod -> rows
 
 
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
+class LakeCatalog(Protocol):
+    """What a conversion needs to know of, and tell, the ledger."""
+
+    def known_fields(self) -> dict[str, str]:
+        """The dataset's fields and their types."""
+
+    def record_fields(self, new: list[FieldSeen], widened: dict[str, tuple[str, str]]) -> dict[str, str]:
+        """Record new fields and widened types; the dataset's fields as they now are."""
+
+    def stored_files(self, dirs: list[str]) -> list[str]:
+        """The LIVE files of the directories that stay after this batch (lake paths)."""
+
+    def record_intent(self, dirs: list[str]) -> None:
+        """Note the directories the batch is about to write into."""
 
 
 def _fast_path_eligible(store: ObjectStore, key: str) -> bool:
@@ -137,7 +165,7 @@ class BatchConverter:
         self.tz_offset_hours = tz_offset_hours
         self._has_lines = False
 
-    def convert(self, files: Sequence[SourceFile], before_write: Callable[[list[str]], None]) -> ConvertResult:
+    def convert(self, files: Sequence[SourceFile], catalog: LakeCatalog) -> ConvertResult:
         outcomes = {f.key_id: FileOutcome(f.key_id) for f in files}
         scratch = Path(tempfile.mkdtemp(prefix=f"datalog-{self.batch_id}-"))
         try:
@@ -164,12 +192,15 @@ class BatchConverter:
             result = ConvertResult(outcomes=list(outcomes.values()), line_path_files=len(slow))
             self._set_files(paths)
             self._define_good_rows(relations)
+            self._stage(result, catalog)
+            self._remove_stored_duplicates(catalog)
             self._count(result, outcomes)
-            before_write(self._target_dirs(result))
+            catalog.record_intent(self._target_dirs(result))
             self._write(result)
             return result
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+            self.conn.execute("DROP TABLE IF EXISTS _dl_out")
 
     # -- fast path -----------------------------------------------------------------------------
 
@@ -300,7 +331,7 @@ class BatchConverter:
         to_json = _conflicting_columns(list(schemas.values()))
         selects = []
         for table, schema in schemas.items():
-            columns = ", ".join(f"to_json({_quote(c)}) AS {_quote(c)}" if c in to_json else _quote(c) for c in schema)
+            columns = ", ".join(f"to_json({quote(c)}) AS {quote(c)}" if c in to_json else quote(c) for c in schema)
             where = "__dl_ts IS NOT NULL"
             if table == "_dl_fast":
                 where += f" AND {_PATH_COLUMN} NOT IN (SELECT {_PATH_COLUMN} FROM _dl_flagged)"
@@ -313,11 +344,90 @@ class BatchConverter:
             FROM ({" UNION ALL BY NAME ".join(selects)}) g JOIN _dl_paths p USING ({_PATH_COLUMN})"""
         )
 
+    def _stage(self, result: ConvertResult, catalog: LakeCatalog) -> None:
+        """Table `_dl_out`: the batch's rows as they will be written (fields with the dataset's
+        types, `_rescued`, the output columns, `_record_hash`), each record once."""
+        reserved = {*OUTPUT_COLUMNS, *_INTERNAL, "__dl_key_id", RESCUED, RECORD_HASH}
+        batch = {c: k for c, k in _schema(self.conn, "_dl_good").items() if c not in reserved}
+        known = catalog.known_fields()
+        new: list[FieldSeen] = []
+        unknown = [c for c in batch if c not in known]
+        if unknown:
+            firsts = self.conn.execute(
+                "SELECT "
+                + ", ".join(f"min(CASE WHEN {quote(c)} IS NOT NULL THEN __dl_key END)" for c in unknown)
+                + " FROM _dl_good"
+            ).fetchone()
+            for name, first_key in zip(unknown, firsts, strict=True):
+                if first_key is None:
+                    del batch[name]  # no value anywhere in the batch: nothing to type or write yet
+                else:
+                    new.append(FieldSeen(name, "VARCHAR" if name == HEARTBEAT else batch[name], first_key))
+        widened = {}
+        for name, kind in batch.items():
+            if name in known and known[name] != kind and is_numeric(kind) and is_numeric(known[name]):
+                wider = widened_type(self.conn, known[name], kind)
+                if wider != known[name]:
+                    widened[name] = (known[name], wider)
+        lake = catalog.record_fields(new, widened) if new or widened else known
+        result.new_fields = [f.field for f in new]
+        result.widened_fields = sorted(widened)
+        lake_types = {c: lake.get(c, k) for c, k in batch.items()}
+        shape = shape_fields(batch, lake_types)
+        local = self._local_sql()
+        staged = f"""SELECT {", ".join(shape.columns)},
+                {local} AS datetime_wita, __dl_key AS source_file,
+                strftime({local}, '%Y-%m-%d') AS hiveperiod, __dl_key_id
+            FROM _dl_good"""
+        self.conn.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _dl_out AS
+            SELECT * FROM (SELECT *, {record_hash_sql(shape, lake_types, "datetime_wita")} AS {RECORD_HASH}
+                           FROM ({staged}))
+            QUALIFY row_number() OVER (PARTITION BY datetime_wita, {RECORD_HASH} ORDER BY __dl_key_id) = 1""",
+            shape.params,
+        )
+        if shape.rescues:
+            result.rescued_values = dict(
+                self.conn.execute(
+                    f"""SELECT field, count(*) FROM (
+                        SELECT unnest(json_keys({RESCUED})) AS field FROM _dl_out WHERE {RESCUED} IS NOT NULL)
+                    GROUP BY ALL ORDER BY ALL"""
+                ).fetchall()
+            )
+
+    def _remove_stored_duplicates(self, catalog: LakeCatalog, attempts: int = 5) -> None:
+        """Delete from `_dl_out` the records the lake's LIVE files of the same directories hold."""
+        days = [d for (d,) in self.conn.execute("SELECT DISTINCT hiveperiod FROM _dl_out").fetchall()]
+        dirs = [f"{DATASET}/hiveperiod={day}/dstrct_code={self.region}" for day in days]
+        for attempt in range(1, attempts + 1):
+            stored = catalog.stored_files(dirs)
+            if not stored:
+                return
+            self.conn.execute("SET VARIABLE dl_stored = $files", {"files": [self.lake.uri(p) for p in stored]})
+            try:
+                self.conn.execute(
+                    f"""DELETE FROM _dl_out USING (
+                        SELECT DISTINCT datetime_wita, {RECORD_HASH} FROM read_parquet(getvariable('dl_stored'),
+                            union_by_name = true, hive_partitioning = false)
+                        WHERE {RECORD_HASH} IS NOT NULL) s
+                    WHERE _dl_out.datetime_wita = s.datetime_wita AND _dl_out.{RECORD_HASH} = s.{RECORD_HASH}"""
+                )
+                return
+            except duckdb.BinderException:
+                return  # files written before records were hashed: nothing to compare with
+            except (duckdb.IOException, duckdb.HTTPException):
+                # a compaction or rebuild replaced a file of the listed state: list again
+                if attempt == attempts:
+                    raise
+
     def _count(self, result: ConvertResult, outcomes: dict[int, FileOutcome]) -> None:
+        for key_id, rows in self.conn.execute("SELECT __dl_key_id, count(*) FROM _dl_good GROUP BY ALL").fetchall():
+            outcomes[key_id].duplicate_rows = rows
         for key_id, day, rows in self.conn.execute(
-            f"SELECT __dl_key_id, strftime({self._local_sql()}, '%Y-%m-%d'), count(*) FROM _dl_good GROUP BY ALL"
+            "SELECT __dl_key_id, hiveperiod, count(*) FROM _dl_out GROUP BY ALL"
         ).fetchall():
             outcomes[key_id].rows += rows
+            outcomes[key_id].duplicate_rows -= rows
             result.partitions[day] = result.partitions.get(day, 0) + rows
         if self._has_lines:
             for key_id, bad in self.conn.execute(
@@ -326,6 +436,7 @@ class BatchConverter:
                 outcomes[key_id].quarantined_lines = bad
         result.rows = sum(o.rows for o in outcomes.values())
         result.quarantined_lines = sum(o.quarantined_lines for o in outcomes.values())
+        result.duplicate_rows = sum(o.duplicate_rows for o in outcomes.values())
 
     def _local_sql(self) -> str:
         return f"(__dl_ts + to_hours({int(self.tz_offset_hours)}))"
@@ -339,17 +450,7 @@ class BatchConverter:
 
     def _write(self, result: ConvertResult) -> None:
         if result.rows:
-            reserved = ", ".join(f"'{c}'" for c in OUTPUT_COLUMNS + _INTERNAL + ("__dl_key_id",))
-            heartbeat = _schema(self.conn, "_dl_good").get("heartbeat")
-            # The heartbeat keeps its value but is always written as text, so that every file of
-            # the dataset agrees on its type whatever mix of formats a batch carried.
-            replace = "" if heartbeat in (None, "VARCHAR") else "REPLACE (dl_raw_text(heartbeat) AS heartbeat)"
-            select = f"""SELECT * EXCLUDE (__dl_ts, __dl_key) {replace},
-                    {self._local_sql()} AS datetime_wita,
-                    __dl_key AS source_file,
-                    strftime({self._local_sql()}, '%Y-%m-%d') AS hiveperiod,
-                    $region::VARCHAR AS dstrct_code
-                FROM (SELECT COLUMNS(c -> c NOT IN ({reserved})), __dl_ts, __dl_key FROM _dl_good)"""
+            select = "SELECT * EXCLUDE (__dl_key_id), $region::VARCHAR AS dstrct_code FROM _dl_out"
             self._copy(select, {"region": self.region}, DATASET, result.rows, result)
         if result.quarantined_lines:
             select = """SELECT source_file, line_number, raw_line, reason,
