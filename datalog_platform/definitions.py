@@ -8,12 +8,14 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 from dagster_duckdb import DuckDBResource
 
+from datalog_platform.assets.analytics import analytics_job, device_anomalies, hourly_device_stats
 from datalog_platform.assets.ingest import (
     claimed_key_batches,
     datalog_parquet,
     ingest_partition_job,
     raw_datalog_logs,
 )
+from datalog_platform.assets.quality import data_quality_report, datalog_parquet_checks
 from datalog_platform.assets.registry import device_registry
 from datalog_platform.jobs import (
     compact_lake_job,
@@ -23,8 +25,9 @@ from datalog_platform.jobs import (
 )
 from datalog_platform.resources.duckdb import connection_config
 from datalog_platform.resources.ledger import LedgerResource
+from datalog_platform.resources.quality import QualityResource, WarehouseResource
 from datalog_platform.resources.stores import StoresResource
-from datalog_platform.schedules import hourly_ingest_schedule
+from datalog_platform.schedules import daily_analytics_schedule, hourly_ingest_schedule
 from datalog_platform.sensors import SENSORS
 from datalog_platform.settings import Settings
 
@@ -37,10 +40,24 @@ def _secret(name: str, value: str) -> str | dg.EnvVar:
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
-        assets=[raw_datalog_logs, device_registry, claimed_key_batches, datalog_parquet],
-        jobs=[ingest_partition_job, reconcile_raw_keys_job, compact_lake_job],
+        assets=[
+            raw_datalog_logs,
+            device_registry,
+            claimed_key_batches,
+            datalog_parquet,
+            hourly_device_stats,
+            device_anomalies,
+            data_quality_report,
+        ],
+        asset_checks=[datalog_parquet_checks],
+        jobs=[ingest_partition_job, reconcile_raw_keys_job, compact_lake_job, analytics_job],
         sensors=[*SENSORS],
-        schedules=[hourly_ingest_schedule, daily_reconciliation_schedule, daily_compaction_schedule],
+        schedules=[
+            hourly_ingest_schedule,
+            daily_reconciliation_schedule,
+            daily_compaction_schedule,
+            daily_analytics_schedule,
+        ],
         resources={
             "ledger": LedgerResource(
                 url=_secret("DATALOG_LEDGER_URL", settings.ledger_url),
@@ -53,6 +70,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 raw_url=settings.raw_url,
                 lake_url=settings.lake_url,
                 s3=S3Resource(region_name=settings.aws_region, endpoint_url=settings.s3_endpoint_url),
+            ),
+            "warehouse": WarehouseResource(url=_secret("DATALOG_WAREHOUSE_URL", settings.warehouse_url)),
+            "quality": QualityResource(
+                quarantine_warn_rate=settings.quarantine_warn_rate,
+                quarantine_fail_rate=settings.quarantine_fail_rate,
+                pending_max_age_minutes=settings.pending_max_age_minutes,
             ),
             "duckdb": DuckDBResource(
                 database=":memory:",

@@ -28,11 +28,13 @@ def read_live(
     hiveperiod: str | None = None,
     region: str | None = None,
     attempts: int = 5,
+    part_date: str | None = None,
 ) -> list[tuple[Any, ...]]:
-    """Run `sql` over the temp view `live`: the dataset's LIVE files (of one date and region if
-    given) with their hive columns. [] when there are no such files."""
+    """Run `sql` over the temp view `live`: the dataset's LIVE files (of one date and region, and
+    from one source partition's keys, if given) with their hive columns. [] when there are no
+    such files."""
     for attempt in range(1, attempts + 1):
-        files = [lake.uri(f.path) for f in live_files(engine, dataset, hiveperiod, region)]
+        files = [lake.uri(f.path) for f in live_files(engine, dataset, hiveperiod, region, part_date)]
         if not files:
             return []
         conn.execute("SET VARIABLE dl_live_files = $files", {"files": files})

@@ -25,6 +25,10 @@ class Settings:
     max_runs_per_tick: int = 20
     compaction_min_files: int = 8
     compaction_target_mb: int = 256
+    warehouse_url: str = ""
+    quarantine_warn_rate: float = 0.01
+    quarantine_fail_rate: float = 0.10
+    pending_max_age_minutes: int = 180
 
     @property
     def spill_dir(self) -> Path:
@@ -38,11 +42,12 @@ class Settings:
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
         home = Path(env.get("DATALOG_HOME", ".datalog")).resolve()
+        ledger_url = env.get("DATALOG_LEDGER_URL") or f"sqlite:///{home / 'ledger.db'}"
         return cls(
             home=home,
             raw_url=env.get("DATALOG_RAW_URL") or str(home / "raw"),
             lake_url=env.get("DATALOG_LAKE_URL") or str(home / "lake"),
-            ledger_url=env.get("DATALOG_LEDGER_URL") or f"sqlite:///{home / 'ledger.db'}",
+            ledger_url=ledger_url,
             s3_endpoint_url=env.get("DATALOG_S3_ENDPOINT_URL") or None,
             aws_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
             tz_offset_hours=int(env.get("DATALOG_TZ_OFFSET_HOURS", "8")),
@@ -55,4 +60,8 @@ class Settings:
             max_runs_per_tick=int(env.get("DATALOG_MAX_RUNS_PER_TICK", "20")),
             compaction_min_files=int(env.get("DATALOG_COMPACTION_MIN_FILES", "8")),
             compaction_target_mb=int(env.get("DATALOG_COMPACTION_TARGET_MB", "256")),
+            warehouse_url=env.get("DATALOG_WAREHOUSE_URL") or ledger_url,
+            quarantine_warn_rate=float(env.get("DATALOG_QUARANTINE_WARN_RATE", "0.01")),
+            quarantine_fail_rate=float(env.get("DATALOG_QUARANTINE_FAIL_RATE", "0.10")),
+            pending_max_age_minutes=int(env.get("DATALOG_PENDING_MAX_AGE_MINUTES", "180")),
         )

@@ -75,7 +75,11 @@ def test_definitions_object_shape() -> None:
         graph.get(dg.AssetKey(name)) for name in ("raw_datalog_logs", "claimed_key_batches", "datalog_parquet")
     )
     registry = graph.get(dg.AssetKey("device_registry"))
-    assert graph.get_all_asset_keys() == {raw.key, registry.key, claimed.key, parquet.key}
+    analytics = {dg.AssetKey(n) for n in ("hourly_device_stats", "device_anomalies", "data_quality_report")}
+    assert graph.get_all_asset_keys() == {raw.key, registry.key, claimed.key, parquet.key, *analytics}
+    for key in analytics:
+        assert graph.get(key).parent_keys == {parquet.key}
+        assert graph.get(key).partitions_def == date_region_partitions
     assert registry.is_materializable and registry.partitions_def is None
 
     assert raw.is_external and not raw.is_materializable
@@ -98,7 +102,9 @@ def test_definitions_object_shape() -> None:
     assert job.partitions_def == date_region_partitions
     assert set(job.asset_layer.executable_asset_keys) == {claimed.key, parquet.key}
 
-    assert set(defs.resources) >= {"ledger", "stores", "duckdb"}
+    checks = {c.name for c in job.asset_layer.asset_graph.asset_check_keys}
+    assert checks == {"reconciliation", "no_duplicate_records", "no_orphan_files", "quarantine_rate", "freshness"}
+    assert set(defs.resources) >= {"ledger", "stores", "duckdb", "warehouse", "quality"}
     assert isinstance(defs.resources["ledger"], LedgerResource)
     assert isinstance(defs.resources["stores"], StoresResource)
 

@@ -7,7 +7,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from datalog_platform.ingest import ingest_batch
-from datalog_platform.ledger import protocol, swap
+from datalog_platform.ledger import fields, protocol, swap
 from datalog_platform.ledger.schema import REBUILD
 from datalog_platform.partitions import (
     date_and_region,
@@ -19,6 +19,7 @@ from datalog_platform.resources.duckdb import enable_s3
 from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.resources.stores import StoresResource
 from datalog_platform.transform.convert import DATASET
+from datalog_platform.transform.shape import RECORD_HASH, RESCUED
 from datalog_platform.transform.timestamps import install_macros
 
 raw_datalog_logs = dg.AssetSpec(
@@ -102,6 +103,22 @@ def claimed_key_batches(
     )
 
 
+def column_schema(known: dict[str, str]) -> dg.TableSchema:
+    """The dataset's columns: the record fields as the ledger types them, then the pipeline's."""
+    own = {
+        RESCUED: ("JSON", "record values that did not fit their field's type, by field name"),
+        "datetime_wita": ("TIMESTAMP", "the heartbeat's instant in local time"),
+        "source_file": ("VARCHAR", "the raw key the row came from"),
+        RECORD_HASH: ("BIGINT", "identity of the record: instant and payload"),
+        "hiveperiod": ("VARCHAR", "hive partition: local date"),
+        "dstrct_code": ("VARCHAR", "hive partition: the device's region"),
+    }
+    return dg.TableSchema(
+        columns=[dg.TableColumn(name, kind) for name, kind in sorted(known.items()) if name not in own]
+        + [dg.TableColumn(name, kind, description=text) for name, (kind, text) in own.items()]
+    )
+
+
 @dg.asset(
     partitions_def=date_region_partitions,
     group_name="ingest",
@@ -137,6 +154,7 @@ def datalog_parquet(
             ledger.max_attempts,
         )
     own_date, region = date_and_region(context.partition_key)
+    known = fields.known_fields(ledger.get_engine(), DATASET)
     for day, rows in sorted(report.partitions.items()):
         # Rows keep their own local date; a neighbouring date partition was updated too.
         if day != own_date and day >= date_partitions.start.strftime("%Y-%m-%d"):
@@ -162,6 +180,12 @@ def datalog_parquet(
             "quarantined_lines": report.quarantined_lines,
             "quarantined_keys": report.quarantined_keys,
             "line_path_files": report.line_path_files,
+            "duplicates_removed": report.duplicate_rows,
+            "rescued_values": sum(report.rescued_values.values()),
+            "rescued_by_field": dg.MetadataValue.json(report.rescued_values),
+            "new_fields": dg.MetadataValue.json(report.new_fields),
+            "widened_fields": dg.MetadataValue.json(report.widened_fields),
+            "dagster/column_schema": column_schema(known),
             "files": len(report.files),
             "bytes_read": report.bytes_read,
             "bytes_written": report.bytes_written,

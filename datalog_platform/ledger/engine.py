@@ -1,4 +1,5 @@
-"""SQLAlchemy engines for the ledger: MSSQL, PostgreSQL or SQLite, one per URL and process."""
+"""SQLAlchemy engines for the ledger (and the warehouse): MSSQL, PostgreSQL or SQLite, one per URL
+and process."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from datalog_platform.ledger.schema import create_schema
 
 @functools.cache
 def ledger_engine(url: str) -> sa.Engine:
-    """One engine per URL and process, its schema created on first use.
+    """The ledger's engine, one per URL and process, its schema created on first use."""
+    engine = database_engine(url)
+    create_schema(engine)
+    return engine
+
+
+@functools.cache
+def database_engine(url: str) -> sa.Engine:
+    """One engine per URL and process.
 
     SQLite gets WAL (readers never block the writer) and a long busy timeout, since concurrent
     claimers queue on its single writer lock.
@@ -32,5 +41,4 @@ def ledger_engine(url: str) -> sa.Engine:
 
     else:
         engine = sa.create_engine(url, pool_pre_ping=True)
-    create_schema(engine)
     return engine

@@ -25,10 +25,12 @@ ABORTING = "ABORTING"
 COMMITTED = "COMMITTED"
 ABORTED = "ABORTED"
 
-# Batch kinds: an ingest of pending keys, a rebuild of a whole partition, a compaction of files.
+# Batch kinds: an ingest of pending keys, a rebuild of a whole partition, a compaction of files,
+# a partition of a dataset computed from the lake.
 INGEST = "INGEST"
 REBUILD = "REBUILD"
 COMPACT = "COMPACT"
+DERIVE = "DERIVE"
 
 # Lake file states: LIVE files are the dataset; RETIRED ones were replaced and are being deleted.
 LIVE = "LIVE"

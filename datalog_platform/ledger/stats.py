@@ -32,3 +32,15 @@ def backlog(engine: sa.Engine) -> Backlog:
         ).one()
         unrouted = conn.execute(sa.select(sa.func.count()).where(keys.c.status == UNROUTED)).scalar_one()
     return Backlog(pending=int(pending), oldest_pending_discovered_at=oldest, unrouted=int(unrouted))
+
+
+def regions_with_keys(engine: sa.Engine, part_date: str) -> list[str]:
+    """The regions with registered keys of one local date."""
+    stmt = (
+        sa.select(keys.c.dstrct_code)
+        .where(keys.c.part_date == part_date, keys.c.dstrct_code.isnot(None))
+        .distinct()
+        .order_by(keys.c.dstrct_code)
+    )
+    with engine.connect() as conn:
+        return list(conn.execute(stmt).scalars())

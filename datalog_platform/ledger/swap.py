@@ -163,9 +163,14 @@ def claim_compaction(
 
 
 def live_files(
-    engine: sa.Engine, dataset: str, hiveperiod: str | None = None, region: str | None = None
+    engine: sa.Engine,
+    dataset: str,
+    hiveperiod: str | None = None,
+    region: str | None = None,
+    part_date: str | None = None,
 ) -> list[LakeFile]:
-    """The dataset's LIVE files (of one date and region if given): what a reader should read."""
+    """The dataset's LIVE files (of one date and region, and rows of one source partition's keys,
+    if given): what a reader should read."""
     stmt = sa.select(lake_files.c.path, lake_files.c.rows, lake_files.c.bytes).where(
         lake_files.c.dataset == dataset, lake_files.c.state == LIVE
     )
@@ -173,6 +178,8 @@ def live_files(
         stmt = stmt.where(lake_files.c.hiveperiod == hiveperiod)
     if region is not None:
         stmt = stmt.where(lake_files.c.dstrct_code == region)
+    if part_date is not None:
+        stmt = stmt.where(lake_files.c.part_date == part_date)
     with engine.connect() as conn:
         return [LakeFile(p, r, b) for p, r, b in conn.execute(stmt.order_by(lake_files.c.path)).all()]
 

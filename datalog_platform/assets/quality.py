@@ -1,0 +1,198 @@
+"""Checks on each `datalog_parquet` partition, and the partition's data quality report."""
+
+from collections.abc import Iterator
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from datalog_platform.assets.ingest import datalog_parquet
+from datalog_platform.ledger.protocol import utcnow
+from datalog_platform.partitions import date_and_region, date_region_partitions
+from datalog_platform.quality import PartitionQuality, measure
+from datalog_platform.resources.ledger import LedgerResource
+from datalog_platform.resources.quality import QualityResource, lake_connection
+from datalog_platform.resources.stores import StoresResource
+
+RECONCILIATION = "reconciliation"
+NO_DUPLICATES = "no_duplicate_records"
+NO_ORPHANS = "no_orphan_files"
+QUARANTINE_RATE = "quarantine_rate"
+FRESHNESS = "freshness"
+
+_SPECS = [
+    dg.AssetCheckSpec(
+        RECONCILIATION,
+        asset=datalog_parquet,
+        partitions_def=date_region_partitions,
+        description="Rows and quarantined lines in the lake's LIVE files from the partition's keys equal "
+        "what the ledger recorded for those keys",
+    ),
+    dg.AssetCheckSpec(
+        NO_DUPLICATES,
+        asset=datalog_parquet,
+        partitions_def=date_region_partitions,
+        description="No record (device, instant, payload) is stored twice in the partition",
+    ),
+    dg.AssetCheckSpec(
+        NO_ORPHANS,
+        asset=datalog_parquet,
+        partitions_def=date_region_partitions,
+        description="Every Parquet file in the partition's directories is in the manifest, and every "
+        "LIVE file of the manifest is in the store",
+    ),
+    dg.AssetCheckSpec(
+        QUARANTINE_RATE,
+        asset=datalog_parquet,
+        partitions_def=date_region_partitions,
+        description="Share of quarantined lines: warns above the warn rate, fails above the fail rate",
+    ),
+    dg.AssetCheckSpec(
+        FRESHNESS,
+        asset=datalog_parquet,
+        partitions_def=date_region_partitions,
+        description="No key of the partition has waited PENDING longer than the set time",
+    ),
+]
+
+
+def evaluate(quality: PartitionQuality, thresholds: QualityResource) -> list[dg.AssetCheckResult]:
+    """The five check results of one partition's measurements."""
+    key = datalog_parquet.key
+    q = quality
+    rate = q.quarantine_rate
+    severity = dg.AssetCheckSeverity.ERROR if rate > thresholds.quarantine_fail_rate else dg.AssetCheckSeverity.WARN
+    oldest = q.ledger.oldest_pending
+    waited = (utcnow() - oldest).total_seconds() / 60 if oldest else 0.0
+    return [
+        dg.AssetCheckResult(
+            asset_key=key,
+            check_name=RECONCILIATION,
+            passed=q.lake_rows == q.ledger.rows and q.lake_quarantined == q.ledger.quarantined_lines,
+            metadata={
+                "lake_rows": q.lake_rows,
+                "ledger_rows": q.ledger.rows,
+                "lake_quarantined_lines": q.lake_quarantined,
+                "ledger_quarantined_lines": q.ledger.quarantined_lines,
+                "duplicates_dropped": q.ledger.duplicate_rows,
+            },
+        ),
+        dg.AssetCheckResult(
+            asset_key=key,
+            check_name=NO_DUPLICATES,
+            passed=q.directory.duplicate_rows == 0,
+            metadata={
+                "duplicate_rows": q.directory.duplicate_rows,
+                "conflicts": q.directory.conflicts,
+                "rows": q.directory.rows,
+            },
+        ),
+        dg.AssetCheckResult(
+            asset_key=key,
+            check_name=NO_ORPHANS,
+            passed=not q.orphan_files and not q.missing_files,
+            metadata={
+                "orphan_files": len(q.orphan_files),
+                "missing_files": len(q.missing_files),
+                "examples": dg.MetadataValue.json((q.orphan_files + q.missing_files)[:20]),
+            },
+        ),
+        dg.AssetCheckResult(
+            asset_key=key,
+            check_name=QUARANTINE_RATE,
+            passed=rate <= thresholds.quarantine_warn_rate,
+            severity=severity,
+            metadata={
+                "quarantine_rate": round(rate, 6),
+                "quarantined_lines": q.ledger.quarantined_lines,
+                "warn_above": thresholds.quarantine_warn_rate,
+                "fail_above": thresholds.quarantine_fail_rate,
+            },
+        ),
+        dg.AssetCheckResult(
+            asset_key=key,
+            check_name=FRESHNESS,
+            passed=waited <= thresholds.pending_max_age_minutes,
+            metadata={
+                "pending_keys": q.ledger.by_status.get("PENDING", 0),
+                "oldest_pending_minutes": round(waited, 1),
+                "max_age_minutes": thresholds.pending_max_age_minutes,
+            },
+        ),
+    ]
+
+
+@dg.multi_asset_check(specs=_SPECS, description="Reconciliation, duplicates, orphan files, quarantine, freshness")
+def datalog_parquet_checks(
+    context: dg.AssetCheckExecutionContext,
+    ledger: LedgerResource,
+    stores: StoresResource,
+    duckdb: DuckDBResource,
+    quality: QualityResource,
+) -> Iterator[dg.AssetCheckResult]:
+    day, region = date_and_region(context.op_execution_context.partition_key)
+    with lake_connection(duckdb, stores) as conn:
+        measured = measure(conn, ledger.get_engine(), stores.lake(), day, region)
+    yield from evaluate(measured, quality)
+
+
+def report_markdown(q: PartitionQuality) -> str:
+    lines = [
+        f"## Data quality {q.day} / {q.region}",
+        "",
+        f"Quality score **{q.quality_score}** (records valid and unambiguous, of all lines read)",
+        "",
+        "| outcome | reason | count |",
+        "|---|---|---|",
+        f"| pass | written | {q.ledger.rows} |",
+    ]
+    lines += [f"| fail | {reason} | {n} |" for reason, n in sorted(q.quarantine_reasons.items())]
+    lines += [
+        f"| fail | unreadable_file (keys) | {q.ledger.by_status.get('QUARANTINED', 0)} |",
+        f"| dropped | duplicate_record | {q.ledger.duplicate_rows} |",
+        f"| kept | conflicting_payload (rows) | {q.directory.conflict_rows} |",
+    ]
+    lines += [f"| kept | rescued_value: {f} | {n} |" for f, n in sorted(q.directory.rescued_by_field.items())]
+    lines += ["", "### Schema changes", ""]
+    if q.schema_changes:
+        lines += ["| field | type | change |", "|---|---|---|"]
+        for c in q.schema_changes:
+            change = "new field" if c.previous_type is None else f"widened from {c.previous_type}"
+            lines.append(f"| {c.field} | {c.type} | {change} |")
+    else:
+        lines.append("none")
+    return "\n".join(lines)
+
+
+@dg.asset(
+    deps=[datalog_parquet],
+    partitions_def=date_region_partitions,
+    group_name="quality",
+    kinds={"duckdb"},
+)
+def data_quality_report(
+    context: dg.AssetExecutionContext,
+    ledger: LedgerResource,
+    stores: StoresResource,
+    duckdb: DuckDBResource,
+) -> dg.MaterializeResult:
+    """Pass and fail counts by reason, quality score, quarantine and duplicate rates and the
+    day's schema changes of one partition, as markdown and as numbers the UI plots."""
+    day, region = date_and_region(context.partition_key)
+    with lake_connection(duckdb, stores) as conn:
+        q = measure(conn, ledger.get_engine(), stores.lake(), day, region)
+    return dg.MaterializeResult(
+        metadata={
+            "report": dg.MetadataValue.md(report_markdown(q)),
+            "quality_score": q.quality_score,
+            "rows": q.ledger.rows,
+            "quarantined_lines": q.ledger.quarantined_lines,
+            "quarantine_rate": round(q.quarantine_rate, 6),
+            "duplicate_rows": q.ledger.duplicate_rows,
+            "duplicate_rate": round(q.duplicate_rate, 6),
+            "conflicts": q.directory.conflicts,
+            "rescued_rows": q.directory.rescued_rows,
+            "schema_changes": len(q.schema_changes),
+            "pending_keys": q.ledger.by_status.get("PENDING", 0),
+            "failed_keys": q.ledger.by_status.get("FAILED", 0),
+        }
+    )
