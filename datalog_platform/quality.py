@@ -68,6 +68,7 @@ class PartitionQuality:
     orphan_files: list[str]
     missing_files: list[str]
     schema_changes: list[SchemaChange]
+    lake_error: str | None = None  # the LIVE files could not be read; the lake counts are 0
 
     @property
     def lines(self) -> int:
@@ -211,25 +212,30 @@ def directory_counts(
 def measure(
     conn: duckdb.DuckDBPyConnection, engine: sa.Engine, lake: ObjectStore, day: str, region: str
 ) -> PartitionQuality:
-    ((lake_rows,),) = read_live(
-        conn, engine, lake, DATASET, "SELECT count(*) FROM live", part_date=day, region=region
-    ) or [(0,)]
-    reasons = dict(
-        read_live(
-            conn,
-            engine,
-            lake,
-            QUARANTINE,
-            "SELECT reason, count(*) FROM live GROUP BY ALL ORDER BY ALL",
-            part_date=day,
-            region=region,
-        )
-    )
     orphans, missing = [], []
     for dataset in (DATASET, QUARANTINE):
         o, m = file_problems(engine, lake, dataset, day, region)
         orphans += o
         missing += m
+    lake_rows, reasons, directory, error = 0, {}, DirectoryCounts(), None
+    try:
+        ((lake_rows,),) = read_live(
+            conn, engine, lake, DATASET, "SELECT count(*) FROM live", part_date=day, region=region
+        ) or [(0,)]
+        reasons = dict(
+            read_live(
+                conn,
+                engine,
+                lake,
+                QUARANTINE,
+                "SELECT reason, count(*) FROM live GROUP BY ALL ORDER BY ALL",
+                part_date=day,
+                region=region,
+            )
+        )
+        directory = directory_counts(conn, engine, lake, day, region)
+    except (duckdb.IOException, duckdb.HTTPException) as exc:
+        error = f"{type(exc).__name__}: {exc}"  # a LIVE file is gone or unreadable
     return PartitionQuality(
         day=day,
         region=region,
@@ -237,7 +243,8 @@ def measure(
         lake_rows=int(lake_rows),
         lake_quarantined=sum(int(n) for n in reasons.values()),
         quarantine_reasons={r: int(n) for r, n in reasons.items()},
-        directory=directory_counts(conn, engine, lake, day, region),
+        directory=directory,
+        lake_error=error,
         orphan_files=orphans,
         missing_files=missing,
         schema_changes=schema_changes(engine, DATASET, day, region),

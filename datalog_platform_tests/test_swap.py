@@ -267,7 +267,9 @@ def test_compaction_splits_by_target_size_and_keeps_rescued_values(pipeline: Pip
 
     assert report.files_before == 4 and report.files_after >= 2
     assert seqs_of(pipeline) == expected
-    late = [(r["seq"], r["reading"], r["_rescued"]) for r in pipeline.rows(order_by="seq") if r["reading"] or r["_rescued"]]
+    late = [
+        (r["seq"], r["reading"], r["_rescued"]) for r in pipeline.rows(order_by="seq") if r["reading"] or r["_rescued"]
+    ]
     assert late == [(9000, 1, None), (9001, None, '{"reading":"high"}')]
     assert all(f.rows > 0 for f in swap.live_files(pipeline.engine, DATA))
 

@@ -60,15 +60,19 @@ def evaluate(quality: PartitionQuality, thresholds: QualityResource) -> list[dg.
     key = datalog_parquet.key
     q = quality
     rate = q.quarantine_rate
-    severity = dg.AssetCheckSeverity.ERROR if rate > thresholds.quarantine_fail_rate else dg.AssetCheckSeverity.WARN
+    warning = thresholds.quarantine_warn_rate < rate <= thresholds.quarantine_fail_rate
+    severity = dg.AssetCheckSeverity.WARN if warning else dg.AssetCheckSeverity.ERROR
     oldest = q.ledger.oldest_pending
     waited = (utcnow() - oldest).total_seconds() / 60 if oldest else 0.0
     return [
         dg.AssetCheckResult(
             asset_key=key,
             check_name=RECONCILIATION,
-            passed=q.lake_rows == q.ledger.rows and q.lake_quarantined == q.ledger.quarantined_lines,
+            passed=q.lake_error is None
+            and q.lake_rows == q.ledger.rows
+            and q.lake_quarantined == q.ledger.quarantined_lines,
             metadata={
+                "lake_error": q.lake_error or "",
                 "lake_rows": q.lake_rows,
                 "ledger_rows": q.ledger.rows,
                 "lake_quarantined_lines": q.lake_quarantined,
