@@ -35,9 +35,8 @@ class Shape:
     """The SELECT list that writes a batch's fields, and the parameters it binds."""
 
     columns: list[str] = field(default_factory=list)
-    rescues: list[str] = field(default_factory=list)  # the field names rescued values may come from
     params: dict[str, object] = field(default_factory=dict)
-    rescue_exprs: list[str] = field(default_factory=list)
+    rescues: list[str] = field(default_factory=list)  # {field name, rescued value} of each field that may rescue
 
     def param(self, value: object) -> str:
         name = f"dl_p{len(self.params)}"
@@ -81,10 +80,9 @@ def shape_fields(batch: dict[str, str], lake: dict[str, str]) -> Shape:
             value, rescued_when = _conversion(name, batch_type, lake_type)
             shape.columns.append(f"{value} AS {column}")
             key = shape.param(name)
-            shape.rescues.append(name)
-            shape.rescue_exprs.append(f"{{'k': {key}, 'v': CASE WHEN {rescued_when} THEN to_json({column}) END}}")
-    if shape.rescue_exprs:
-        entries = f"list_filter([{', '.join(shape.rescue_exprs)}], e -> e.v IS NOT NULL)"
+            shape.rescues.append(f"{{'k': {key}, 'v': CASE WHEN {rescued_when} THEN to_json({column}) END}}")
+    if shape.rescues:
+        entries = f"list_filter([{', '.join(shape.rescues)}], e -> e.v IS NOT NULL)"
         shape.columns.append(f"CASE WHEN len({entries}) > 0 THEN to_json(map_from_entries({entries})) END AS {RESCUED}")
     else:
         shape.columns.append(f"NULL::JSON AS {RESCUED}")
