@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import duckdb
 import sqlalchemy as sa
 
-from datalog_platform.lake import read_live
+from datalog_platform.lake import device_sql, live_columns, read_live
 from datalog_platform.ledger import protocol
 from datalog_platform.ledger.schema import DERIVE, LIVE, lake_files
 from datalog_platform.ledger.swap import PartitionBusyError
@@ -40,16 +40,12 @@ def _values(columns: set[str], names: tuple[str, ...]) -> str:
     return ", ".join(f"TRY_CAST({n} AS DOUBLE) AS {n}" if n in columns else f"NULL::DOUBLE AS {n}" for n in names)
 
 
-def _device(columns: set[str]) -> str:
-    return "CAST(device_id AS VARCHAR)" if "device_id" in columns else "split_part(source_file, '/', 1)"
-
-
 def stage_readings(conn: duckdb.DuckDBPyConnection, engine: sa.Engine, lake: ObjectStore, day: str, region: str) -> int:
     """Table `_dl_readings` (device_id, datetime_wita and the measures as DOUBLE) from the LIVE
     files of one partition; returns its rows."""
-    columns = {name for (name, *_) in read_live(conn, engine, lake, DATASET, "DESCRIBE live", day, region)}
+    columns = live_columns(conn, engine, lake, DATASET, day, region)
     if columns:
-        select = f"SELECT {_device(columns)} AS device_id, datetime_wita, {_values(columns, MEASURES)} FROM live"
+        select = f"SELECT {device_sql(columns)} AS device_id, datetime_wita, {_values(columns, MEASURES)} FROM live"
         read_live(conn, engine, lake, DATASET, f"CREATE OR REPLACE TEMP TABLE _dl_readings AS {select}", day, region)
     else:
         measures = ", ".join(f"{m} DOUBLE" for m in MEASURES)

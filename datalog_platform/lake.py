@@ -49,3 +49,21 @@ def read_live(
             if attempt == attempts:
                 raise
     return []
+
+
+def live_columns(
+    conn: duckdb.DuckDBPyConnection,
+    engine: sa.Engine,
+    lake: ObjectStore,
+    dataset: str,
+    hiveperiod: str | None = None,
+    region: str | None = None,
+) -> set[str]:
+    """The column names of the dataset's LIVE files (of one date and region if given); empty
+    when there are no such files."""
+    return {name for (name, *_) in read_live(conn, engine, lake, dataset, f"DESCRIBE {LIVE_VIEW}", hiveperiod, region)}
+
+
+def device_sql(columns: set[str]) -> str:
+    """A row's device: the record's `device_id`, or the raw key's first part if no file has one."""
+    return "CAST(device_id AS VARCHAR)" if "device_id" in columns else "split_part(source_file, '/', 1)"

@@ -13,7 +13,7 @@ from datetime import datetime
 import duckdb
 import sqlalchemy as sa
 
-from datalog_platform.lake import read_live
+from datalog_platform.lake import device_sql, live_columns, read_live
 from datalog_platform.ledger.fields import SchemaChange, schema_changes
 from datalog_platform.ledger.schema import (
     ABORTING,
@@ -147,27 +147,22 @@ def file_problems(
     return orphans, missing
 
 
-def _columns(conn: duckdb.DuckDBPyConnection, engine: sa.Engine, lake: ObjectStore, day: str, region: str) -> set[str]:
-    return {name for (name, *_) in read_live(conn, engine, lake, DATASET, "DESCRIBE live", day, region)}
-
-
 def directory_counts(
     conn: duckdb.DuckDBPyConnection, engine: sa.Engine, lake: ObjectStore, day: str, region: str
 ) -> DirectoryCounts:
-    columns = _columns(conn, engine, lake, day, region)
+    columns = live_columns(conn, engine, lake, DATASET, day, region)
     if not columns:
         return DirectoryCounts()
     if RECORD_HASH not in columns:  # files written before records were hashed
         ((rows,),) = read_live(conn, engine, lake, DATASET, "SELECT count(*) FROM live", day, region)
         return DirectoryCounts(rows=int(rows))
-    device = "CAST(device_id AS VARCHAR)" if "device_id" in columns else "split_part(source_file, '/', 1)"
     ((rows, distinct, hashed, conflicts, conflict_rows),) = read_live(
         conn,
         engine,
         lake,
         DATASET,
         f"""WITH records AS (
-                SELECT {device} AS device, datetime_wita, {RECORD_HASH} AS h FROM live),
+                SELECT {device_sql(columns)} AS device, datetime_wita, {RECORD_HASH} AS h FROM live),
             pairs AS (
                 SELECT count(DISTINCT h) AS payloads, count(*) AS n FROM records
                 WHERE h IS NOT NULL GROUP BY device, datetime_wita)
