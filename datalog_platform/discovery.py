@@ -69,6 +69,7 @@ class DiscoveryCursor:
     prefix_after: str | None = None  # the new-device scan continues after this prefix
     hot_after: str | None = None  # the round over hot devices continues after this device
     cold_after: str | None = None  # the round over cold devices continues after this device
+    reported_backlog: str | None = None  # the backlog the sensor last reported ("pending/unrouted")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -224,3 +225,22 @@ def discover(
 def reconcile(store: ObjectStore, engine: sa.Engine, tz_offset_hours: int) -> protocol.RegisterResult:
     """List the whole raw store and register every object the ledger lacks (the safety net)."""
     return protocol.register_keys(engine, store.list(), tz_offset_hours)
+
+
+def utc_days_of(part_date: str, tz_offset_hours: int) -> list[str]:
+    """The UTC days (`YYYYMMDD`) whose hours fall on the local date `part_date`: one or two."""
+    start = datetime.fromisoformat(part_date) - timedelta(hours=tz_offset_hours)
+    last_hour = start + timedelta(hours=23)
+    return sorted({start.strftime("%Y%m%d"), last_hour.strftime("%Y%m%d")})
+
+
+def register_partition(
+    store: ObjectStore, engine: sa.Engine, part_date: str, region: str, tz_offset_hours: int
+) -> protocol.RegisterResult:
+    """List the raw objects one date x region partition can hold (each device of the region, under
+    the UTC days of the local date: two list requests per device) and register those the ledger
+    lacks, so that a rebuild of the partition finds every raw key, discovered or not."""
+    days = utc_days_of(part_date, tz_offset_hours)
+    devices = stats.devices_of_region(engine, region)
+    objects = (obj for device in devices for day in days for obj in store.list(f"{device}/{day}"))
+    return protocol.register_keys(engine, objects, tz_offset_hours)

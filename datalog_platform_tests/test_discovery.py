@@ -32,7 +32,7 @@ from datalog_platform.discovery import DiscoveryCursor, DiscoveryLimits, discove
 from datalog_platform.jobs import daily_reconciliation_schedule, reconcile_raw_keys_job
 from datalog_platform.ledger import protocol
 from datalog_platform.ledger.engine import ledger_engine
-from datalog_platform.ledger.schema import PENDING, keys
+from datalog_platform.ledger.schema import PENDING, SUCCESS, keys
 from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.resources.store import LocalStore, ObjectInfo, ObjectStore, S3Access, S3Store
 from datalog_platform.resources.stores import StoresResource
@@ -218,19 +218,26 @@ def test_sensor_registers_reports_and_is_idempotent(
     assert 0 <= meta["oldest_pending_age_seconds"] < 60
     assert set(ledger_keys(engine)) == set(written)
 
-    # Nothing new: a skip with a reason, and the backlog is still reported.
+    # Nothing new and the same backlog: a skip with a reason, and no observation.
+    second = tick(instance, resources, first.cursor)
+    assert second.skip_reason is not None and "no new raw objects" in (second.skip_reason.skip_message or "")
+    assert second.asset_events == []
+    assert set(ledger_keys(engine)) == set(written)
+
+    # Nothing new but the backlog moved (a key was ingested): the backlog is reported again.
     with engine.begin() as conn:
+        conn.execute(sa.update(keys).where(keys.c.key == raw_key("devA", hour_ago(0, now))).values(status=SUCCESS))
         conn.execute(
             sa.update(keys)
             .where(keys.c.key == raw_key("devA", hour_ago(2, now)))
             .values(discovered_at=protocol.utcnow() - timedelta(hours=2))
         )
-    second = tick(instance, resources, first.cursor)
-    meta = observed(second)
-    assert second.skip_reason is not None and "no new raw objects" in (second.skip_reason.skip_message or "")
+    third = tick(instance, resources, second.cursor)
+    meta = observed(third)
+    assert third.skip_reason is not None and "no new raw objects" in (third.skip_reason.skip_message or "")
     assert meta["keys_found"] == 0 and meta["bytes_found"] == 0
     assert meta["new_devices"] == 0 and meta["hot_devices"] == 3
-    assert meta["pending_backlog"] == 4
+    assert meta["pending_backlog"] == 3
     assert 7200 <= meta["oldest_pending_age_seconds"] < 7200 + 60
     assert set(ledger_keys(engine)) == set(written)
 
@@ -255,7 +262,7 @@ def test_late_keys_inside_the_window_and_reconciliation(
     result = tick(instance, resources, cursor)
     assert observed(result)["keys_found"] == 1
     assert late in ledger_keys(engine) and too_late not in ledger_keys(engine)
-    assert observed(tick(instance, resources, result.cursor))["keys_found"] == 0
+    assert tick(instance, resources, result.cursor).asset_events == []  # nothing found, nothing changed
 
     run = reconcile_raw_keys_job.execute_in_process(instance=instance, resources=resources)
     assert run.success

@@ -1,5 +1,6 @@
 """`raw_logs_sensor`: one bounded discovery tick, reported as an observation of `raw_datalog_logs`."""
 
+from dataclasses import replace
 from datetime import datetime
 
 import dagster as dg
@@ -47,8 +48,11 @@ def tick_metadata(result: TickResult) -> dict[str, int | bool | str]:
     description=(
         "Registers new raw objects in the ledger: new devices, devices active in the trailing window "
         "(late keys included) and a few silent devices per tick, within a request and key budget "
-        "(DATALOG_DISCOVERY_*). Reports keys found and the pending backlog on raw_datalog_logs."
+        "(DATALOG_DISCOVERY_*). Reports keys found and the pending backlog on raw_datalog_logs "
+        "whenever either changed."
     ),
+    # Draws the sensor as the automation of the raw asset in the UI; it observes, it launches nothing.
+    asset_selection=dg.AssetSelection.assets(RAW_ASSET_KEY),
 )
 def raw_logs_sensor(
     context: dg.SensorEvaluationContext, ledger: LedgerResource, stores: StoresResource
@@ -63,11 +67,15 @@ def raw_logs_sensor(
         tz_offset_hours=ledger.tz_offset_hours,
     )
     metadata = {**tick_metadata(result), **backlog_metadata(engine, utcnow())}
-    observation = dg.AssetObservation(asset_key=RAW_ASSET_KEY, metadata=metadata)
     summary = (
         f"{result.registered} new key(s) ({result.bytes} bytes) from {result.keys_listed} listed "
         f"in {result.list_requests} list request(s); {metadata['pending_backlog']} pending"
     )
     context.log.info(summary + ("; the next tick continues the round" if result.more else ""))
+    # An observation only when something changed: new keys, or a backlog other than the last one reported.
+    backlog = f"{metadata['pending_backlog']}/{metadata['unrouted_backlog']}"
+    changed = result.registered > 0 or backlog != result.cursor.reported_backlog
+    events = [dg.AssetObservation(asset_key=RAW_ASSET_KEY, metadata=metadata)] if changed else []
     skip = None if result.registered else f"no new raw objects: {summary}"
-    return dg.SensorResult(cursor=result.cursor.to_json(), asset_events=[observation], skip_reason=skip)
+    cursor = replace(result.cursor, reported_backlog=backlog)
+    return dg.SensorResult(cursor=cursor.to_json(), asset_events=events, skip_reason=skip)
