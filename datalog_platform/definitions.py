@@ -9,12 +9,7 @@ from dagster_aws.s3 import S3Resource
 from dagster_duckdb import DuckDBResource
 
 from datalog_platform.assets.analytics import analytics_job, device_anomalies, hourly_device_stats
-from datalog_platform.assets.ingest import (
-    claimed_key_batches,
-    datalog_parquet,
-    ingest_partition_job,
-    raw_datalog_logs,
-)
+from datalog_platform.assets.ingest import ingest_partition, ingest_partition_job, raw_datalog_logs
 from datalog_platform.assets.quality import data_quality_report, datalog_parquet_checks
 from datalog_platform.assets.registry import device_registry
 from datalog_platform.jobs import (
@@ -43,8 +38,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=[
             raw_datalog_logs,
             device_registry,
-            claimed_key_batches,
-            datalog_parquet,
+            ingest_partition,
             hourly_device_stats,
             device_anomalies,
             data_quality_report,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 
 from datalog_platform.settings import Settings
@@ -9,8 +11,17 @@ from datalog_platform.settings import Settings
 REGION_PARTITIONS_NAME = "region"
 
 region_partitions = dg.DynamicPartitionsDefinition(name=REGION_PARTITIONS_NAME)
-# end_offset keeps today's local date (ahead of UTC by the configured offset) materializable.
-date_partitions = dg.DailyPartitionsDefinition(start_date=Settings.from_env().partitions_start_date, end_offset=2)
+
+
+def local_dates(settings: Settings) -> dg.DailyPartitionsDefinition:
+    """Daily partitions of the local calendar (UTC + the configured offset), from the start date up
+    to today's local date: today is listed (its keys are ingested as they come), tomorrow is not."""
+    # POSIX-style zone names count the other way round: Etc/GMT-8 is UTC+8.
+    zone = f"Etc/GMT{-settings.tz_offset_hours:+d}"
+    return dg.DailyPartitionsDefinition(start_date=settings.partitions_start_date, timezone=zone, end_offset=1)
+
+
+date_partitions = local_dates(Settings.from_env())
 date_region_partitions = dg.MultiPartitionsDefinition({"date": date_partitions, "region": region_partitions})
 
 
@@ -23,3 +34,17 @@ def date_and_region(key: dg.MultiPartitionKey | str) -> tuple[str, str]:
         key = date_region_partitions.get_partition_key_from_str(key)
     dims = key.keys_by_dimension
     return dims["date"], dims["region"]
+
+
+def partitioned_check(name: str, asset: dg.AssetKey, description: str) -> dg.AssetCheckSpec:
+    """A check with its own result for each date x region partition of `asset`.
+
+    Partitioned check specs are a preview feature of Dagster 1.13. They are used deliberately, so
+    that the UI shows every partition's results apart; the one warning that says so is silenced
+    here, where such a spec is built, and no other.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning
+        )
+        return dg.AssetCheckSpec(name, asset=asset, partitions_def=date_region_partitions, description=description)

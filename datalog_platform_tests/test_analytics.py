@@ -25,13 +25,14 @@ import pytest
 import sqlalchemy as sa
 
 from datalog_platform.assets.analytics import device_anomalies, hourly_device_stats
-from datalog_platform.assets.ingest import claimed_key_batches, datalog_parquet, raw_datalog_logs
+from datalog_platform.assets.ingest import TRIGGER_TAG, datalog_parquet, ingest_partition, raw_datalog_logs
 from datalog_platform.assets.quality import data_quality_report, datalog_parquet_checks
+from datalog_platform.assets.registry import device_registry
 from datalog_platform.definitions import build_definitions
 from datalog_platform.ledger import protocol, swap
 from datalog_platform.ledger.engine import ledger_engine
 from datalog_platform.ledger.schema import PENDING, keys, lake_files
-from datalog_platform.partitions import REGION_PARTITIONS_NAME, date_region_partitions, partition_key
+from datalog_platform.partitions import REGION_PARTITIONS_NAME, partition_key
 from datalog_platform.resources.store import LocalStore
 from datalog_platform.settings import Settings
 from datalog_platform.warehouse import hourly_device_stats as stats_table
@@ -41,8 +42,8 @@ DAY = "2026-11-01"
 REGION = "R1"
 ASSETS = [
     raw_datalog_logs,
-    claimed_key_batches,
-    datalog_parquet,
+    device_registry,
+    ingest_partition,
     datalog_parquet_checks,
     hourly_device_stats,
     device_anomalies,
@@ -70,7 +71,9 @@ class Platform:
     def upload(self, key: str, *lines: str) -> None:
         self.raw.write_bytes(key, ("\n".join(lines) + "\n").encode())
 
-    def run(self, selection: Any, run_config: dict[str, Any] | None = None) -> dg.ExecuteInProcessResult:
+    def run(
+        self, selection: Any, run_config: dict[str, Any] | None = None, tags: dict[str, str] | None = None
+    ) -> dg.ExecuteInProcessResult:
         result = dg.materialize(
             ASSETS,
             selection=selection,
@@ -79,21 +82,23 @@ class Platform:
             resources=self.resources,
             run_config=run_config,
             raise_on_error=False,
+            tags=tags,
         )
         assert result.success, [e.message for e in result.get_step_failure_events()]
         return result
 
     def ingest(self) -> None:
         protocol.register_keys(self.engine, self.raw.list(), self.settings.tz_offset_hours)
-        self.run([claimed_key_batches, datalog_parquet])
+        self.run([ingest_partition], tags={TRIGGER_TAG: "pending_keys_sensor"})
 
-    def checks(self) -> dict[str, dg.AssetCheckEvaluation]:
-        """Only the checks, as the UI's "Execute checks" runs them for one partition."""
-        job = dg.define_asset_job(
-            "checks_job",
-            selection=dg.AssetSelection.checks_for_assets(datalog_parquet),
-            partitions_def=date_region_partitions,
+    def checks(self, *names: str) -> dict[str, dg.AssetCheckEvaluation]:
+        """Only the checks (those named, else all), as the UI's Checks tab runs them for one partition."""
+        selection = (
+            dg.AssetSelection.checks(*(dg.AssetCheckKey(datalog_parquet.key, name) for name in names))
+            if names
+            else dg.AssetSelection.checks_for_assets(datalog_parquet.key)
         )
+        job = dg.define_asset_job("checks_job", selection=selection)
         defs = dg.Definitions(
             assets=ASSETS[:3], asset_checks=[datalog_parquet_checks], jobs=[job], resources=self.resources
         )
@@ -156,6 +161,17 @@ def test_every_check_passes_on_a_clean_partition(platform: Platform) -> None:
     }
     assert checks["reconciliation"].metadata["lake_rows"].value == 20
     assert all(e.partition == f"{DAY}|{REGION}" for e in checks.values())
+
+
+def test_each_check_runs_alone_as_the_checks_tab_launches_it(platform: Platform) -> None:
+    """Every check can be executed by itself: the run yields that check's result and no other."""
+    clean_partition(platform)
+    for name in ("freshness", "reconciliation"):
+        checks = platform.checks(name)
+        assert set(checks) == {name} and checks[name].passed
+    graph = build_definitions(platform.settings).resolve_asset_graph()
+    for key in datalog_parquet_checks.check_keys:
+        assert graph.get_execution_set_asset_and_check_keys(key) == {key}
 
 
 def test_a_file_written_twice_breaks_reconciliation_and_duplicates(platform: Platform) -> None:

@@ -24,7 +24,14 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from datalog_platform.assets.ingest import claimed_key_batches, datalog_parquet, raw_datalog_logs
+from datalog_platform.assets.ingest import (
+    TRIGGER_TAG,
+    claimed_key_batches,
+    datalog_parquet,
+    ingest_partition,
+    raw_datalog_logs,
+)
+from datalog_platform.assets.registry import device_registry
 from datalog_platform.definitions import build_definitions, defs
 from datalog_platform.generate import generate
 from datalog_platform.ledger import protocol
@@ -85,7 +92,7 @@ def test_definitions_object_shape() -> None:
     assert raw.is_external and not raw.is_materializable
     assert raw.partitions_def is None
     assert claimed.is_materializable and parquet.is_materializable
-    assert claimed.parent_keys == {raw.key}
+    assert claimed.parent_keys == {raw.key, registry.key}
     assert parquet.parent_keys == {claimed.key}
 
     for node in (claimed, parquet):
@@ -140,6 +147,10 @@ def instance() -> Iterator[dg.DagsterInstance]:
         yield inst
 
 
+# The tag a sensor, a schedule or the command line puts on its runs: such a run is incremental.
+AUTOMATED = {TRIGGER_TAG: "pending_keys_sensor"}
+
+
 def materialize(
     instance: dg.DagsterInstance,
     resources: dict[str, object],
@@ -147,21 +158,24 @@ def materialize(
     region: str,
     tags: dict[str, str] | None = None,
     key_limit: int | None = None,
+    selection: list[dg.AssetSpec] | None = None,
 ) -> dg.ExecuteInProcessResult:
-    config = {"ops": {"claimed_key_batches": {"config": {"key_limit_per_run": key_limit}}}} if key_limit else None
+    """Materialize the ingest step for one partition, by default as the pending-keys sensor
+    launches it (`tags`); `selection` defaults to both of its assets."""
+    config = {"ops": {"ingest_partition": {"config": {"key_limit_per_run": key_limit}}}} if key_limit else None
     return dg.materialize(
-        [raw_datalog_logs, claimed_key_batches, datalog_parquet],
-        selection=[claimed_key_batches, datalog_parquet],
+        [raw_datalog_logs, device_registry, ingest_partition],
+        selection=[spec.key for spec in selection or [claimed_key_batches, datalog_parquet]],
         partition_key=partition_key(part_date, region),
         instance=instance,
         resources=resources,
         raise_on_error=False,
-        tags=tags,
+        tags=AUTOMATED if tags is None else tags,
         run_config=config,
     )
 
 
-def test_partition_materializes_like_the_ui(
+def test_partition_materializes_as_the_sensor_launches_it(
     tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("DATALOG_LEDGER_URL", raising=False)  # the ledger must come from the settings
@@ -201,7 +215,7 @@ def test_partition_materializes_like_the_ui(
     own = mats[("datalog_parquet", f"{DAY}|{REGION}")]
     meta = {k: v.value for k, v in own.metadata.items()}
     assert meta["rows"] == len(expected)
-    assert meta["rows_in_partition"] == len(expected) - len(expected_late)
+    assert meta["rows_to_own_date"] == len(expected) - len(expected_late)
     assert meta["keys"] == len(brcb_keys)
     assert meta["quarantined_lines"] == 0
     lake_dir = Path(settings.lake_url) / "datalog_v2" / f"hiveperiod={DAY}" / f"dstrct_code={REGION}"
@@ -236,7 +250,6 @@ def test_partition_materializes_like_the_ui(
     again = materialize(instance, resources, DAY, REGION)
     assert again.success
     assert again.get_asset_materialization_events() == []
-    assert again.is_node_skipped("datalog_parquet")
     assert cli_helpers.local_files(Path(settings.lake_url)) == before
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(batches)).scalar_one() == 1
@@ -284,14 +297,15 @@ def test_a_backfill_run_rebuilds_its_partition(tmp_path: Path, instance: dg.Dags
         and e.materialization.partition == f"{DAY}|{REGION}"
     )
     meta = {k: v.value for k, v in own.metadata.items()}
-    assert meta["rebuild"] is True and meta["keys"] == 3 and meta["files_replaced"] == 3
+    assert meta["run_kind"] == "rebuild" and meta["launched_by"] == "backfill"
+    assert meta["keys"] == 3 and meta["files_replaced"] == 3
     new = day_files(settings)
     assert new.isdisjoint(old) and new == {f"part-{meta['batch_id']}-0.parquet"}
     assert cli_helpers.row_ids(cli_helpers.lake_rows(settings.lake_url)) == expected
 
     # an ordinary run of the same partition claims nothing: the rebuild held no pending key back
     again = materialize(instance, resources, DAY, REGION)
-    assert again.success and again.is_node_skipped("datalog_parquet")
+    assert again.success and again.get_asset_materialization_events() == []
 
 
 def test_compaction_job_merges_crowded_directories(tmp_path: Path, instance: dg.DagsterInstance) -> None:
@@ -326,3 +340,53 @@ def test_daily_compaction_schedule_requests_the_compaction_job() -> None:
     with dg.build_schedule_context() as context:
         (request,) = schedule.evaluate_tick(context).run_requests
     assert request.job_name in (None, "compact_lake_job")
+
+
+
+def test_one_asset_of_the_pair_cannot_run_without_the_other(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    """The claim and the write are one step: a run of datalog_parquet alone (which would write with
+    a batch it did not claim) is refused before it starts; the UI runs both instead."""
+    settings, resources, expected = one_file_per_key(tmp_path, instance)
+    for alone in (datalog_parquet, claimed_key_batches):
+        with pytest.raises(dg.DagsterInvalidDefinitionError) as refused:
+            materialize(instance, resources, DAY, REGION, tags={}, selection=[alone])
+        assert "subset" in str(refused.value.__cause__)
+    assert cli_helpers.row_ids(cli_helpers.lake_rows(settings.lake_url)) == expected
+
+
+def test_a_person_materializing_a_partition_rebuilds_it_complete(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    """A run launched by a person (no trigger tag) registers the partition's raw objects that
+    discovery has not seen yet, reprocesses every key and replaces the old files: afterwards the
+    partition holds every raw record of its keys exactly once."""
+    settings, resources, _ = one_file_per_key(tmp_path, instance)
+    raw = LocalStore(settings.raw_url)
+    raw.write_bytes(LATE_KEY, ("\n".join(LATE_LINES) + "\n").encode())  # uploaded, never discovered
+    old = day_files(settings)
+
+    result = materialize(instance, resources, DAY, REGION, tags={})
+
+    assert result.success, [e.message for e in result.get_step_failure_events()]
+    mats = {
+        (e.materialization.asset_key.to_user_string(), e.materialization.partition): e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
+    claim = {k: v.value for k, v in mats[("claimed_key_batches", f"{DAY}|{REGION}")].items()}
+    assert (claim["run_kind"], claim["launched_by"], claim["keys_registered"], claim["keys"]) == (
+        "rebuild",
+        "person",
+        1,
+        4,
+    )
+    own = {k: v.value for k, v in mats[("datalog_parquet", f"{DAY}|{REGION}")].items()}
+    assert own["run_kind"] == "rebuild" and own["files_replaced"] == 3
+    assert day_files(settings).isdisjoint(old)
+    expected = sorted(r for r in cli_helpers.raw_records(raw) if r[0].startswith("dev00000/"))
+    rows = cli_helpers.lake_rows(settings.lake_url)
+    assert cli_helpers.row_ids(rows) == expected
+    assert own["dagster/row_count"] == sum(1 for r in rows if str(r["hiveperiod"]) == DAY)
+    late = mats[("datalog_parquet", f"{NEXT_DAY}|{REGION}")]
+    assert late["dagster/row_count"].value == len(LATE_LINES)
+
+    # a second Materialize rebuilds again and changes nothing in what the partition holds
+    assert materialize(instance, resources, DAY, REGION, tags={}).success
+    assert cli_helpers.row_ids(cli_helpers.lake_rows(settings.lake_url)) == expected

@@ -295,7 +295,7 @@ def test_recovery_sensor_aborts_the_failed_runs_writing_batch(
     attempts_before: int,
     expected_status: str,
 ) -> None:
-    """A real run claims a batch, then its datalog_parquet step fails before `ingest_batch` (an
+    """A real run claims a batch, then its ingest step fails before `ingest_batch` (an
     invalid DuckDB memory limit), so the batch stays WRITING. Files it may have written are placed
     under its recorded target directory. The failure sensor aborts it at once: files deleted, keys
     PENDING with attempts + 1 (FAILED when that reaches DATALOG_MAX_ATTEMPTS = 3), the step's error kept."""
@@ -315,7 +315,8 @@ def test_recovery_sensor_aborts_the_failed_runs_writing_batch(
     result = built.resolve_job_def("ingest_partition_job").execute_in_process(
         instance=instance,
         partition_key=f"{DAY}|BRCB",
-        run_config={"ops": {"datalog_parquet": {"config": {"ram_limit": "lots"}}}},
+        run_config={"ops": {"ingest_partition": {"config": {"ram_limit": "lots"}}}},
+        tags={TRIGGER_TAG: "pending_keys_sensor"},
         raise_on_error=False,
     )
     assert not result.success
@@ -340,7 +341,7 @@ def test_recovery_sensor_aborts_the_failed_runs_writing_batch(
     assert {r.status for r in rows} == {expected_status}
     assert {r.attempts for r in rows} == {attempts_before + 1}
     for row in rows:
-        assert run_id in row.error and "datalog_parquet" in row.error and "Memory" in row.error
+        assert run_id in row.error and "ingest_partition" in row.error and "Memory" in row.error
     with engine.connect() as conn:
         assert conn.execute(sa.select(batches.c.status).where(batches.c.batch_id == batch_id)).scalar_one() == ABORTED
     assert protocol.writing_batches_of_run(engine, run_id) == []

@@ -16,7 +16,7 @@ from datalog_platform.analytics import (
 )
 from datalog_platform.assets.ingest import datalog_parquet
 from datalog_platform.lake import read_live
-from datalog_platform.partitions import date_and_region, date_region_partitions
+from datalog_platform.partitions import date_and_region, date_region_partitions, partitioned_check
 from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.resources.quality import WarehouseResource, lake_connection
 from datalog_platform.resources.stores import StoresResource
@@ -40,11 +40,10 @@ def _lake_uri(stores: StoresResource, dataset: str, day: str, region: str) -> dg
     group_name="analytics",
     kinds={"duckdb", "parquet", "sql"},
     check_specs=[
-        dg.AssetCheckSpec(
+        partitioned_check(
             ROWS_MATCH,
-            asset=HOURLY_STATS,
-            partitions_def=date_region_partitions,
-            description="The warehouse table holds as many rows for the partition as its Parquet files",
+            dg.AssetKey(HOURLY_STATS),
+            "The warehouse table holds as many rows for the partition as its Parquet files",
         )
     ],
 )
@@ -67,7 +66,7 @@ def hourly_device_stats(
             conn, engine, lake, HOURLY_STATS, "_dl_hourly", day, region,
             context.run.run_id, ledger.lease_seconds, ledger.max_attempts,
         )  # fmt: skip
-        rows = conn.execute("SELECT * FROM _dl_hourly").fetch_arrow_table().to_pylist()
+        rows = conn.execute("SELECT * FROM _dl_hourly").to_arrow_table().to_pylist()
         loaded = load_hourly_stats(warehouse.get_engine(), day, region, rows)
         parquet_rows = (
             read_live(conn, engine, lake, HOURLY_STATS, "SELECT count(*) FROM live", day, region) or [(0,)]
@@ -137,7 +136,6 @@ def device_anomalies(
 analytics_job = dg.define_asset_job(
     "analytics_job",
     selection=dg.AssetSelection.assets(hourly_device_stats, device_anomalies, "data_quality_report")
-    | dg.AssetSelection.checks_for_assets(datalog_parquet),
-    partitions_def=date_region_partitions,
+    | dg.AssetSelection.checks_for_assets(datalog_parquet.key),
     description="Statistics, anomalies, the quality report and the checks of one date x region partition.",
 )

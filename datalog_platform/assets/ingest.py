@@ -1,14 +1,16 @@
-"""Raw logs -> claimed key batches -> the hive-partitioned Parquet dataset."""
+"""Raw logs -> claimed key batches -> the hive-partitioned Parquet dataset, in one step."""
 
 from collections.abc import Iterator
+from typing import Literal
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from datalog_platform.ingest import ingest_batch
+from datalog_platform.assets.registry import device_registry
+from datalog_platform.discovery import register_partition
+from datalog_platform.ingest import BatchReport, ingest_batch
 from datalog_platform.ledger import fields, protocol, swap
-from datalog_platform.ledger.schema import REBUILD
 from datalog_platform.partitions import (
     date_and_region,
     date_partitions,
@@ -22,119 +24,194 @@ from datalog_platform.transform.convert import DATASET
 from datalog_platform.transform.shape import RECORD_HASH, RESCUED
 from datalog_platform.transform.timestamps import install_macros
 
+OWNERS = ["team:data-platform"]
+
 raw_datalog_logs = dg.AssetSpec(
     "raw_datalog_logs",
     description="Raw NDJSON telemetry uploaded by edge devices: {device}/{YYYYMMDDHH}/*.json[.gz].",
     group_name="raw",
     kinds={"s3", "json"},
+    owners=OWNERS,
+    tags={"layer": "raw"},
 )
 
+# Set on every run that a sensor, a schedule or the command line launches: those runs ingest
+# what is pending. A run without it was launched by a person (Materialize, a backfill) and
+# rebuilds its partition.
+TRIGGER_TAG = "datalog/trigger"
 
-# The tag Dagster puts on every run of a backfill.
-BACKFILL_TAG = "dagster/backfill"
 
-
-class ClaimConfig(dg.Config):
-    key_limit_per_run: int | None = Field(
-        default=None, description="Most keys this run claims (default: the ledger's, DATALOG_KEY_LIMIT_PER_RUN)"
-    )
-    rebuild: bool = Field(
-        default=False,
+class IngestConfig(dg.Config):
+    mode: Literal["auto", "incremental", "rebuild"] = Field(
+        default="auto",
         description=(
-            "Rebuild the partition: reprocess every key, commit, then remove its older files. "
-            "Runs of a backfill always rebuild."
+            "incremental: claim up to key_limit_per_run PENDING keys; rebuild: register the "
+            "partition's raw objects, reprocess every key, then replace the partition's older files; "
+            "auto: incremental for runs of a sensor, schedule or `datalog ingest`, rebuild for runs a "
+            "person launches (Materialize, backfills)."
         ),
     )
-
-
-class ParquetConfig(dg.Config):
+    key_limit_per_run: int | None = Field(
+        default=None,
+        description="Most keys an incremental run claims (default: the ledger's, DATALOG_KEY_LIMIT_PER_RUN)",
+    )
     ram_limit: str | None = Field(
         default=None, description="DuckDB memory_limit for this run (default: DATALOG_RAM_LIMIT)"
     )
 
 
-@dg.asset(
-    deps=[raw_datalog_logs],
-    partitions_def=date_region_partitions,
+claimed_key_batches = dg.AssetSpec(
+    "claimed_key_batches",
+    deps=[raw_datalog_logs, device_registry],
+    description=(
+        "The raw keys of the partition leased to one batch in the ledger: its pending keys, or, "
+        "in a rebuild, every key of the partition."
+    ),
     group_name="ingest",
     kinds={"sql"},
-    output_required=False,
+    owners=OWNERS,
+    tags={"layer": "ledger"},
+    skippable=True,
 )
-def claimed_key_batches(
-    context: dg.AssetExecutionContext,
-    config: ClaimConfig,
-    ledger: LedgerResource,
-    stores: StoresResource,
-) -> Iterator[dg.Output[protocol.Batch]]:
-    """A batch of pending raw keys of the partition, leased to this run in the ledger; in a
-    backfill (or with `rebuild`), every key of the partition, to rebuild it."""
-    part_date, region = date_and_region(context.partition_key)
-    engine = ledger.get_engine()
-    recovered = protocol.recover_expired(engine, stores.lake(), ledger.max_attempts)
-    if recovered:
-        context.log.warning(f"recovered {len(recovered)} batch(es) whose writer stopped: {recovered}")
-    rebuild = config.rebuild or BACKFILL_TAG in context.run.tags
-    if rebuild:
-        try:
-            batch = swap.claim_rebuild(engine, part_date, region, context.run.run_id, ledger.lease_seconds)
-        except swap.PartitionBusyError as exc:
-            raise dg.Failure(description=str(exc)) from exc
-    else:
-        batch = protocol.claim_batch(
-            engine,
-            part_date,
-            region,
-            config.key_limit_per_run or ledger.key_limit_per_run,
-            context.run.run_id,
-            ledger.lease_seconds,
-        )
-    if batch is None:
-        context.log.info(f"no {'keys' if rebuild else 'pending keys'} for {part_date} / {region}; nothing to ingest")
-        return
-    yield dg.Output(
-        batch,
-        metadata={
-            "batch_id": batch.batch_id,
-            "keys": len(batch.keys),
-            "bytes": batch.bytes,
-            "rebuild": batch.kind == REBUILD,
-            "recovered_batches": len(recovered),
-        },
-    )
+
+datalog_parquet = dg.AssetSpec(
+    "datalog_parquet",
+    deps=[claimed_key_batches],
+    description=(
+        "The hive partition hiveperiod=DATE/dstrct_code=REGION of the Parquet lake, with every "
+        "key claimed for it; a rebuild replaces the partition's files once its new ones are committed."
+    ),
+    group_name="ingest",
+    kinds={"duckdb", "parquet"},
+    owners=OWNERS,
+    tags={"layer": "lake"},
+    skippable=True,
+)
 
 
 def column_schema(known: dict[str, str]) -> dg.TableSchema:
     """The dataset's columns: the record fields as the ledger types them, then the pipeline's."""
     own = {
         RESCUED: ("JSON", "record values that did not fit their field's type, by field name"),
-        "datetime_wita": ("TIMESTAMP", "the heartbeat's instant in local time"),
+        "datetime_wita": ("TIMESTAMP", "the heartbeat's instant in local time (UTC + DATALOG_TZ_OFFSET_HOURS)"),
         "source_file": ("VARCHAR", "the raw key the row came from"),
-        RECORD_HASH: ("BIGINT", "identity of the record: instant and payload"),
-        "hiveperiod": ("VARCHAR", "hive partition: local date"),
+        RECORD_HASH: ("BIGINT", "identity of the record: instant and payload (MD5, 63 bits)"),
+        "hiveperiod": ("VARCHAR", "hive partition: the local date of datetime_wita"),
         "dstrct_code": ("VARCHAR", "hive partition: the device's region"),
     }
+    record = [
+        dg.TableColumn(
+            name, kind, description="record field as the devices send it; its type is fixed by its first batch"
+        )
+        for name, kind in sorted(known.items())
+        if name not in own
+    ]
     return dg.TableSchema(
-        columns=[dg.TableColumn(name, kind) for name, kind in sorted(known.items()) if name not in own]
-        + [dg.TableColumn(name, kind, description=text) for name, (kind, text) in own.items()]
+        columns=record + [dg.TableColumn(name, kind, description=text) for name, (kind, text) in own.items()]
     )
 
 
-@dg.asset(
-    partitions_def=date_region_partitions,
-    group_name="ingest",
-    kinds={"duckdb", "parquet"},
-)
-def datalog_parquet(
+def _claim(
     context: dg.AssetExecutionContext,
-    config: ParquetConfig,
-    claimed_key_batches: protocol.Batch,
+    config: IngestConfig,
+    ledger: LedgerResource,
+    stores: StoresResource,
+    rebuild: bool,
+) -> tuple[protocol.Batch | None, dict[str, object]]:
+    """The run's own batch (None when there is nothing to claim) and what the claim found."""
+    part_date, region = date_and_region(context.partition_key)
+    engine = ledger.get_engine()
+    recovered = protocol.recover_expired(engine, stores.lake(), ledger.max_attempts)
+    if recovered:
+        context.log.warning(f"recovered {len(recovered)} batch(es) whose writer stopped: {recovered}")
+    found: dict[str, object] = {"recovered_batches": len(recovered)}
+    if not rebuild:
+        limit = config.key_limit_per_run or ledger.key_limit_per_run
+        return protocol.claim_batch(engine, part_date, region, limit, context.run.run_id, ledger.lease_seconds), found
+    registered = register_partition(stores.raw(), engine, part_date, region, ledger.tz_offset_hours)
+    found["keys_registered"] = registered.registered
+    try:
+        batch = swap.claim_rebuild(engine, part_date, region, context.run.run_id, ledger.lease_seconds)
+    except swap.PartitionBusyError as exc:
+        raise dg.Failure(description=str(exc)) from exc
+    return batch, found
+
+
+def _parquet_metadata(
+    report: BatchReport, batch: protocol.Batch, row_count: int, known: dict[str, str], path: str
+) -> dict[str, object]:
+    return {
+        "dagster/row_count": row_count,
+        "batch_id": report.batch_id,
+        "keys": report.keys,
+        "rows": report.rows,
+        "rows_to_own_date": report.partitions.get(batch.part_date, 0),
+        "files_replaced": report.replaced_files,
+        "quarantined_lines": report.quarantined_lines,
+        "quarantined_keys": report.quarantined_keys,
+        "line_path_files": report.line_path_files,
+        "duplicates_removed": report.duplicate_rows,
+        "rescued_values": sum(report.rescued_values.values()),
+        "rescued_by_field": dg.MetadataValue.json(report.rescued_values),
+        "new_fields": dg.MetadataValue.json(report.new_fields),
+        "widened_fields": dg.MetadataValue.json(report.widened_fields),
+        "dagster/column_schema": column_schema(known),
+        "files": len(report.files),
+        "bytes_read": report.bytes_read,
+        "bytes_written": report.bytes_written,
+        "seconds": round(report.seconds, 3),
+        "rows_per_second": round(report.rows_per_second),
+        "path": dg.MetadataValue.path(path),
+    }
+
+
+def _live_rows(ledger: LedgerResource, day: str, region: str) -> int:
+    """Rows of the LIVE files of one hive directory, from the ledger's manifest."""
+    return sum(f.rows or 0 for f in swap.live_files(ledger.get_engine(), DATASET, day, region))
+
+
+@dg.multi_asset(
+    name="ingest_partition",
+    specs=[claimed_key_batches, datalog_parquet],
+    partitions_def=date_region_partitions,
+    # A run must write with the batch it claimed itself: the claim and the write are one step
+    # that cannot be split, whichever of the two assets a person selects.
+    can_subset=False,
+    description="Claim the partition's keys in the ledger, convert them with DuckDB, verify and commit.",
+)
+def ingest_partition(
+    context: dg.AssetExecutionContext,
+    config: IngestConfig,
     ledger: LedgerResource,
     stores: StoresResource,
     duckdb: DuckDBResource,
-) -> dg.MaterializeResult:
-    """The hive partition hiveperiod=DATE/dstrct_code=REGION with every key claimed for it; a
-    rebuild replaces the partition's files once its new ones are committed."""
-    batch = claimed_key_batches
+) -> Iterator[dg.MaterializeResult]:
+    """One batch of a date x region partition: claim, convert, verify, commit.
+
+    Runs of a sensor, a schedule or `datalog ingest` ingest the pending keys. A run a person
+    launches (Materialize, a backfill) rebuilds the partition from every raw object it holds, so
+    the partition is complete and each row in it once afterwards.
+    """
+    trigger = context.run.tags.get(TRIGGER_TAG)
+    rebuild = config.mode == "rebuild" or (config.mode == "auto" and trigger is None)
+    kind = "rebuild" if rebuild else "incremental"
+    launched_by = trigger or ("backfill" if context.run.tags.get("dagster/backfill") else "person")
+    batch, found = _claim(context, config, ledger, stores, rebuild)
+    own_date, region = date_and_region(context.partition_key)
+    if batch is None:
+        context.log.info(f"no {'keys' if rebuild else 'pending keys'} for {own_date} / {region}; nothing to ingest")
+        return
+    yield dg.MaterializeResult(
+        asset_key=claimed_key_batches.key,
+        metadata={
+            "batch_id": batch.batch_id,
+            "run_kind": kind,
+            "launched_by": launched_by,
+            "keys": len(batch.keys),
+            "bytes": batch.bytes,
+            **found,
+        },
+    )
     lake = stores.lake()
     access = stores.s3_access()
     with duckdb.get_connection() as conn:
@@ -153,51 +230,39 @@ def datalog_parquet(
             ledger.lease_seconds,
             ledger.max_attempts,
         )
-    own_date, region = date_and_region(context.partition_key)
     known = fields.known_fields(ledger.get_engine(), DATASET)
+    first_date = date_partitions.get_first_partition_key()
     for day, rows in sorted(report.partitions.items()):
         # Rows keep their own local date; a neighbouring date partition was updated too.
-        if day != own_date and day >= date_partitions.start.strftime("%Y-%m-%d"):
+        if day != own_date and day >= first_date:
             context.log_event(
                 dg.AssetMaterialization(
-                    asset_key=context.asset_key,
+                    asset_key=datalog_parquet.key,
                     partition=partition_key(day, region),
-                    metadata={"rows": rows, "batch_id": batch.batch_id, "written_by_partition": own_date},
+                    metadata={
+                        "dagster/row_count": _live_rows(ledger, day, region),
+                        "rows": rows,
+                        "batch_id": batch.batch_id,
+                        "written_by_partition": own_date,
+                    },
                 )
             )
     context.log.info(
-        f"batch {batch.batch_id}: {report.rows} rows from {report.keys} keys in {report.seconds:.2f}s, "
+        f"{kind} batch {batch.batch_id}: {report.rows} rows from {report.keys} keys in {report.seconds:.2f}s, "
         f"{report.quarantined_lines} lines quarantined"
     )
-    return dg.MaterializeResult(
-        metadata={
-            "batch_id": report.batch_id,
-            "rebuild": batch.kind == REBUILD,
-            "files_replaced": report.replaced_files,
-            "keys": report.keys,
-            "rows": report.rows,
-            "rows_in_partition": report.partitions.get(own_date, 0),
-            "quarantined_lines": report.quarantined_lines,
-            "quarantined_keys": report.quarantined_keys,
-            "line_path_files": report.line_path_files,
-            "duplicates_removed": report.duplicate_rows,
-            "rescued_values": sum(report.rescued_values.values()),
-            "rescued_by_field": dg.MetadataValue.json(report.rescued_values),
-            "new_fields": dg.MetadataValue.json(report.new_fields),
-            "widened_fields": dg.MetadataValue.json(report.widened_fields),
-            "dagster/column_schema": column_schema(known),
-            "files": len(report.files),
-            "bytes_read": report.bytes_read,
-            "bytes_written": report.bytes_written,
-            "seconds": round(report.seconds, 3),
-            "rows_per_second": round(report.rows_per_second),
-            "path": dg.MetadataValue.path(lake.uri(f"{DATASET}/hiveperiod={own_date}/dstrct_code={region}")),
-        }
+    path = lake.uri(f"{DATASET}/hiveperiod={own_date}/dstrct_code={region}")
+    metadata = _parquet_metadata(report, batch, _live_rows(ledger, own_date, region), known, path)
+    yield dg.MaterializeResult(
+        asset_key=datalog_parquet.key, metadata={"run_kind": kind, "launched_by": launched_by, **metadata}
     )
 
 
 ingest_partition_job = dg.define_asset_job(
     "ingest_partition_job",
-    selection=[claimed_key_batches, datalog_parquet],
-    description="Claim up to key_limit_per_run pending keys of one date x region partition and ingest them.",
+    selection=[claimed_key_batches.key, datalog_parquet.key],
+    description=(
+        "Claim up to key_limit_per_run pending keys of one date x region partition and ingest them "
+        "(a rebuild when launched by a person)."
+    ),
 )

@@ -7,7 +7,7 @@ from dagster_duckdb import DuckDBResource
 
 from datalog_platform.assets.ingest import datalog_parquet
 from datalog_platform.ledger.protocol import utcnow
-from datalog_platform.partitions import date_and_region, date_region_partitions
+from datalog_platform.partitions import date_and_region, date_region_partitions, partitioned_check
 from datalog_platform.quality import PartitionQuality, measure
 from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.resources.quality import QualityResource, lake_connection
@@ -20,37 +20,28 @@ QUARANTINE_RATE = "quarantine_rate"
 FRESHNESS = "freshness"
 
 _SPECS = [
-    dg.AssetCheckSpec(
+    partitioned_check(
         RECONCILIATION,
-        asset=datalog_parquet,
-        partitions_def=date_region_partitions,
-        description="Rows and quarantined lines in the lake's LIVE files from the partition's keys equal "
+        datalog_parquet.key,
+        "Rows and quarantined lines in the lake's LIVE files from the partition's keys equal "
         "what the ledger recorded for those keys",
     ),
-    dg.AssetCheckSpec(
-        NO_DUPLICATES,
-        asset=datalog_parquet,
-        partitions_def=date_region_partitions,
-        description="No record (device, instant, payload) is stored twice in the partition",
+    partitioned_check(
+        NO_DUPLICATES, datalog_parquet.key, "No record (device, instant, payload) is stored twice in the partition"
     ),
-    dg.AssetCheckSpec(
+    partitioned_check(
         NO_ORPHANS,
-        asset=datalog_parquet,
-        partitions_def=date_region_partitions,
-        description="Every Parquet file in the partition's directories is in the manifest, and every "
+        datalog_parquet.key,
+        "Every Parquet file in the partition's directories is in the manifest, and every "
         "LIVE file of the manifest is in the store",
     ),
-    dg.AssetCheckSpec(
+    partitioned_check(
         QUARANTINE_RATE,
-        asset=datalog_parquet,
-        partitions_def=date_region_partitions,
-        description="Share of quarantined lines: warns above the warn rate, fails above the fail rate",
+        datalog_parquet.key,
+        "Share of quarantined lines: warns above the warn rate, fails above the fail rate",
     ),
-    dg.AssetCheckSpec(
-        FRESHNESS,
-        asset=datalog_parquet,
-        partitions_def=date_region_partitions,
-        description="No key of the partition has waited PENDING longer than the set time",
+    partitioned_check(
+        FRESHNESS, datalog_parquet.key, "No key of the partition has waited PENDING longer than the set time"
     ),
 ]
 
@@ -125,7 +116,10 @@ def evaluate(quality: PartitionQuality, thresholds: QualityResource) -> list[dg.
     ]
 
 
-@dg.multi_asset_check(specs=_SPECS, description="Reconciliation, duplicates, orphan files, quarantine, freshness")
+# can_subset: each check can run alone (the UI's Checks tab), or all of them together.
+@dg.multi_asset_check(
+    specs=_SPECS, can_subset=True, description="Reconciliation, duplicates, orphan files, quarantine, freshness"
+)
 def datalog_parquet_checks(
     context: dg.AssetCheckExecutionContext,
     ledger: LedgerResource,
@@ -136,7 +130,8 @@ def datalog_parquet_checks(
     day, region = date_and_region(context.op_execution_context.partition_key)
     with lake_connection(duckdb, stores) as conn:
         measured = measure(conn, ledger.get_engine(), stores.lake(), day, region)
-    yield from evaluate(measured, quality)
+    selected = {key.name for key in context.selected_asset_check_keys}
+    yield from (result for result in evaluate(measured, quality) if result.check_name in selected)
 
 
 def report_markdown(q: PartitionQuality) -> str:

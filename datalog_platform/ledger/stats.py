@@ -7,7 +7,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from datalog_platform.ledger.schema import PENDING, UNROUTED, keys
+from datalog_platform.ledger.schema import PENDING, UNROUTED, devices, keys
 
 
 def latest_hour_by_device(engine: sa.Engine) -> dict[str, datetime]:
@@ -42,5 +42,12 @@ def regions_with_keys(engine: sa.Engine, part_date: str) -> list[str]:
         .distinct()
         .order_by(keys.c.dstrct_code)
     )
+    with engine.connect() as conn:
+        return list(conn.execute(stmt).scalars())
+
+
+def devices_of_region(engine: sa.Engine, region: str) -> list[str]:
+    """The registry's devices of one region, in key order."""
+    stmt = sa.select(devices.c.device_id).where(devices.c.dstrct_code == region).order_by(devices.c.device_id)
     with engine.connect() as conn:
         return list(conn.execute(stmt).scalars())
