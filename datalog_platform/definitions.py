@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -33,16 +34,33 @@ def _secret(name: str, value: str) -> str | dg.EnvVar:
     return dg.EnvVar(name) if os.environ.get(name) == value else value
 
 
+def _with_code_references(assets: list[dg.AssetsDefinition | dg.AssetSpec]) -> list[dg.AssetsDefinition | dg.AssetSpec]:
+    """Each asset linked to the lines of code that define it (the UI's code references). Dagster
+    1.13 marks them beta; they are used deliberately and exactly their warnings are silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message=(
+                "(Function `with_source_code_references`|Class `(LocalFileCodeReference|CodeReferencesMetadataValue)`)"
+                " is currently in beta"
+            ),
+            category=dg.BetaWarning,
+        )
+        return dg.with_source_code_references(assets)
+
+
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
-        assets=[
-            raw_datalog_logs,
-            device_registry,
-            ingest_partition,
-            hourly_device_stats,
-            device_anomalies,
-            data_quality_report,
-        ],
+        assets=_with_code_references(
+            [
+                raw_datalog_logs,
+                device_registry,
+                ingest_partition,
+                hourly_device_stats,
+                device_anomalies,
+                data_quality_report,
+            ]
+        ),
         asset_checks=[datalog_parquet_checks],
         jobs=[ingest_partition_job, reconcile_raw_keys_job, compact_lake_job, analytics_job],
         sensors=[*SENSORS],

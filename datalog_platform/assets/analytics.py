@@ -14,6 +14,7 @@ from datalog_platform.analytics import (
     replace_partition,
     stage_readings,
 )
+from datalog_platform.assets import OWNERS
 from datalog_platform.assets.ingest import datalog_parquet
 from datalog_platform.lake import read_live
 from datalog_platform.partitions import date_and_region, date_region_partitions, partitioned_check
@@ -39,6 +40,8 @@ def _lake_uri(stores: StoresResource, dataset: str, day: str, region: str) -> dg
     partitions_def=date_region_partitions,
     group_name="analytics",
     kinds={"duckdb", "parquet", "sql"},
+    owners=OWNERS,
+    tags={"layer": "analytics"},
     check_specs=[
         partitioned_check(
             ROWS_MATCH,
@@ -73,6 +76,7 @@ def hourly_device_stats(
         )[0][0]
     yield dg.MaterializeResult(
         metadata={
+            "dagster/row_count": written.rows,
             "readings": readings,
             "rows": written.rows,
             "devices": len({r["device_id"] for r in rows}),
@@ -94,6 +98,8 @@ def hourly_device_stats(
     partitions_def=date_region_partitions,
     group_name="analytics",
     kinds={"duckdb", "parquet"},
+    owners=OWNERS,
+    tags={"layer": "analytics"},
 )
 def device_anomalies(
     context: dg.AssetExecutionContext,
@@ -118,6 +124,7 @@ def device_anomalies(
         scored = conn.execute("SELECT count(*) FROM _dl_device_center").fetchone()[0] - len(unscored)
     return dg.MaterializeResult(
         metadata={
+            "dagster/row_count": written.rows,
             "anomalies": written.rows,
             "devices_scored": scored,
             "devices_unscored": len(unscored),

@@ -7,6 +7,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from datalog_platform.assets import OWNERS
 from datalog_platform.assets.registry import device_registry
 from datalog_platform.discovery import register_partition
 from datalog_platform.ingest import BatchReport, ingest_batch
@@ -23,8 +24,6 @@ from datalog_platform.resources.stores import StoresResource
 from datalog_platform.transform.convert import DATASET
 from datalog_platform.transform.shape import RECORD_HASH, RESCUED
 from datalog_platform.transform.timestamps import install_macros
-
-OWNERS = ["team:data-platform"]
 
 raw_datalog_logs = dg.AssetSpec(
     "raw_datalog_logs",

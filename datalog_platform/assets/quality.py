@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from datalog_platform.assets import OWNERS
 from datalog_platform.assets.ingest import datalog_parquet
 from datalog_platform.ledger.protocol import utcnow
 from datalog_platform.partitions import date_and_region, date_region_partitions, partitioned_check
@@ -167,6 +168,8 @@ def report_markdown(q: PartitionQuality) -> str:
     partitions_def=date_region_partitions,
     group_name="quality",
     kinds={"duckdb"},
+    owners=OWNERS,
+    tags={"layer": "quality"},
 )
 def data_quality_report(
     context: dg.AssetExecutionContext,

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from datalog_platform.assets import OWNERS
 from datalog_platform.cli import read_registry_csv
 from datalog_platform.generate import REGISTRY_KEY
 from datalog_platform.ledger import protocol
@@ -10,7 +11,7 @@ from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.resources.stores import StoresResource
 
 
-@dg.asset(group_name="registry", kinds={"csv", "sql"})
+@dg.asset(group_name="registry", kinds={"csv", "sql"}, owners=OWNERS, tags={"layer": "master_data"})
 def device_registry(
     context: dg.AssetExecutionContext, ledger: LedgerResource, stores: StoresResource
 ) -> dg.MaterializeResult:
