@@ -18,6 +18,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -37,7 +38,7 @@ from datalog_platform.generate import generate
 from datalog_platform.ledger import protocol
 from datalog_platform.ledger.engine import ledger_engine
 from datalog_platform.ledger.schema import COMMITTED, PENDING, SUCCESS, batches
-from datalog_platform.partitions import REGION_PARTITIONS_NAME, date_region_partitions, partition_key
+from datalog_platform.partitions import REGION_PARTITIONS_NAME, date_region_partitions, local_dates, partition_key
 from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.resources.store import LocalStore
 from datalog_platform.resources.stores import StoresResource
@@ -111,6 +112,13 @@ def test_definitions_object_shape() -> None:
 
     checks = {c.name for c in job.asset_layer.asset_graph.asset_check_keys}
     assert checks == {"reconciliation", "no_duplicate_records", "no_orphan_files", "quarantine_rate", "freshness"}
+    # What a Dagster user looks for on an asset: owners, tags, the code that defines it, and the
+    # sensor that feeds the raw asset.
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.owners == ["team:data-platform"] and "layer" in node.tags, key
+        assert node.is_external or "dagster/code_references" in node.metadata, key
+    assert defs.resolve_sensor_def("raw_logs_sensor").asset_selection.resolve(graph) == {raw.key}
     assert set(defs.resources) >= {"ledger", "stores", "duckdb", "warehouse", "quality"}
     assert isinstance(defs.resources["ledger"], LedgerResource)
     assert isinstance(defs.resources["stores"], StoresResource)
@@ -342,7 +350,6 @@ def test_daily_compaction_schedule_requests_the_compaction_job() -> None:
     assert request.job_name in (None, "compact_lake_job")
 
 
-
 def test_one_asset_of_the_pair_cannot_run_without_the_other(tmp_path: Path, instance: dg.DagsterInstance) -> None:
     """The claim and the write are one step: a run of datalog_parquet alone (which would write with
     a batch it did not claim) is refused before it starts; the UI runs both instead."""
@@ -390,3 +397,15 @@ def test_a_person_materializing_a_partition_rebuilds_it_complete(tmp_path: Path,
     # a second Materialize rebuilds again and changes nothing in what the partition holds
     assert materialize(instance, resources, DAY, REGION, tags={}).success
     assert cli_helpers.row_ids(cli_helpers.lake_rows(settings.lake_url)) == expected
+
+
+def test_date_partitions_run_from_the_start_date_to_todays_local_date() -> None:
+    """The dates are local calendar dates (UTC + offset): today's is listed, tomorrow's is not."""
+    for offset in (-5, 0, 8, 14):
+        settings = Settings.from_env(
+            {"DATALOG_TZ_OFFSET_HOURS": str(offset), "DATALOG_PARTITIONS_START_DATE": "2026-01-01"}
+        )
+        dates = local_dates(settings)
+        today = (datetime.now(UTC) + timedelta(hours=offset)).date().isoformat()
+        assert dates.get_first_partition_key() == "2026-01-01"
+        assert dates.get_last_partition_key() == today, offset
