@@ -9,11 +9,16 @@ import json
 import os
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 
+import botocore.exceptions
+import sqlalchemy as sa
+
+from datalog_platform.resources.store import StoreNotFoundError
 from datalog_platform.settings import Settings
 
 # Dagster's console logger at this level while `datalog ingest` runs partitions in process.
@@ -238,9 +243,36 @@ def cmd_generate(settings: Settings, devices: int, hours: int, rows: int, seed: 
     return 0
 
 
+def materialize_registry(settings: Settings) -> None:
+    """Materialize `device_registry` from the CSV in the raw store, recorded in DAGSTER_HOME as
+    the UI would record it."""
+    _prepare_dagster_home(settings)
+    import dagster as dg
+
+    from datalog_platform.assets.ingest import TRIGGER_TAG
+    from datalog_platform.assets.registry import device_registry
+    from datalog_platform.definitions import build_definitions
+
+    resources = build_definitions(settings).resources
+    with dg.DagsterInstance.get() as instance:
+        result = dg.materialize(
+            [device_registry],
+            instance=instance,
+            resources={"ledger": resources["ledger"], "stores": resources["stores"]},
+            run_config=_RUN_CONFIG_LOGGING,
+            tags={TRIGGER_TAG: "cli"},
+        )
+    (event,) = result.get_asset_materialization_events()
+    meta = {k: v.value for k, v in event.materialization.metadata.items()}
+    print(
+        f"device_registry: {meta['devices']} devices in {meta['regions']} regions ({meta['new']} new, "
+        f"{meta['changed']} changed); {meta['routed_keys']} waiting keys routed"
+    )
+
+
 def cmd_demo(settings: Settings) -> int:
     cmd_generate(settings, devices=12, hours=30, rows=120, seed=7)
-    cmd_devices_load(settings, str(settings.home / "devices.csv"))
+    materialize_registry(settings)
     code = cmd_ingest(settings)
     import duckdb
 
@@ -273,6 +305,9 @@ def cmd_demo(settings: Settings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="datalog", description=__doc__)
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error too (or set DATALOG_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     devices = sub.add_parser("devices", help="the device registry").add_subparsers(dest="action", required=True)
     load = devices.add_parser("load", help="upsert devices from a CSV (device_id,dstrct_code)")
@@ -300,10 +335,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_message(exc: Exception, settings: Settings | None) -> str | None:
+    """One line for an error that a setting, an argument or an input file causes (what is wrong,
+    which setting, what to do); None for any other error, whose traceback then shows. Never a
+    password or an AWS key: database URLs are shown masked, credentials not at all."""
+    if isinstance(exc, ValueError):  # SettingsError, a registry CSV or a requeue status refused
+        return str(exc)
+    if isinstance(exc, StoreNotFoundError):
+        return (
+            f"the raw store {exc.url} does not exist (DATALOG_RAW_URL): set DATALOG_RAW_URL to the "
+            "directory that holds the raw logs, or write some there first (`datalog generate`)"
+        )
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror}"
+    if settings is None:  # the errors below come from using the settings
+        return None
+    if isinstance(exc, botocore.exceptions.ConnectionError):
+        return (
+            f"cannot connect to the S3 endpoint {settings.s3_endpoint_url or 'of AWS'} (DATALOG_S3_ENDPOINT_URL): "
+            "check the URL, the network and that the server is running"
+        )
+    if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
+        return f"S3: {exc}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        return (
+            f"S3 refused {exc.operation_name}: {error.get('Code')} ({error.get('Message')}); check the buckets "
+            "of DATALOG_RAW_URL and DATALOG_LAKE_URL and the AWS credentials (AWS_ACCESS_KEY_ID, ...)"
+        )
+    if isinstance(exc, sa.exc.OperationalError):
+        url = sa.make_url(settings.ledger_url)
+        reason = next(iter(str(exc.orig).strip().splitlines()), type(exc.orig).__name__)
+        if url.password:
+            reason = reason.replace(str(url.password), "***")
+        return (
+            f"cannot use the ledger database {url.render_as_string(hide_password=True)} (DATALOG_LEDGER_URL): "
+            f"{reason}; check the URL and that the database is reachable"
+        )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. An error of the configuration (see `error_message`) prints one line and
+    exits 2, its traceback only with --debug or DATALOG_DEBUG=1; any other error raises."""
     args = build_parser().parse_args(argv)
-    settings = Settings.from_env()
+    settings: Settings | None = None
     try:
+        settings = Settings.from_env()
         if args.command == "devices":
             return cmd_devices_load(settings, args.path)
         if args.command == "ingest":
@@ -318,8 +396,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(_prepare_dagster_home(settings))
             return 0
         return cmd_demo(settings)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"datalog: {exc}", file=sys.stderr)
+    except Exception as exc:
+        message = error_message(exc, settings)
+        if message is None:
+            raise
+        if args.debug or os.environ.get("DATALOG_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
+        print(f"datalog: {message}", file=sys.stderr)
         return 2
 
 

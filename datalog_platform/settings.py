@@ -1,10 +1,35 @@
-"""DATALOG_* environment -> typed settings, with embedded defaults so a new user needs nothing."""
+"""DATALOG_* environment -> typed settings, with embedded defaults so a new user needs nothing.
+
+Every value is checked when it is read: a bad one raises `SettingsError`, which names the variable,
+the value (a database URL with its password masked) and what is expected.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlparse
+
+import sqlalchemy as sa
+
+# DuckDB's `memory_limit`: a number and a unit (1000^i or 1024^i), e.g. 2GB, 1.5GB, 512MiB.
+_MEMORY_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*[kmgt](?:i?b)?\s*", re.IGNORECASE)
+# A store URL with a scheme; only s3:// is one (anything else is a local directory).
+_URL_SCHEME = re.compile(r"[a-z][a-z0-9+.-]+:/", re.IGNORECASE)
+# S3 bucket naming rules (general purpose buckets).
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+_Number = TypeVar("_Number", int, float)
+
+
+class SettingsError(ValueError):
+    """A DATALOG_* environment variable holds a value the platform cannot use."""
 
 
 @dataclass(frozen=True)
@@ -39,29 +64,135 @@ class Settings:
         return Path(os.environ.get("DAGSTER_HOME") or self.home / "dagster").resolve()
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        env = dict(os.environ if env is None else env)
-        home = Path(env.get("DATALOG_HOME", ".datalog")).resolve()
-        ledger_url = env.get("DATALOG_LEDGER_URL") or f"sqlite:///{home / 'ledger.db'}"
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings of `env` (default: the process environment); `SettingsError` for a bad value."""
+        read = _Reader(os.environ if env is None else env)
+        home = Path(read.directory("DATALOG_HOME", ".datalog")).resolve()
+        ledger_url = read.database_url("DATALOG_LEDGER_URL", f"sqlite:///{home / 'ledger.db'}")
+        warn_rate = read.number("DATALOG_QUARANTINE_WARN_RATE", 0.01, 0.0, 1.0)
         return cls(
             home=home,
-            raw_url=env.get("DATALOG_RAW_URL") or str(home / "raw"),
-            lake_url=env.get("DATALOG_LAKE_URL") or str(home / "lake"),
+            raw_url=read.store_url("DATALOG_RAW_URL", str(home / "raw")),
+            lake_url=read.store_url("DATALOG_LAKE_URL", str(home / "lake")),
             ledger_url=ledger_url,
-            s3_endpoint_url=env.get("DATALOG_S3_ENDPOINT_URL") or None,
-            aws_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-            tz_offset_hours=int(env.get("DATALOG_TZ_OFFSET_HOURS", "8")),
-            ram_limit=env.get("DATALOG_RAM_LIMIT", "2GB"),
-            threads=int(env.get("DATALOG_THREADS") or os.cpu_count() or 2),
-            key_limit_per_run=int(env.get("DATALOG_KEY_LIMIT_PER_RUN", "1000")),
-            lease_seconds=int(env.get("DATALOG_LEASE_SECONDS", "900")),
-            max_attempts=int(env.get("DATALOG_MAX_ATTEMPTS", "3")),
-            partitions_start_date=env.get("DATALOG_PARTITIONS_START_DATE", "2020-01-01"),
-            max_runs_per_tick=int(env.get("DATALOG_MAX_RUNS_PER_TICK", "20")),
-            compaction_min_files=int(env.get("DATALOG_COMPACTION_MIN_FILES", "8")),
-            compaction_target_mb=int(env.get("DATALOG_COMPACTION_TARGET_MB", "256")),
-            warehouse_url=env.get("DATALOG_WAREHOUSE_URL") or ledger_url,
-            quarantine_warn_rate=float(env.get("DATALOG_QUARANTINE_WARN_RATE", "0.01")),
-            quarantine_fail_rate=float(env.get("DATALOG_QUARANTINE_FAIL_RATE", "0.10")),
-            pending_max_age_minutes=int(env.get("DATALOG_PENDING_MAX_AGE_MINUTES", "180")),
+            s3_endpoint_url=read.endpoint_url("DATALOG_S3_ENDPOINT_URL"),
+            aws_region=read.text("AWS_REGION", read.text("AWS_DEFAULT_REGION", "us-east-1")),
+            # Etc/GMT-14 .. Etc/GMT+12 are the whole-hour zones there are
+            tz_offset_hours=read.integer("DATALOG_TZ_OFFSET_HOURS", 8, -12, 14),
+            ram_limit=read.memory_size("DATALOG_RAM_LIMIT", "2GB"),
+            threads=read.integer("DATALOG_THREADS", os.cpu_count() or 2, 1),
+            key_limit_per_run=read.integer("DATALOG_KEY_LIMIT_PER_RUN", 1000, 1),
+            lease_seconds=read.integer("DATALOG_LEASE_SECONDS", 900, 1),
+            max_attempts=read.integer("DATALOG_MAX_ATTEMPTS", 3, 1),
+            partitions_start_date=read.iso_date("DATALOG_PARTITIONS_START_DATE", "2020-01-01"),
+            max_runs_per_tick=read.integer("DATALOG_MAX_RUNS_PER_TICK", 20, 1),
+            compaction_min_files=read.integer("DATALOG_COMPACTION_MIN_FILES", 8, 1),
+            compaction_target_mb=read.integer("DATALOG_COMPACTION_TARGET_MB", 256, 1),
+            warehouse_url=read.database_url("DATALOG_WAREHOUSE_URL", ledger_url),
+            quarantine_warn_rate=warn_rate,
+            quarantine_fail_rate=read.number("DATALOG_QUARANTINE_FAIL_RATE", 0.10, warn_rate, 1.0),
+            pending_max_age_minutes=read.integer("DATALOG_PENDING_MAX_AGE_MINUTES", 180, 1),
         )
+
+
+class _Reader:
+    """Reads one variable at a time; a variable that is unset or empty takes its default."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def text(self, name: str, default: str) -> str:
+        return self.env.get(name) or default
+
+    def _error(self, name: str, shown: str, expected: str) -> SettingsError:
+        return SettingsError(f"{name}={shown} is not valid: expected {expected} (or unset it for the default)")
+
+    def integer(self, name: str, default: int, minimum: int, maximum: int | None = None) -> int:
+        text = self.env.get(name)
+        if not text:
+            return default
+        value = _parsed(int, text)
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            bounds = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
+            raise self._error(name, repr(text), f"a whole number {bounds}")
+        return value
+
+    def number(self, name: str, default: float, minimum: float, maximum: float) -> float:
+        text = self.env.get(name)
+        if not text:
+            return default
+        value = _parsed(float, text)
+        if value is None or not minimum <= value <= maximum:
+            raise self._error(name, repr(text), f"a number from {minimum:g} to {maximum:g}")
+        return value
+
+    def memory_size(self, name: str, default: str) -> str:
+        text = self.text(name, default)
+        match = _MEMORY_SIZE.fullmatch(text)
+        if not match or not float(match.group(1)):
+            raise self._error(name, repr(text), "a memory size such as 2GB, 1.5GB or 512MiB")
+        return text
+
+    def iso_date(self, name: str, default: str) -> str:
+        text = self.text(name, default)
+        try:
+            return date.fromisoformat(text).isoformat()
+        except ValueError:
+            raise self._error(name, repr(text), "a date YYYY-MM-DD") from None
+
+    def directory(self, name: str, default: str) -> str:
+        """A local directory, made when needed: the path must not be a file."""
+        text = self.text(name, default)
+        if Path(text).exists() and not Path(text).is_dir():
+            raise self._error(name, repr(text), "a directory, not a file")
+        return text
+
+    def store_url(self, name: str, default: str) -> str:
+        """A local directory or s3://bucket[/prefix]."""
+        text = self.text(name, default)
+        if not _URL_SCHEME.match(text):
+            return self.directory(name, default)
+        parsed = urlparse(text)
+        if parsed.scheme != "s3" or not text.startswith("s3://") or not _BUCKET.fullmatch(parsed.netloc):
+            raise self._error(name, repr(text), "a local directory or s3://bucket/prefix (a valid bucket name)")
+        return text
+
+    def endpoint_url(self, name: str) -> str | None:
+        text = self.env.get(name)
+        if not text:
+            return None
+        parsed = urlparse(text)
+        try:
+            port_ok = parsed.port is None or parsed.port > 0
+        except ValueError:
+            port_ok = False
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or not port_ok:
+            raise self._error(name, repr(text), "an http:// or https:// URL such as http://127.0.0.1:9000")
+        return text
+
+    def database_url(self, name: str, default: str) -> str:
+        """A SQLAlchemy URL whose dialect and driver are installed; shown with its password masked."""
+        text = self.text(name, default)
+        expected = "a SQLAlchemy URL such as postgresql+psycopg2://user:password@host:5432/db or sqlite:///path"
+        try:
+            url = sa.make_url(text)
+        except (sa.exc.ArgumentError, ValueError):
+            raise self._error(name, "(not shown: it may hold a password)", expected) from None
+        shown = repr(url.render_as_string(hide_password=True))
+        try:
+            url.get_dialect().import_dbapi()
+        except sa.exc.NoSuchModuleError:
+            raise self._error(name, shown, f"{expected}; no such dialect {url.drivername!r}") from None
+        except ImportError as exc:
+            raise SettingsError(
+                f"{name}={shown} needs the database driver {exc.name!r}, which is not installed: "
+                "install it, or use a URL with an installed driver (psycopg2, pymssql, sqlite)"
+            ) from None
+        return text
+
+
+def _parsed(kind: Callable[[str], _Number], text: str) -> _Number | None:
+    try:
+        return kind(text)
+    except ValueError:
+        return None

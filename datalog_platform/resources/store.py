@@ -74,25 +74,43 @@ class ObjectStore(Protocol):
         ...
 
 
+class StoreNotFoundError(Exception):
+    """A store that is read from does not exist (a local directory that is not there)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(f"store {url} does not exist (no such directory): check the URL configured for it")
+        self.url = url
+
+
 class LocalStore:
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    """A directory; `create=False` for a store that is only read here (the raw store): its
+    directory is then not made, and listing it while it does not exist raises
+    `StoreNotFoundError` instead of finding nothing. Writing a key always creates its directories."""
+
+    def __init__(self, root: str | os.PathLike[str], create: bool = True) -> None:
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
         self.url = str(self.root)
         self.list_requests = 0
 
     def _path(self, key: str) -> Path:
         return self.root / key
 
-    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
+    def _list_request(self) -> None:
+        if not self.root.is_dir():
+            raise StoreNotFoundError(self.url)
         self.list_requests += 1
+
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
+        self._list_request()
         for n, info in enumerate(self._walk(prefix, start_after)):
             if n and n % LIST_PAGE_SIZE == 0:
                 self.list_requests += 1
             yield info
 
     def list_page(self, prefix: str = "", start_after: str | None = None, limit: int = LIST_PAGE_SIZE) -> ListPage:
-        self.list_requests += 1
+        self._list_request()
         objects: list[ObjectInfo] = []
         for info in self._walk(prefix, start_after):
             if len(objects) == limit:
@@ -101,7 +119,7 @@ class LocalStore:
         return ListPage(objects, truncated=False)
 
     def list_prefixes(self, prefix: str = "", start_after: str | None = None) -> Iterator[str]:
-        self.list_requests += 1
+        self._list_request()
         base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
         if not base.is_dir():
             return

@@ -35,11 +35,12 @@ def s3_access(s3: S3Resource) -> S3Access:
     )
 
 
-def open_store(url: str, s3: S3Resource) -> ObjectStore:
+def open_store(url: str, s3: S3Resource, create: bool = True) -> ObjectStore:
+    """The store at `url`; a local directory is made now only with `create` (see `LocalStore`)."""
     if is_s3_url(url):
         bucket, prefix = split_s3_url(url)
         return S3Store(bucket=bucket, prefix=prefix, client=s3.get_client(), access=s3_access(s3))
-    return LocalStore(url)
+    return LocalStore(url, create=create)
 
 
 class StoresResource(dg.ConfigurableResource):
@@ -54,7 +55,8 @@ class StoresResource(dg.ConfigurableResource):
     s3: S3Resource = Field(description="S3 client settings (endpoint for MinIO or an emulator)")
 
     def raw(self) -> ObjectStore:
-        return open_store(self.raw_url, self.s3)
+        """Listing a raw directory that does not exist raises `StoreNotFoundError` (writing creates it)."""
+        return open_store(self.raw_url, self.s3, create=False)
 
     def lake(self) -> ObjectStore:
         return open_store(self.lake_url, self.s3)
