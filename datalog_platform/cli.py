@@ -12,14 +12,17 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import botocore.exceptions
 import sqlalchemy as sa
 
 from datalog_platform.resources.store import StoreNotFoundError
-from datalog_platform.settings import Settings
+from datalog_platform.settings import HOME_SETTINGS_FILE, Settings, read_home_settings, record_home_setting
+
+DEMO_HOURS = 30
+START_DATE_SETTING = "DATALOG_PARTITIONS_START_DATE"
 
 # Dagster's console logger at this level while `datalog ingest` runs partitions in process.
 _RUN_CONFIG_LOGGING = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -185,7 +188,7 @@ def cmd_ingest(settings: Settings, as_json: bool = False) -> int:
     if s.out_of_range_keys:
         print(
             f"{s.out_of_range_keys} pending key(s) have a date outside the date partitions "
-            "(DATALOG_PARTITIONS_START_DATE .. tomorrow) and were not ingested"
+            "(DATALOG_PARTITIONS_START_DATE .. today's local date) and were not ingested"
         )
     return 1 if s.failed_runs else 0
 
@@ -225,14 +228,16 @@ def _iso_date(text: str) -> str:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
-def cmd_generate(settings: Settings, devices: int, hours: int, rows: int, seed: int) -> int:
+def cmd_generate(
+    settings: Settings, devices: int, hours: int, rows: int, seed: int, start: datetime | None = None
+) -> int:
     from datalog_platform.definitions import build_definitions
-    from datalog_platform.generate import REGISTRY_KEY, generate, registry_csv
+    from datalog_platform.generate import DEFAULT_START, REGISTRY_KEY, generate, registry_csv
     from datalog_platform.resources.stores import StoresResource
 
     stores: StoresResource = build_definitions(settings).resources["stores"]
     raw = stores.raw()
-    summary = generate(raw, devices=devices, hours=hours, rows=rows, seed=seed)
+    summary = generate(raw, devices=devices, hours=hours, rows=rows, seed=seed, start=start or DEFAULT_START)
     registry = settings.home / "devices.csv"
     registry.parent.mkdir(parents=True, exist_ok=True)
     registry.write_bytes(registry_csv(summary.devices))
@@ -270,8 +275,21 @@ def materialize_registry(settings: Settings) -> None:
     )
 
 
+def record_demo_start_date(settings: Settings, start: datetime) -> None:
+    """The date partitions begin at the demo's first local date (the earliest, if run again), so
+    the UI lists the dates that have data rather than every date since the default start."""
+    from datalog_platform.ledger.protocol import local_date
+
+    first = local_date(start, settings.tz_offset_hours)
+    recorded = read_home_settings(settings.home).get(START_DATE_SETTING)
+    record_home_setting(settings.home, START_DATE_SETTING, min(first, recorded or first))
+
+
 def cmd_demo(settings: Settings) -> int:
-    cmd_generate(settings, devices=12, hours=30, rows=120, seed=7)
+    # The 30 hours before the current one, so the demo's dates end today.
+    start = datetime.now(UTC).replace(tzinfo=None, minute=0, second=0, microsecond=0) - timedelta(hours=DEMO_HOURS)
+    record_demo_start_date(settings, start)
+    cmd_generate(settings, devices=12, hours=DEMO_HOURS, rows=120, seed=7, start=start)
     materialize_registry(settings)
     code = cmd_ingest(settings)
     import duckdb
@@ -293,6 +311,11 @@ def cmd_demo(settings: Settings) -> int:
             [quarantine],
         ).fetchall():
             print(f"  quarantine: {n} line(s) {reason}")
+    start_date = read_home_settings(settings.home)[START_DATE_SETTING]
+    print(
+        f"\nDate partitions start at {start_date}, the demo's first local date "
+        f"({START_DATE_SETTING} in {settings.home / HOME_SETTINGS_FILE}; the environment overrides it)."
+    )
     print(
         "\nNext:\n"
         "  .venv/bin/datalog ledger status        keys by status and region\n"

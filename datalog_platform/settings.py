@@ -65,9 +65,11 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """The settings of `env` (default: the process environment); `SettingsError` for a bad value."""
-        read = _Reader(os.environ if env is None else env)
-        home = Path(read.directory("DATALOG_HOME", ".datalog")).resolve()
+        """The settings of `env` (default: the process environment) over those recorded in the
+        home's settings file; `SettingsError` for a bad value."""
+        environ = os.environ if env is None else env
+        home = Path(_Reader(environ).directory("DATALOG_HOME", ".datalog")).resolve()
+        read = _Reader({**read_home_settings(home), **environ})
         ledger_url = read.database_url("DATALOG_LEDGER_URL", f"sqlite:///{home / 'ledger.db'}")
         warn_rate = read.number("DATALOG_QUARANTINE_WARN_RATE", 0.01, 0.0, 1.0)
         return cls(
@@ -93,6 +95,27 @@ class Settings:
             quarantine_fail_rate=read.number("DATALOG_QUARANTINE_FAIL_RATE", 0.10, warn_rate, 1.0),
             pending_max_age_minutes=read.integer("DATALOG_PENDING_MAX_AGE_MINUTES", 180, 1),
         )
+
+
+# `NAME=value` lines in DATALOG_HOME that commands record for that home (`datalog demo` records the
+# first date of the data it generates as DATALOG_PARTITIONS_START_DATE, so `make ui` shows its
+# dates); the environment overrides them.
+HOME_SETTINGS_FILE = "datalog.env"
+
+
+def read_home_settings(home: Path) -> dict[str, str]:
+    path = home / HOME_SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    lines = (line.strip() for line in path.read_text().splitlines())
+    pairs = (line.split("=", 1) for line in lines if line and not line.startswith("#") and "=" in line)
+    return {name.strip(): value.strip() for name, value in pairs}
+
+
+def record_home_setting(home: Path, name: str, value: str) -> None:
+    values = {**read_home_settings(home), name: value}
+    home.mkdir(parents=True, exist_ok=True)
+    (home / HOME_SETTINGS_FILE).write_text("".join(f"{k}={v}\n" for k, v in sorted(values.items())))
 
 
 class _Reader:

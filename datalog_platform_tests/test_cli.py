@@ -47,6 +47,7 @@ from datalog_platform.ledger.schema import (
     devices,
 )
 from datalog_platform.resources.store import LocalStore, S3Access, S3Store
+from datalog_platform.settings import Settings, SettingsError, record_home_setting
 from datalog_platform_tests import cli_helpers, ledger_helpers
 from datalog_platform_tests.cli_helpers import run_cli, run_json, run_ok
 
@@ -455,6 +456,18 @@ def test_demo_in_an_empty_directory(tmp_path: Path) -> None:
     assert sum(int(line.split(": ")[1].split(" rows")[0]) for line in listed) == generated_rows
     assert (cwd / ".datalog" / "dagster" / "dagster.yaml").is_file()
 
+    # Quiet: no warning from any library, in the demo or in the next command a newcomer runs.
+    assert "Warning" not in out + proc.stderr, cli_helpers.describe(proc)
+    status = run_cli(env, "ledger", "status", cwd=cwd)
+    assert status.returncode == 0 and "Warning" not in status.stdout + status.stderr, cli_helpers.describe(status)
+
+    # The registry is a materialized asset, and the date partitions start at the demo's first date.
+    with dagster_instance(cwd / ".datalog" / "dagster") as instance:
+        assert instance.get_latest_materialization_event(dg.AssetKey("device_registry")) is not None
+    first_date = min(line.split("hiveperiod=")[1][:10] for line in listed)
+    settings_file = (cwd / ".datalog" / "datalog.env").read_text()
+    assert f"DATALOG_PARTITIONS_START_DATE={first_date}" in settings_file.splitlines()
+
 
 def test_dagster_home_gets_one_event_log_and_one_run_per_partition(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -476,3 +489,15 @@ def test_dagster_home_gets_one_event_log_and_one_run_per_partition(
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     assert cli.main(["dagster-home"]) == 0
     assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
+
+
+def test_settings_recorded_in_the_home_apply_under_the_environment(tmp_path: Path) -> None:
+    """`datalog.env` in DATALOG_HOME supplies settings the environment does not set."""
+    home = tmp_path / "home"
+    record_home_setting(home, "DATALOG_PARTITIONS_START_DATE", "2026-11-30")
+    record_home_setting(home, "DATALOG_KEY_LIMIT_PER_RUN", "7")
+    settings = Settings.from_env({"DATALOG_HOME": str(home), "DATALOG_KEY_LIMIT_PER_RUN": "9"})
+    assert (settings.partitions_start_date, settings.key_limit_per_run) == ("2026-11-30", 9)
+    record_home_setting(home, "DATALOG_KEY_LIMIT_PER_RUN", "many")
+    with pytest.raises(SettingsError, match="DATALOG_KEY_LIMIT_PER_RUN"):
+        Settings.from_env({"DATALOG_HOME": str(home)})
