@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import dagster as dg
 
 from datalog_platform.settings import Settings
@@ -35,16 +33,3 @@ def date_and_region(key: dg.MultiPartitionKey | str) -> tuple[str, str]:
     dims = key.keys_by_dimension
     return dims["date"], dims["region"]
 
-
-def partitioned_check(name: str, asset: dg.AssetKey, description: str) -> dg.AssetCheckSpec:
-    """A check with its own result for each date x region partition of `asset`.
-
-    Partitioned check specs are a preview feature of Dagster 1.13. They are used deliberately, so
-    that the UI shows every partition's results apart; the one warning that says so is silenced
-    here, where such a spec is built, and no other.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning
-        )
-        return dg.AssetCheckSpec(name, asset=asset, partitions_def=date_region_partitions, description=description)

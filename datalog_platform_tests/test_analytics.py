@@ -91,8 +91,9 @@ class Platform:
         protocol.register_keys(self.engine, self.raw.list(), self.settings.tz_offset_hours)
         self.run([ingest_partition], tags={TRIGGER_TAG: "pending_keys_sensor"})
 
-    def checks(self, *names: str) -> dict[str, dg.AssetCheckEvaluation]:
-        """Only the checks (those named, else all), as the UI's Checks tab runs them for one partition."""
+    def checks(self, *names: str, partition: bool = True) -> dict[str, dg.AssetCheckEvaluation]:
+        """Only the checks (those named, else all), for one partition, or, without `partition`, as
+        the Checks tab's "Execute all" launches them (a run without a partition)."""
         selection = (
             dg.AssetSelection.checks(*(dg.AssetCheckKey(datalog_parquet.key, name) for name in names))
             if names
@@ -103,13 +104,13 @@ class Platform:
             assets=ASSETS[:3], asset_checks=[datalog_parquet_checks], jobs=[job], resources=self.resources
         )
         # a run of checks only has no asset to take the partition from: the run's tags name it
+        tags = {
+            "dagster/partition": f"{DAY}|{REGION}",
+            "dagster/partition/date": DAY,
+            "dagster/partition/region": REGION,
+        }
         result = defs.resolve_job_def("checks_job").execute_in_process(
-            instance=self.instance,
-            tags={
-                "dagster/partition": f"{DAY}|{REGION}",
-                "dagster/partition/date": DAY,
-                "dagster/partition/region": REGION,
-            },
+            instance=self.instance, tags=tags if partition else None
         )
         assert result.success
         return {e.check_name: e for e in result.get_asset_check_evaluations()}
@@ -160,7 +161,7 @@ def test_every_check_passes_on_a_clean_partition(platform: Platform) -> None:
         "freshness": True,
     }
     assert checks["reconciliation"].metadata["lake_rows"].value == 20
-    assert all(e.partition == f"{DAY}|{REGION}" for e in checks.values())
+    assert all(e.metadata["partition"].value == f"{DAY}|{REGION}" for e in checks.values())
 
 
 def test_each_check_runs_alone_as_the_checks_tab_launches_it(platform: Platform) -> None:
@@ -214,6 +215,26 @@ def test_quarantine_rate_warns_above_one_and_fails_above_ten_percent(
 ) -> None:
     clean_partition(platform, good=20, bad=bad)  # 1 of 21 lines: 4.8 %; 5 of 25: 20 %
     assert outcome(platform.checks()["quarantine_rate"]) == expected
+
+
+def test_checks_without_a_partition_check_every_partition_with_keys(platform: Platform) -> None:
+    """ "Execute all" in the Checks tab launches a run without a partition: each check then covers
+    every partition with keys and names the ones it failed in."""
+    clean_partition(platform)
+    platform.upload("dB/2026110203/c.json", record("dB", datetime(2026, 11, 2, 3, 0), temperature=21.0))
+    protocol.register_keys(platform.engine, platform.raw.list(), platform.settings.tz_offset_hours)
+    assert platform.checks(partition=False)["no_orphan_files"].passed
+
+    lake = Path(platform.settings.lake_url)
+    (first,) = swap.live_files(platform.engine, "datalog_v2", DAY, REGION)
+    shutil.copy(lake / first.path, lake / f"datalog_v2/hiveperiod={DAY}/dstrct_code={REGION}/part-stray-0.parquet")
+    checks = platform.checks(partition=False)
+    assert set(checks) == {"reconciliation", "no_duplicate_records", "no_orphan_files", "quarantine_rate", "freshness"}
+    orphans = {k: v.value for k, v in checks["no_orphan_files"].metadata.items()}
+    assert not checks["no_orphan_files"].passed and checks["no_orphan_files"].partition is None
+    assert (orphans["partitions_checked"], orphans["failed_partitions"]) == (2, [f"{DAY}|{REGION}"])
+    assert all(checks[name].passed for name in checks if name != "no_orphan_files")
+    assert set(platform.checks("freshness", partition=False)) == {"freshness"}
 
 
 def test_pending_keys_older_than_the_set_time_fail_freshness(platform: Platform) -> None:

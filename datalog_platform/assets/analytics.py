@@ -17,7 +17,7 @@ from datalog_platform.analytics import (
 from datalog_platform.assets import OWNERS
 from datalog_platform.assets.ingest import datalog_parquet
 from datalog_platform.lake import read_live
-from datalog_platform.partitions import date_and_region, date_region_partitions, partitioned_check
+from datalog_platform.partitions import date_and_region, date_region_partitions
 from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.resources.quality import WarehouseResource, lake_connection
 from datalog_platform.resources.stores import StoresResource
@@ -43,10 +43,10 @@ def _lake_uri(stores: StoresResource, dataset: str, day: str, region: str) -> dg
     owners=OWNERS,
     tags={"layer": "analytics"},
     check_specs=[
-        partitioned_check(
+        dg.AssetCheckSpec(
             ROWS_MATCH,
-            dg.AssetKey(HOURLY_STATS),
-            "The warehouse table holds as many rows for the partition as its Parquet files",
+            asset=HOURLY_STATS,
+            description="The warehouse table holds as many rows for the partition as its Parquet files",
         )
     ],
 )
@@ -89,7 +89,11 @@ def hourly_device_stats(
     yield dg.AssetCheckResult(
         check_name=ROWS_MATCH,
         passed=loaded.rows_in_table == parquet_rows,
-        metadata={"warehouse_rows": loaded.rows_in_table, "parquet_rows": int(parquet_rows)},
+        metadata={
+            "partition": context.partition_key,
+            "warehouse_rows": loaded.rows_in_table,
+            "parquet_rows": int(parquet_rows),
+        },
     )
 
 

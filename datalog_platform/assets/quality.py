@@ -8,7 +8,8 @@ from dagster_duckdb import DuckDBResource
 from datalog_platform.assets import OWNERS
 from datalog_platform.assets.ingest import datalog_parquet
 from datalog_platform.ledger.protocol import utcnow
-from datalog_platform.partitions import date_and_region, date_region_partitions, partitioned_check
+from datalog_platform.ledger.stats import partitions_with_keys
+from datalog_platform.partitions import date_and_region, date_partitions, date_region_partitions
 from datalog_platform.quality import PartitionQuality, measure
 from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.resources.quality import QualityResource, lake_connection
@@ -21,36 +22,42 @@ QUARANTINE_RATE = "quarantine_rate"
 FRESHNESS = "freshness"
 
 _SPECS = [
-    partitioned_check(
+    dg.AssetCheckSpec(
         RECONCILIATION,
-        datalog_parquet.key,
-        "Rows and quarantined lines in the lake's LIVE files from the partition's keys equal "
+        asset=datalog_parquet.key,
+        description="Rows and quarantined lines in the lake's LIVE files from the partition's keys equal "
         "what the ledger recorded for those keys",
     ),
-    partitioned_check(
-        NO_DUPLICATES, datalog_parquet.key, "No record (device, instant, payload) is stored twice in the partition"
+    dg.AssetCheckSpec(
+        NO_DUPLICATES,
+        asset=datalog_parquet.key,
+        description="No record (device, instant, payload) is stored twice in the partition",
     ),
-    partitioned_check(
+    dg.AssetCheckSpec(
         NO_ORPHANS,
-        datalog_parquet.key,
-        "Every Parquet file in the partition's directories is in the manifest, and every "
+        asset=datalog_parquet.key,
+        description="Every Parquet file in the partition's directories is in the manifest, and every "
         "LIVE file of the manifest is in the store",
     ),
-    partitioned_check(
+    dg.AssetCheckSpec(
         QUARANTINE_RATE,
-        datalog_parquet.key,
-        "Share of quarantined lines: warns above the warn rate, fails above the fail rate",
+        asset=datalog_parquet.key,
+        description="Share of quarantined lines: warns above the warn rate, fails above the fail rate",
     ),
-    partitioned_check(
-        FRESHNESS, datalog_parquet.key, "No key of the partition has waited PENDING longer than the set time"
+    dg.AssetCheckSpec(
+        FRESHNESS,
+        asset=datalog_parquet.key,
+        description="No key of the partition has waited PENDING longer than the set time",
     ),
 ]
 
 
 def evaluate(quality: PartitionQuality, thresholds: QualityResource) -> list[dg.AssetCheckResult]:
-    """The five check results of one partition's measurements."""
+    """The five check results of one partition's measurements, each naming the partition (the
+    checks are not partitioned, so that the UI can run them alone)."""
     key = datalog_parquet.key
     q = quality
+    partition = f"{q.day}|{q.region}"
     rate = q.quarantine_rate
     warning = thresholds.quarantine_warn_rate < rate <= thresholds.quarantine_fail_rate
     severity = dg.AssetCheckSeverity.WARN if warning else dg.AssetCheckSeverity.ERROR
@@ -64,6 +71,7 @@ def evaluate(quality: PartitionQuality, thresholds: QualityResource) -> list[dg.
             and q.lake_rows == q.ledger.rows
             and q.lake_quarantined == q.ledger.quarantined_lines,
             metadata={
+                "partition": partition,
                 "lake_error": q.lake_error or "",
                 "lake_rows": q.lake_rows,
                 "ledger_rows": q.ledger.rows,
@@ -77,6 +85,7 @@ def evaluate(quality: PartitionQuality, thresholds: QualityResource) -> list[dg.
             check_name=NO_DUPLICATES,
             passed=q.directory.duplicate_rows == 0,
             metadata={
+                "partition": partition,
                 "duplicate_rows": q.directory.duplicate_rows,
                 "conflicts": q.directory.conflicts,
                 "rows": q.directory.rows,
@@ -87,6 +96,7 @@ def evaluate(quality: PartitionQuality, thresholds: QualityResource) -> list[dg.
             check_name=NO_ORPHANS,
             passed=not q.orphan_files and not q.missing_files,
             metadata={
+                "partition": partition,
                 "orphan_files": len(q.orphan_files),
                 "missing_files": len(q.missing_files),
                 "examples": dg.MetadataValue.json((q.orphan_files + q.missing_files)[:20]),
@@ -98,6 +108,7 @@ def evaluate(quality: PartitionQuality, thresholds: QualityResource) -> list[dg.
             passed=rate <= thresholds.quarantine_warn_rate,
             severity=severity,
             metadata={
+                "partition": partition,
                 "quarantine_rate": round(rate, 6),
                 "quarantined_lines": q.ledger.quarantined_lines,
                 "warn_above": thresholds.quarantine_warn_rate,
@@ -109,6 +120,7 @@ def evaluate(quality: PartitionQuality, thresholds: QualityResource) -> list[dg.
             check_name=FRESHNESS,
             passed=waited <= thresholds.pending_max_age_minutes,
             metadata={
+                "partition": partition,
                 "pending_keys": q.ledger.by_status.get("PENDING", 0),
                 "oldest_pending_minutes": round(waited, 1),
                 "max_age_minutes": thresholds.pending_max_age_minutes,
@@ -117,7 +129,38 @@ def evaluate(quality: PartitionQuality, thresholds: QualityResource) -> list[dg.
     ]
 
 
-# can_subset: each check can run alone (the UI's Checks tab), or all of them together.
+def across_partitions(checks: set[str], results: dict[str, list[dg.AssetCheckResult]]) -> list[dg.AssetCheckResult]:
+    """One result for each of `checks` over many partitions (partition key -> its results): passed
+    if it passed in every partition (or there is none), else as severe as its worst failure, naming
+    the failing partitions."""
+    by_check: dict[str, list[tuple[str, dg.AssetCheckResult]]] = {name: [] for name in checks}
+    for partition, partition_results in results.items():
+        for result in partition_results:
+            by_check[result.check_name].append((partition, result))
+    merged = []
+    for name, outcomes in sorted(by_check.items()):
+        failed = [(partition, r) for partition, r in outcomes if not r.passed]
+        errors = any(r.severity == dg.AssetCheckSeverity.ERROR for _, r in failed)
+        merged.append(
+            dg.AssetCheckResult(
+                asset_key=datalog_parquet.key,
+                check_name=name,
+                passed=not failed,
+                severity=dg.AssetCheckSeverity.ERROR if errors else dg.AssetCheckSeverity.WARN,
+                metadata={
+                    "partitions_checked": len(outcomes),
+                    "partitions_failed": len(failed),
+                    "failed_partitions": dg.MetadataValue.json([partition for partition, _ in failed][:50]),
+                },
+            )
+        )
+    return merged
+
+
+# can_subset: each check can run alone, or all of them together. A run with a partition (every
+# ingest and analytics run) checks that partition. A run without one (the Checks tab's Execute
+# buttons) checks every partition with keys. The specs carry no partitions: Dagster's UI (1.13)
+# cannot execute a partitioned check on its own.
 @dg.multi_asset_check(
     specs=_SPECS, can_subset=True, description="Reconciliation, duplicates, orphan files, quarantine, freshness"
 )
@@ -128,11 +171,24 @@ def datalog_parquet_checks(
     duckdb: DuckDBResource,
     quality: QualityResource,
 ) -> Iterator[dg.AssetCheckResult]:
-    day, region = date_and_region(context.op_execution_context.partition_key)
-    with lake_connection(duckdb, stores) as conn:
-        measured = measure(conn, ledger.get_engine(), stores.lake(), day, region)
+    run = context.op_execution_context
+    engine, lake = ledger.get_engine(), stores.lake()
+    if run.has_partition_key:
+        partitions = [date_and_region(run.partition_key)]
+    else:
+        first, last = date_partitions.get_first_partition_key(), date_partitions.get_last_partition_key()
+        partitions = partitions_with_keys(engine, first, last)
     selected = {key.name for key in context.selected_asset_check_keys}
-    yield from (result for result in evaluate(measured, quality) if result.check_name in selected)
+    results: dict[str, list[dg.AssetCheckResult]] = {}
+    with lake_connection(duckdb, stores) as conn:
+        for day, region in partitions:
+            measured = measure(conn, engine, lake, day, region)
+            results[f"{day}|{region}"] = [r for r in evaluate(measured, quality) if r.check_name in selected]
+    if run.has_partition_key:
+        yield from next(iter(results.values()))
+    else:
+        context.log.info(f"checked {len(partitions)} partition(s) with keys")
+        yield from across_partitions(selected, results)
 
 
 def report_markdown(q: PartitionQuality) -> str:

@@ -51,3 +51,15 @@ def devices_of_region(engine: sa.Engine, region: str) -> list[str]:
     stmt = sa.select(devices.c.device_id).where(devices.c.dstrct_code == region).order_by(devices.c.device_id)
     with engine.connect() as conn:
         return list(conn.execute(stmt).scalars())
+
+
+def partitions_with_keys(engine: sa.Engine, first_date: str, last_date: str) -> list[tuple[str, str]]:
+    """(date, region) of every routed key dated from `first_date` to `last_date`, in order."""
+    stmt = (
+        sa.select(keys.c.part_date, keys.c.dstrct_code)
+        .where(keys.c.dstrct_code.isnot(None), keys.c.part_date.between(first_date, last_date))
+        .distinct()
+        .order_by(keys.c.part_date, keys.c.dstrct_code)
+    )
+    with engine.connect() as conn:
+        return [(day, region) for day, region in conn.execute(stmt).all()]
