@@ -14,15 +14,19 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import sqlalchemy as sa
 
+from datalog_platform.generate import device_registry, generate, registry_csv
 from datalog_platform.ledger.schema import keys
 from datalog_platform.resources.duckdb import enable_s3
-from datalog_platform.resources.store import ObjectStore, S3Access, S3Store
+from datalog_platform.resources.store import LocalStore, ObjectStore, S3Access, S3Store
+from datalog_platform.settings import Settings
 
 DATASET = "datalog_v2"
 TZ_OFFSET_HOURS = 8
@@ -30,6 +34,9 @@ TZ_OFFSET_HOURS = 8
 _SCRUBBED_PREFIXES = ("DATALOG_", "DAGSTER_", "AWS_")
 
 RowId = tuple[str, int]  # (source_file, seq): one generated record
+
+TWO_DAYS_START = datetime(2026, 10, 5, 0, 0)  # UTC; at +8 the 26 hours cover 2026-10-05 08:00 to 2026-10-06 09:00
+TWO_DAYS = ("2026-10-05", "2026-10-06")
 
 
 def cli_env(home: Path, **overrides: str) -> dict[str, str]:
@@ -184,3 +191,50 @@ def s3_lake_keys(store: S3Store) -> dict[str, str | None]:
 def write_csv(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+@dataclass(frozen=True)
+class IngestedLake:
+    """A DATALOG_HOME whose raw logs `datalog ingest` has put in the lake, and a prepared DAGSTER_HOME."""
+
+    env: dict[str, str]
+    settings: Settings
+    regions: list[str]
+
+    @property
+    def lake(self) -> Path:
+        return Path(self.settings.lake_url)
+
+    @property
+    def raw(self) -> LocalStore:
+        return LocalStore(self.settings.raw_url)
+
+    @property
+    def partitions(self) -> list[tuple[str, str]]:
+        return [(d, r) for d in TWO_DAYS for r in self.regions]
+
+
+def ingest_two_days(tmp_path: Path, **extra_env: str) -> IngestedLake:
+    """Two devices in two regions, 26 hours of clean logs from TWO_DAYS_START (two local dates, four
+    partitions), loaded and ingested with the `datalog` command under tmp_path/home; DAGSTER_HOME is
+    tmp_path/dagster_home, prepared by `datalog dagster-home`. `extra_env` adds variables."""
+    home = tmp_path / "home"
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "DATALOG_HOME": str(home),
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "DATALOG_TZ_OFFSET_HOURS": str(TZ_OFFSET_HOURS),
+        **extra_env,
+    }
+    settings = Settings.from_env(env)
+    run_ok(env, "dagster-home")
+    registry = device_registry(2)
+    regions = sorted({region for _, region in registry})
+    assert len(regions) == 2
+    run_ok(env, "devices", "load", str(write_csv(tmp_path / "registry.csv", registry_csv(registry).decode())))
+    generate(LocalStore(settings.raw_url), devices=2, hours=26, rows=10, seed=5, start=TWO_DAYS_START, bad_file_share=0)
+    run_ok(env, "ingest")
+    return IngestedLake(env, settings, regions)

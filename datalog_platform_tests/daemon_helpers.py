@@ -1,18 +1,24 @@
-"""Helpers for the daemon tests: start and stop `dagster-daemon` in its own process group, find and
-kill the processes of one run, read sensor ticks and runs from the instance, read lake partitions.
+"""Helpers for the daemon tests: start and stop `dagster-daemon` (and `dagster-webserver`) in their
+own process groups, speak to the webserver's GraphQL API, find and kill the processes of one run,
+read sensor ticks and runs from the instance, read lake partitions.
 
-Real parts only: the `dagster-daemon` executable of the virtualenv as a child process group, /proc
-for the process tree, the Dagster instance in DAGSTER_HOME, the SQLite ledger and DuckDB over the
-lake's Parquet files.
+Real parts only: the `dagster-daemon` and `dagster-webserver` executables of the virtualenv as child
+process groups, HTTP to the webserver on 127.0.0.1, /proc for the process tree, the Dagster instance
+in DAGSTER_HOME, the SQLite ledger and DuckDB over the lake's Parquet files.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -215,6 +221,50 @@ def start_webserver(bin_dir: Path, workspace: Path, env: Mapping[str, str], log_
     """`dagster-webserver -w WORKSPACE` on 127.0.0.1:port: the UI and the GraphQL API it speaks."""
     argv = [str(bin_dir / "dagster-webserver"), "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)]
     return start_process(argv, workspace.parent, env, log_path)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def graphql(port: int, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+    """POST one query to the webserver's /graphql (the API the UI speaks); its `data`, no `errors`."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query, "variables": variables}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        body = json.loads(response.read())
+    assert "errors" not in body, body
+    return body["data"]
+
+
+def answering(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+@contextmanager
+def webserver_and_daemon(
+    bin_dir: Path, workspace: Path, env: Mapping[str, str], log_dir: Path, port: int
+) -> Iterator[tuple[Daemon, Daemon]]:
+    """`dagster-webserver` on 127.0.0.1:port and `dagster-daemon` on the same DAGSTER_HOME, once the
+    webserver answers; both process groups are stopped on the way out, whatever happened."""
+    services: list[Daemon] = []
+    try:
+        services.append(start_webserver(bin_dir, workspace, env, log_dir / "webserver.log", port))
+        services.append(start_daemon(bin_dir, workspace, env, log_dir / "daemon.log"))
+        poll(lambda: answering(port), timeout=180, what="the webserver to answer", daemon=services[0])
+        yield services[0], services[1]
+    finally:
+        survivors = [pid for service in services for pid in service.stop()]
+        assert not survivors, f"processes survived SIGKILL: {survivors}"
 
 
 def poll(
