@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +31,9 @@ import sqlalchemy as sa
 from datalog_platform.ledger.schema import batches, keys
 
 T = TypeVar("T")
+
+WORKSPACE = Path(__file__).resolve().parents[1] / "workspace.yaml"
+BIN = Path(sys.executable).parent  # the virtualenv's bin: dagster-daemon, dagster-webserver, datalog
 RowId = tuple[str, int]  # (source_file, seq)
 
 

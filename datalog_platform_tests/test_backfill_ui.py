@@ -14,7 +14,6 @@ DuckDB reading the Parquet files. Nothing is mocked.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -23,6 +22,8 @@ import sqlalchemy as sa
 from datalog_platform.ledger.schema import COMMITTED, REBUILD, batches
 from datalog_platform_tests.cli_helpers import ingest_two_days
 from datalog_platform_tests.daemon_helpers import (
+    BIN,
+    WORKSPACE,
     free_port,
     graphql,
     partition_dir,
@@ -30,10 +31,6 @@ from datalog_platform_tests.daemon_helpers import (
     poll,
     webserver_and_daemon,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-WORKSPACE = REPO / "workspace.yaml"
-BIN = Path(sys.executable).parent
 
 LAUNCH = """
 mutation Launch($params: LaunchBackfillParams!) {

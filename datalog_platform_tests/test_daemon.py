@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -59,6 +58,8 @@ from datalog_platform.resources.store import LocalStore
 from datalog_platform.settings import Settings
 from datalog_platform_tests.cli_helpers import RowId, is_raw_log, raw_records, run_ok, write_csv
 from datalog_platform_tests.daemon_helpers import (
+    BIN,
+    WORKSPACE,
     Daemon,
     batch_files,
     batch_row,
@@ -78,9 +79,6 @@ from datalog_platform_tests.daemon_helpers import (
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-WORKSPACE = REPO / "workspace.yaml"
-BIN = Path(sys.executable).parent  # the virtualenv's bin: dagster-daemon, dagster, datalog
 TZ_OFFSET_HOURS = 8
 LEASE_SECONDS = 15
 SENSORS = ("raw_logs_sensor", "pending_keys_sensor", "batch_recovery_sensor", "expired_lease_sensor")

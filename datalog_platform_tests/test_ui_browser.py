@@ -25,7 +25,6 @@ store and lake, the SQLite ledger and DuckDB reading the Parquet files. Nothing 
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,8 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from datalog_platform.definitions import defs
 from datalog_platform_tests.cli_helpers import TWO_DAYS, IngestedLake, ingest_two_days, raw_records
 from datalog_platform_tests.daemon_helpers import (
+    BIN,
+    WORKSPACE,
     Daemon,
     free_port,
     graphql,
@@ -46,9 +47,6 @@ from datalog_platform_tests.daemon_helpers import (
     webserver_and_daemon,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-WORKSPACE = REPO / "workspace.yaml"
-BIN = Path(sys.executable).parent
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless as root on a closed network: no sandbox, no GPU, and none of Chromium's own outbound
 # connections (refused here, and slow to fail).
