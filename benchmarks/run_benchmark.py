@@ -25,9 +25,9 @@ from pathlib import Path
 
 import duckdb
 
-from datalog_platform.generate import generate, registry_csv
-from datalog_platform.resources.store import LocalStore
-from datalog_platform.transform.timestamps import install_macros, with_instant
+from datalog_platform.core.generate import generate, registry_csv
+from datalog_platform.core.store import LocalStore
+from datalog_platform.core.transform.timestamps import install_macros, with_instant
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- figures:begin -->", "<!-- figures:end -->"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import sys
@@ -18,7 +16,8 @@ from pathlib import Path
 import botocore.exceptions
 import sqlalchemy as sa
 
-from datalog_platform.resources.store import StoreNotFoundError
+from datalog_platform.core.registry import read_registry_csv
+from datalog_platform.core.store import StoreNotFoundError
 from datalog_platform.settings import HOME_SETTINGS_FILE, Settings, read_home_settings, record_home_setting
 
 DEMO_HOURS = 30
@@ -62,24 +61,9 @@ def _prepare_dagster_home(settings: Settings) -> Path:
     return home
 
 
-def read_registry_csv(text: str) -> list[tuple[str, str]]:
-    """`device_id,dstrct_code` CSV (standard quoting) -> rows; a clear error for anything else."""
-    reader = csv.DictReader(io.StringIO(text))
-    missing = {"device_id", "dstrct_code"} - set(reader.fieldnames or [])
-    if missing:
-        raise ValueError(f"registry CSV lacks column(s) {sorted(missing)}; header must be device_id,dstrct_code")
-    rows = []
-    for line, row in enumerate(reader, start=2):
-        device, region = (row["device_id"] or "").strip(), (row["dstrct_code"] or "").strip()
-        if not device or not region:
-            raise ValueError(f"registry CSV line {line}: device_id and dstrct_code must not be empty")
-        rows.append((device, region))
-    return rows
-
-
 def cmd_devices_load(settings: Settings, path: str) -> int:
-    from datalog_platform.ledger import protocol
-    from datalog_platform.ledger.engine import ledger_engine
+    from datalog_platform.core.ledger import protocol
+    from datalog_platform.core.ledger.engine import ledger_engine
 
     # utf-8-sig: spreadsheet exports start the file with a byte-order mark
     rows = read_registry_csv(Path(path).read_text(encoding="utf-8-sig"))
@@ -116,10 +100,10 @@ def run_ingest(settings: Settings) -> IngestSummary:
     _prepare_dagster_home(settings)
     import dagster as dg
 
-    from datalog_platform.backlog import ingestible_backlog
+    from datalog_platform.core.backlog import ingestible_backlog
+    from datalog_platform.core.ledger import protocol
+    from datalog_platform.core.ledger.engine import ledger_engine
     from datalog_platform.definitions import build_definitions
-    from datalog_platform.ledger import protocol
-    from datalog_platform.ledger.engine import ledger_engine
     from datalog_platform.partitions import REGION_PARTITIONS_NAME, date_partitions, partition_key
 
     started = time.perf_counter()
@@ -194,8 +178,8 @@ def cmd_ingest(settings: Settings, as_json: bool = False) -> int:
 
 
 def cmd_ledger_status(settings: Settings, as_json: bool) -> int:
-    from datalog_platform.ledger import protocol
-    from datalog_platform.ledger.engine import ledger_engine
+    from datalog_platform.core.ledger import protocol
+    from datalog_platform.core.ledger.engine import ledger_engine
 
     counts = protocol.status_counts(ledger_engine(settings.ledger_url))
     if as_json:
@@ -211,8 +195,8 @@ def cmd_ledger_status(settings: Settings, as_json: bool) -> int:
 
 
 def cmd_ledger_requeue(settings: Settings, status: str, region: str | None, since: str | None) -> int:
-    from datalog_platform.ledger import protocol
-    from datalog_platform.ledger.engine import ledger_engine
+    from datalog_platform.core.ledger import protocol
+    from datalog_platform.core.ledger.engine import ledger_engine
 
     # ValueError (SUCCESS, UNROUTED, ...) is reported by `main` with exit code 2
     count = protocol.requeue(ledger_engine(settings.ledger_url), status, region, since)
@@ -231,8 +215,8 @@ def _iso_date(text: str) -> str:
 def cmd_generate(
     settings: Settings, devices: int, hours: int, rows: int, seed: int, start: datetime | None = None
 ) -> int:
+    from datalog_platform.core.generate import DEFAULT_START, REGISTRY_KEY, generate, registry_csv
     from datalog_platform.definitions import build_definitions
-    from datalog_platform.generate import DEFAULT_START, REGISTRY_KEY, generate, registry_csv
     from datalog_platform.resources.stores import StoresResource
 
     stores: StoresResource = build_definitions(settings).resources["stores"]
@@ -278,7 +262,7 @@ def materialize_registry(settings: Settings) -> None:
 def record_demo_start_date(settings: Settings, start: datetime) -> None:
     """The date partitions begin at the demo's first local date (the earliest, if run again), so
     the UI lists the dates that have data rather than every date since the default start."""
-    from datalog_platform.ledger.protocol import local_date
+    from datalog_platform.core.ledger.protocol import local_date
 
     first = local_date(start, settings.tz_offset_hours)
     recorded = read_home_settings(settings.home).get(START_DATE_SETTING)

@@ -13,13 +13,13 @@ from datalog_platform.assets.analytics import analytics_job, device_anomalies, h
 from datalog_platform.assets.ingest import ingest_partition, ingest_partition_job, raw_datalog_logs
 from datalog_platform.assets.quality import data_quality_report, datalog_parquet_checks
 from datalog_platform.assets.registry import device_registry
+from datalog_platform.core.duckdb_setup import connection_config
 from datalog_platform.jobs import (
     compact_lake_job,
     daily_compaction_schedule,
     daily_reconciliation_schedule,
     reconcile_raw_keys_job,
 )
-from datalog_platform.resources.duckdb import connection_config
 from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.resources.quality import QualityResource, WarehouseResource
 from datalog_platform.resources.stores import StoresResource

@@ -9,17 +9,17 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from datalog_platform.compaction import compact_directory
-from datalog_platform.discovery import reconcile
-from datalog_platform.ledger import protocol, swap
-from datalog_platform.ledger.protocol import utcnow
+from datalog_platform.core.compaction import compact_directory
+from datalog_platform.core.discovery import reconcile
+from datalog_platform.core.duckdb_setup import enable_s3
+from datalog_platform.core.ledger import protocol, swap
+from datalog_platform.core.ledger.protocol import utcnow
+from datalog_platform.core.transform.convert import DATASET
 from datalog_platform.partitions import date_partitions, partition_key
-from datalog_platform.resources.duckdb import enable_s3
 from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.resources.stores import StoresResource
 from datalog_platform.sensors.discovery import RAW_ASSET_KEY, backlog_metadata
 from datalog_platform.settings import Settings
-from datalog_platform.transform.convert import DATASET
 
 
 @dg.op(description="List every object of the raw store and register those the ledger lacks.")

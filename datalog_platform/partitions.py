@@ -32,4 +32,3 @@ def date_and_region(key: dg.MultiPartitionKey | str) -> tuple[str, str]:
         key = date_region_partitions.get_partition_key_from_str(key)
     dims = key.keys_by_dimension
     return dims["date"], dims["region"]
-

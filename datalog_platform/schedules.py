@@ -9,7 +9,7 @@ import dagster as dg
 
 from datalog_platform.assets.analytics import analytics_job
 from datalog_platform.assets.ingest import ingest_partition_job
-from datalog_platform.ledger.stats import regions_with_keys
+from datalog_platform.core.ledger.stats import regions_with_keys
 from datalog_platform.partitions import REGION_PARTITIONS_NAME, partition_key
 from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.sensors.pending import backlog_runs

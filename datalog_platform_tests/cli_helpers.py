@@ -22,10 +22,10 @@ from typing import Any
 import duckdb
 import sqlalchemy as sa
 
-from datalog_platform.generate import device_registry, generate, registry_csv
-from datalog_platform.ledger.schema import keys
-from datalog_platform.resources.duckdb import enable_s3
-from datalog_platform.resources.store import LocalStore, ObjectStore, S3Access, S3Store
+from datalog_platform.core.duckdb_setup import enable_s3
+from datalog_platform.core.generate import device_registry, generate, registry_csv
+from datalog_platform.core.ledger.schema import keys
+from datalog_platform.core.store import LocalStore, ObjectStore, S3Access, S3Store
 from datalog_platform.settings import Settings
 
 DATASET = "datalog_v2"

@@ -20,13 +20,13 @@ import pytest
 import sqlalchemy as sa
 from moto.server import ThreadedMotoServer
 
-from datalog_platform.ingest import BatchReport, ingest_batch
-from datalog_platform.ledger import protocol
-from datalog_platform.ledger.engine import ledger_engine
-from datalog_platform.ledger.schema import keys
-from datalog_platform.resources.duckdb import enable_s3
-from datalog_platform.resources.store import LocalStore, ObjectStore, S3Access, S3Store
-from datalog_platform.transform.timestamps import install_macros
+from datalog_platform.core.duckdb_setup import enable_s3
+from datalog_platform.core.ingest import BatchReport, ingest_batch
+from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger.engine import ledger_engine
+from datalog_platform.core.ledger.schema import keys
+from datalog_platform.core.store import LocalStore, ObjectStore, S3Access, S3Store
+from datalog_platform.core.transform.timestamps import install_macros
 
 REGION = "us-east-1"
 _FAKE_AWS_ENV = {

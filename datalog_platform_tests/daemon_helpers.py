@@ -28,7 +28,7 @@ import dagster as dg
 import duckdb
 import sqlalchemy as sa
 
-from datalog_platform.ledger.schema import batches, keys
+from datalog_platform.core.ledger.schema import batches, keys
 
 T = TypeVar("T")
 

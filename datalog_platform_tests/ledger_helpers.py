@@ -16,9 +16,9 @@ from multiprocessing.synchronize import Barrier
 import pytest
 import sqlalchemy as sa
 
-from datalog_platform.ledger import protocol
-from datalog_platform.ledger.schema import create_schema
-from datalog_platform.resources.store import ObjectInfo
+from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger.schema import create_schema
+from datalog_platform.core.store import ObjectInfo
 
 POSTGRES_URL_ENV = "DATALOG_TEST_POSTGRES_URL"
 

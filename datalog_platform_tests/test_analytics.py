@@ -28,14 +28,14 @@ from datalog_platform.assets.analytics import device_anomalies, hourly_device_st
 from datalog_platform.assets.ingest import TRIGGER_TAG, datalog_parquet, ingest_partition, raw_datalog_logs
 from datalog_platform.assets.quality import data_quality_report, datalog_parquet_checks
 from datalog_platform.assets.registry import device_registry
+from datalog_platform.core.ledger import protocol, swap
+from datalog_platform.core.ledger.engine import ledger_engine
+from datalog_platform.core.ledger.schema import PENDING, keys, lake_files
+from datalog_platform.core.store import LocalStore
+from datalog_platform.core.warehouse import hourly_device_stats as stats_table
 from datalog_platform.definitions import build_definitions
-from datalog_platform.ledger import protocol, swap
-from datalog_platform.ledger.engine import ledger_engine
-from datalog_platform.ledger.schema import PENDING, keys, lake_files
 from datalog_platform.partitions import REGION_PARTITIONS_NAME, partition_key
-from datalog_platform.resources.store import LocalStore
 from datalog_platform.settings import Settings
-from datalog_platform.warehouse import hourly_device_stats as stats_table
 from datalog_platform_tests.ledger_helpers import postgres_schema, postgres_url
 
 DAY = "2026-11-01"

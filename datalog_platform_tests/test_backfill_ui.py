@@ -19,7 +19,7 @@ from pathlib import Path
 import dagster as dg
 import sqlalchemy as sa
 
-from datalog_platform.ledger.schema import COMMITTED, REBUILD, batches
+from datalog_platform.core.ledger.schema import COMMITTED, REBUILD, batches
 from datalog_platform_tests.cli_helpers import ingest_two_days
 from datalog_platform_tests.daemon_helpers import (
     BIN,

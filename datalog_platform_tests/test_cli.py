@@ -34,9 +34,9 @@ import pytest
 import sqlalchemy as sa
 
 from datalog_platform import cli
-from datalog_platform.generate import generate, log_lines, registry_csv
-from datalog_platform.ledger import protocol
-from datalog_platform.ledger.schema import (
+from datalog_platform.core.generate import generate, log_lines, registry_csv
+from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger.schema import (
     ABORTED,
     COMMITTED,
     PENDING,
@@ -46,7 +46,7 @@ from datalog_platform.ledger.schema import (
     create_schema,
     devices,
 )
-from datalog_platform.resources.store import LocalStore, S3Access, S3Store
+from datalog_platform.core.store import LocalStore, S3Access, S3Store
 from datalog_platform.settings import Settings, SettingsError, record_home_setting
 from datalog_platform_tests import cli_helpers, ledger_helpers
 from datalog_platform_tests.cli_helpers import run_cli, run_json, run_ok

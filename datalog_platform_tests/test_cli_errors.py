@@ -32,8 +32,8 @@ import pytest
 import sqlalchemy as sa
 from dagster_aws.s3 import S3Resource
 
+from datalog_platform.core.store import StoreNotFoundError
 from datalog_platform.resources.ledger import LedgerResource
-from datalog_platform.resources.store import StoreNotFoundError
 from datalog_platform.resources.stores import StoresResource
 from datalog_platform.sensors.discovery import raw_logs_sensor
 from datalog_platform_tests import ledger_helpers

@@ -50,11 +50,11 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 
-from datalog_platform.generate import device_registry, generate, log_lines, registry_csv
-from datalog_platform.ledger import protocol
-from datalog_platform.ledger.engine import ledger_engine
-from datalog_platform.ledger.schema import ABORTED, SUCCESS, WRITING
-from datalog_platform.resources.store import LocalStore
+from datalog_platform.core.generate import device_registry, generate, log_lines, registry_csv
+from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger.engine import ledger_engine
+from datalog_platform.core.ledger.schema import ABORTED, SUCCESS, WRITING
+from datalog_platform.core.store import LocalStore
 from datalog_platform.settings import Settings
 from datalog_platform_tests.cli_helpers import RowId, is_raw_log, raw_records, run_ok, write_csv
 from datalog_platform_tests.daemon_helpers import (

@@ -33,14 +33,14 @@ from datalog_platform.assets.ingest import (
     raw_datalog_logs,
 )
 from datalog_platform.assets.registry import device_registry
+from datalog_platform.core.generate import generate
+from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger.engine import ledger_engine
+from datalog_platform.core.ledger.schema import COMMITTED, PENDING, SUCCESS, batches
+from datalog_platform.core.store import LocalStore
 from datalog_platform.definitions import build_definitions, defs
-from datalog_platform.generate import generate
-from datalog_platform.ledger import protocol
-from datalog_platform.ledger.engine import ledger_engine
-from datalog_platform.ledger.schema import COMMITTED, PENDING, SUCCESS, batches
 from datalog_platform.partitions import REGION_PARTITIONS_NAME, date_region_partitions, local_dates, partition_key
 from datalog_platform.resources.ledger import LedgerResource
-from datalog_platform.resources.store import LocalStore
 from datalog_platform.resources.stores import StoresResource
 from datalog_platform.settings import Settings
 from datalog_platform_tests import cli_helpers

@@ -28,13 +28,13 @@ import pytest
 import sqlalchemy as sa
 from dagster_aws.s3 import S3Resource
 
-from datalog_platform.discovery import DiscoveryCursor, DiscoveryLimits, discover, reconcile, window_start
+from datalog_platform.core.discovery import DiscoveryCursor, DiscoveryLimits, discover, reconcile, window_start
+from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger.engine import ledger_engine
+from datalog_platform.core.ledger.schema import PENDING, SUCCESS, keys
+from datalog_platform.core.store import LocalStore, ObjectInfo, ObjectStore, S3Access, S3Store
 from datalog_platform.jobs import daily_reconciliation_schedule, reconcile_raw_keys_job
-from datalog_platform.ledger import protocol
-from datalog_platform.ledger.engine import ledger_engine
-from datalog_platform.ledger.schema import PENDING, SUCCESS, keys
 from datalog_platform.resources.ledger import LedgerResource
-from datalog_platform.resources.store import LocalStore, ObjectInfo, ObjectStore, S3Access, S3Store
 from datalog_platform.resources.stores import StoresResource
 from datalog_platform.sensors.discovery import raw_logs_sensor
 

@@ -25,11 +25,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mssql, postgresql
 
-import datalog_platform.ledger.protocol
-from datalog_platform.generate import generate
-from datalog_platform.ingest import ingest_batch
-from datalog_platform.ledger import protocol
-from datalog_platform.ledger.protocol import (
+import datalog_platform.core.ledger.protocol
+from datalog_platform.core.generate import generate
+from datalog_platform.core.ingest import ingest_batch
+from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger.protocol import (
     Batch,
     KeyOutcome,
     LakeFile,
@@ -51,7 +51,7 @@ from datalog_platform.ledger.protocol import (
     upsert_devices,
     utcnow,
 )
-from datalog_platform.ledger.schema import (
+from datalog_platform.core.ledger.schema import (
     ABORTED,
     ABORTING,
     CLAIMED,
@@ -67,9 +67,9 @@ from datalog_platform.ledger.schema import (
     create_schema,
     keys,
 )
-from datalog_platform.ledger.swap import live_files
-from datalog_platform.resources.store import LocalStore, ObjectInfo
-from datalog_platform.transform.timestamps import install_macros
+from datalog_platform.core.ledger.swap import live_files
+from datalog_platform.core.store import LocalStore, ObjectInfo
+from datalog_platform.core.transform.timestamps import install_macros
 from datalog_platform_tests import ledger_helpers
 
 TZ = 8
@@ -681,7 +681,7 @@ def test_ingest_is_exactly_once_across_a_crash_before_commit(
     def crash(*args: object, **kwargs: object) -> None:
         raise SimulatedCrash
 
-    monkeypatch.setattr(datalog_platform.ledger.protocol, "commit_batch", crash)
+    monkeypatch.setattr(datalog_platform.core.ledger.protocol, "commit_batch", crash)
     with pytest.raises(SimulatedCrash):
         ingest_batch(engine, conn, raw, lake, crashed, TZ, 60, 3)
     monkeypatch.undo()
@@ -734,7 +734,7 @@ def test_stale_writer_files_written_after_takeover_are_deleted(
 
     conn = duckdb.connect()
     install_macros(conn)
-    monkeypatch.setattr(datalog_platform.ledger.protocol, "record_intent", intent_then_takeover)
+    monkeypatch.setattr(datalog_platform.core.ledger.protocol, "record_intent", intent_then_takeover)
     with pytest.raises(StaleBatchError):
         ingest_batch(engine, conn, raw, lake, stale, TZ, 60, 3)
     monkeypatch.undo()

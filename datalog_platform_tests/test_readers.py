@@ -27,13 +27,13 @@ import sqlalchemy as sa
 from pyspark.sql import SparkSession
 from pyspark.sql import types as st
 
-from datalog_platform.generate import GenerateSummary, generate
-from datalog_platform.ingest import ingest_batch
-from datalog_platform.ledger import protocol
-from datalog_platform.ledger.engine import ledger_engine
-from datalog_platform.ledger.schema import keys
-from datalog_platform.resources.store import LocalStore
-from datalog_platform.transform.timestamps import install_macros
+from datalog_platform.core.generate import GenerateSummary, generate
+from datalog_platform.core.ingest import ingest_batch
+from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger.engine import ledger_engine
+from datalog_platform.core.ledger.schema import keys
+from datalog_platform.core.store import LocalStore
+from datalog_platform.core.transform.timestamps import install_macros
 from datalog_platform_tests.cli_helpers import good_records
 
 DATASET = "datalog_v2"

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from datalog_platform.ledger import protocol
-from datalog_platform.ledger.engine import ledger_engine
-from datalog_platform.ledger.schema import FAILED, PENDING, QUARANTINED, SUCCESS, UNROUTED, keys
-from datalog_platform.resources.store import ObjectInfo
+from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger.engine import ledger_engine
+from datalog_platform.core.ledger.schema import FAILED, PENDING, QUARANTINED, SUCCESS, UNROUTED, keys
+from datalog_platform.core.store import ObjectInfo
 from datalog_platform_tests import cli_helpers, ledger_helpers
 
 TZ = 8

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from datalog_platform.ledger import fields
-from datalog_platform.ledger.schema import create_schema, keys, schema_fields
-from datalog_platform.transform.convert import DATASET
+from datalog_platform.core.ledger import fields
+from datalog_platform.core.ledger.schema import create_schema, keys, schema_fields
+from datalog_platform.core.transform.convert import DATASET
 from datalog_platform_tests.ledger_helpers import postgres_schema, postgres_url
 from datalog_platform_tests.test_swap import rebuild
 

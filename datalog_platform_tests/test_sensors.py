@@ -25,14 +25,14 @@ import pytest
 import sqlalchemy as sa
 from dagster_aws.s3 import S3Resource
 
-from datalog_platform.backlog import ingestible_backlog
+from datalog_platform.core.backlog import ingestible_backlog
+from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger.engine import ledger_engine
+from datalog_platform.core.ledger.schema import ABORTED, CLAIMED, FAILED, PENDING, WRITING, batches, keys
+from datalog_platform.core.store import LocalStore, ObjectInfo
 from datalog_platform.definitions import build_definitions
-from datalog_platform.ledger import protocol
-from datalog_platform.ledger.engine import ledger_engine
-from datalog_platform.ledger.schema import ABORTED, CLAIMED, FAILED, PENDING, WRITING, batches, keys
 from datalog_platform.partitions import REGION_PARTITIONS_NAME
 from datalog_platform.resources.ledger import LedgerResource
-from datalog_platform.resources.store import LocalStore, ObjectInfo
 from datalog_platform.resources.stores import StoresResource
 from datalog_platform.schedules import hourly_ingest_schedule
 from datalog_platform.sensors import SENSORS, batch_recovery_sensor, expired_lease_sensor, pending_keys_sensor

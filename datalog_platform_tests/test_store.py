@@ -19,7 +19,7 @@ import boto3
 import duckdb
 import pytest
 
-from datalog_platform.resources.store import (
+from datalog_platform.core.store import (
     LocalStore,
     ObjectStore,
     S3Access,

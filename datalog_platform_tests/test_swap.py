@@ -26,12 +26,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mssql
 
-from datalog_platform.compaction import compact_directory
-from datalog_platform.ingest import RawObjectsMissingError, ingest_batch
-from datalog_platform.lake import read_live
-from datalog_platform.ledger import protocol, swap
-from datalog_platform.ledger.engine import ledger_engine
-from datalog_platform.ledger.schema import (
+from datalog_platform.core.compaction import compact_directory
+from datalog_platform.core.ingest import RawObjectsMissingError, ingest_batch
+from datalog_platform.core.lake import read_live
+from datalog_platform.core.ledger import protocol, swap
+from datalog_platform.core.ledger.engine import ledger_engine
+from datalog_platform.core.ledger.schema import (
     ABORTED,
     CLAIMED,
     COMMITTED,
@@ -47,7 +47,7 @@ from datalog_platform.ledger.schema import (
     keys,
     lake_files,
 )
-from datalog_platform.resources.store import LocalStore, ObjectInfo, ObjectStore
+from datalog_platform.core.store import LocalStore, ObjectInfo, ObjectStore
 from datalog_platform_tests import ledger_helpers
 from datalog_platform_tests.conftest import LEASE_SECONDS, MAX_ATTEMPTS, TZ_OFFSET_HOURS
 

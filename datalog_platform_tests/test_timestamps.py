@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import duckdb
 import pytest
 
-from datalog_platform.transform.convert import INVALID_TIMESTAMP
-from datalog_platform.transform.timestamps import install_macros, with_instant
+from datalog_platform.core.transform.convert import INVALID_TIMESTAMP
+from datalog_platform.core.transform.timestamps import install_macros, with_instant
 
 if TYPE_CHECKING:
     from datalog_platform_tests.conftest import Pipeline

@@ -23,9 +23,9 @@ import polars as pl
 import pyarrow.dataset as ds
 import pytest
 
-from datalog_platform.ledger.schema import QUARANTINED, SUCCESS
-from datalog_platform.resources.store import LocalStore, S3Store
-from datalog_platform.transform.convert import INVALID_TIMESTAMP, MALFORMED_JSON
+from datalog_platform.core.ledger.schema import QUARANTINED, SUCCESS
+from datalog_platform.core.store import LocalStore, S3Store
+from datalog_platform.core.transform.convert import INVALID_TIMESTAMP, MALFORMED_JSON
 
 if TYPE_CHECKING:
     from datalog_platform_tests.conftest import Pipeline

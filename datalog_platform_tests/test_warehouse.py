@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.schema import CreateTable
 
-from datalog_platform import warehouse
-from datalog_platform.warehouse import (
+from datalog_platform.core import warehouse
+from datalog_platform.core.warehouse import (
     STAT_COLUMNS,
     LoadResult,
     count_rows,

@@ -6,7 +6,9 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from datalog_platform.analytics import (
+from datalog_platform.assets import OWNERS
+from datalog_platform.assets.ingest import datalog_parquet
+from datalog_platform.core.analytics import (
     ANOMALIES,
     HOURLY_STATS,
     find_anomalies,
@@ -14,14 +16,12 @@ from datalog_platform.analytics import (
     replace_partition,
     stage_readings,
 )
-from datalog_platform.assets import OWNERS
-from datalog_platform.assets.ingest import datalog_parquet
-from datalog_platform.lake import read_live
+from datalog_platform.core.lake import read_live
+from datalog_platform.core.warehouse import load_hourly_stats
 from datalog_platform.partitions import date_and_region, date_region_partitions
 from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.resources.quality import WarehouseResource, lake_connection
 from datalog_platform.resources.stores import StoresResource
-from datalog_platform.warehouse import load_hourly_stats
 
 ROWS_MATCH = "warehouse_rows_match_parquet"
 

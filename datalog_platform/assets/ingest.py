@@ -9,21 +9,21 @@ from pydantic import Field
 
 from datalog_platform.assets import OWNERS
 from datalog_platform.assets.registry import device_registry
-from datalog_platform.discovery import register_partition
-from datalog_platform.ingest import BatchReport, ingest_batch
-from datalog_platform.ledger import fields, protocol, swap
+from datalog_platform.core.discovery import register_partition
+from datalog_platform.core.duckdb_setup import enable_s3
+from datalog_platform.core.ingest import BatchReport, ingest_batch
+from datalog_platform.core.ledger import fields, protocol, swap
+from datalog_platform.core.transform.convert import DATASET
+from datalog_platform.core.transform.shape import RECORD_HASH, RESCUED
+from datalog_platform.core.transform.timestamps import install_macros
 from datalog_platform.partitions import (
     date_and_region,
     date_partitions,
     date_region_partitions,
     partition_key,
 )
-from datalog_platform.resources.duckdb import enable_s3
 from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.resources.stores import StoresResource
-from datalog_platform.transform.convert import DATASET
-from datalog_platform.transform.shape import RECORD_HASH, RESCUED
-from datalog_platform.transform.timestamps import install_macros
 
 raw_datalog_logs = dg.AssetSpec(
     "raw_datalog_logs",

@@ -7,10 +7,10 @@ from dagster_duckdb import DuckDBResource
 
 from datalog_platform.assets import OWNERS
 from datalog_platform.assets.ingest import datalog_parquet
-from datalog_platform.ledger.protocol import utcnow
-from datalog_platform.ledger.stats import partitions_with_keys
+from datalog_platform.core.ledger.protocol import utcnow
+from datalog_platform.core.ledger.stats import partitions_with_keys
+from datalog_platform.core.quality import PartitionQuality, measure
 from datalog_platform.partitions import date_and_region, date_partitions, date_region_partitions
-from datalog_platform.quality import PartitionQuality, measure
 from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.resources.quality import QualityResource, lake_connection
 from datalog_platform.resources.stores import StoresResource

@@ -3,9 +3,9 @@
 import dagster as dg
 
 from datalog_platform.assets import OWNERS
-from datalog_platform.cli import read_registry_csv
-from datalog_platform.generate import REGISTRY_KEY
-from datalog_platform.ledger import protocol
+from datalog_platform.core.generate import REGISTRY_KEY
+from datalog_platform.core.ledger import protocol
+from datalog_platform.core.registry import read_registry_csv
 from datalog_platform.partitions import REGION_PARTITIONS_NAME
 from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.resources.stores import StoresResource

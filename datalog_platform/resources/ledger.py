@@ -4,7 +4,7 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
 
-from datalog_platform.ledger.engine import ledger_engine
+from datalog_platform.core.ledger.engine import ledger_engine
 
 
 class LedgerResource(dg.ConfigurableResource):

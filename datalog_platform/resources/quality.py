@@ -9,11 +9,11 @@ import sqlalchemy as sa
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from datalog_platform.ledger.engine import database_engine
-from datalog_platform.resources.duckdb import enable_s3
+from datalog_platform.core.duckdb_setup import enable_s3
+from datalog_platform.core.ledger.engine import database_engine
+from datalog_platform.core.transform.timestamps import install_macros
+from datalog_platform.core.warehouse import create_warehouse_schema
 from datalog_platform.resources.stores import StoresResource
-from datalog_platform.transform.timestamps import install_macros
-from datalog_platform.warehouse import create_warehouse_schema
 
 
 class WarehouseResource(dg.ConfigurableResource):

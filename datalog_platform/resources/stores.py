@@ -5,7 +5,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from datalog_platform.resources.store import (
+from datalog_platform.core.store import (
     LocalStore,
     ObjectStore,
     S3Access,

@@ -6,9 +6,9 @@ from datetime import datetime
 import dagster as dg
 import sqlalchemy as sa
 
-from datalog_platform.discovery import DiscoveryCursor, DiscoveryLimits, TickResult, discover
-from datalog_platform.ledger import stats
-from datalog_platform.ledger.protocol import utcnow
+from datalog_platform.core.discovery import DiscoveryCursor, DiscoveryLimits, TickResult, discover
+from datalog_platform.core.ledger import stats
+from datalog_platform.core.ledger.protocol import utcnow
 from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.resources.stores import StoresResource
 

@@ -14,7 +14,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from datalog_platform.assets.ingest import TRIGGER_TAG, ingest_partition_job
-from datalog_platform.backlog import ingestible_backlog
+from datalog_platform.core.backlog import ingestible_backlog
 from datalog_platform.partitions import REGION_PARTITIONS_NAME, date_partitions, partition_key, region_partitions
 from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.settings import Settings

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from datalog_platform.assets.ingest import ingest_partition_job
-from datalog_platform.ledger import protocol
+from datalog_platform.core.ledger import protocol
 from datalog_platform.resources.ledger import LedgerResource
 from datalog_platform.resources.stores import StoresResource
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-from datalog_platform.transform.timestamps import is_numeric
+from datalog_platform.core.transform.timestamps import is_numeric
 
 RESCUED = "_rescued"
 RECORD_HASH = "_record_hash"

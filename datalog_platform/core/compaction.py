@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import duckdb
 import sqlalchemy as sa
 
-from datalog_platform.ingest import LeaseRenewer
-from datalog_platform.ledger import protocol, swap
-from datalog_platform.resources.store import ObjectStore
-from datalog_platform.transform.convert import copy_to_lake
+from datalog_platform.core.ingest import LeaseRenewer
+from datalog_platform.core.ledger import protocol, swap
+from datalog_platform.core.store import ObjectStore
+from datalog_platform.core.transform.convert import copy_to_lake
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import duckdb
 import sqlalchemy as sa
 
-from datalog_platform.ledger import fields, protocol, swap
-from datalog_platform.ledger.schema import QUARANTINED, REBUILD, SUCCESS
-from datalog_platform.resources.store import ObjectStore
-from datalog_platform.transform.convert import DATASET, BatchConverter, ConvertResult, SourceFile
+from datalog_platform.core.ledger import fields, protocol, swap
+from datalog_platform.core.ledger.schema import QUARANTINED, REBUILD, SUCCESS
+from datalog_platform.core.store import ObjectStore
+from datalog_platform.core.transform.convert import DATASET, BatchConverter, ConvertResult, SourceFile
 
 
 @dataclass(frozen=True)

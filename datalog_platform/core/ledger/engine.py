@@ -8,7 +8,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from datalog_platform.ledger.schema import create_schema
+from datalog_platform.core.ledger.schema import create_schema
 
 
 @functools.cache

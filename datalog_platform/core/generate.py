@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from datalog_platform.resources.store import ObjectStore
+from datalog_platform.core.store import ObjectStore
 
 REGIONS = ("BRCB", "KPCS", "SMRD")
 REGISTRY_KEY = "_registry/devices.csv"

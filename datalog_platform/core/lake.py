@@ -13,8 +13,8 @@ from typing import Any
 import duckdb
 import sqlalchemy as sa
 
-from datalog_platform.ledger.swap import live_files
-from datalog_platform.resources.store import ObjectStore
+from datalog_platform.core.ledger.swap import live_files
+from datalog_platform.core.store import ObjectStore
 
 LIVE_VIEW = "live"
 

@@ -24,10 +24,10 @@ from typing import Protocol
 import duckdb
 import pyarrow as pa
 
-from datalog_platform.ledger.fields import FieldSeen
-from datalog_platform.ledger.protocol import LakeFile
-from datalog_platform.resources.store import ObjectStore
-from datalog_platform.transform.shape import (
+from datalog_platform.core.ledger.fields import FieldSeen
+from datalog_platform.core.ledger.protocol import LakeFile
+from datalog_platform.core.store import ObjectStore
+from datalog_platform.core.transform.shape import (
     HEARTBEAT,
     RECORD_HASH,
     RESCUED,
@@ -36,7 +36,7 @@ from datalog_platform.transform.shape import (
     shape_fields,
     widened_type,
 )
-from datalog_platform.transform.timestamps import is_numeric, with_instant
+from datalog_platform.core.transform.timestamps import is_numeric, with_instant
 
 DATASET = "datalog_v2"
 QUARANTINE = "quarantine"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from datalog_platform.ledger import protocol
-from datalog_platform.ledger.protocol import PartitionBacklog
+from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger.protocol import PartitionBacklog
 
 
 def ingestible_backlog(engine: sa.Engine, first_date: str, last_date: str) -> tuple[list[PartitionBacklog], int]:

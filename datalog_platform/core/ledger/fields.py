@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from datalog_platform.ledger.protocol import _chunks, utcnow
-from datalog_platform.ledger.schema import schema_fields
+from datalog_platform.core.ledger.protocol import _chunks, utcnow
+from datalog_platform.core.ledger.schema import schema_fields
 
 _RECORD_ATTEMPTS = 3
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from datalog_platform.ledger.schema import (
+from datalog_platform.core.ledger.schema import (
     ABORTED,
     ABORTING,
     CLAIMED,

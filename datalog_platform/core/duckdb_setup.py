@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 import duckdb_extension_httpfs
 
-from datalog_platform.resources.store import S3Access
+from datalog_platform.core.store import S3Access
 
 
 def httpfs_extension_path() -> Path:

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import duckdb
 import sqlalchemy as sa
 
-from datalog_platform.lake import device_sql, live_columns, read_live
-from datalog_platform.ledger import protocol
-from datalog_platform.ledger.schema import DERIVE, LIVE, lake_files
-from datalog_platform.ledger.swap import PartitionBusyError
-from datalog_platform.resources.store import ObjectStore
-from datalog_platform.transform.convert import DATASET, copy_to_lake
+from datalog_platform.core.lake import device_sql, live_columns, read_live
+from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger.schema import DERIVE, LIVE, lake_files
+from datalog_platform.core.ledger.swap import PartitionBusyError
+from datalog_platform.core.store import ObjectStore
+from datalog_platform.core.transform.convert import DATASET, copy_to_lake
 
 HOURLY_STATS = "hourly_device_stats"
 ANOMALIES = "device_anomalies"

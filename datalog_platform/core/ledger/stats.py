@@ -7,7 +7,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from datalog_platform.ledger.schema import PENDING, UNROUTED, devices, keys
+from datalog_platform.core.ledger.schema import PENDING, UNROUTED, devices, keys
 
 
 def latest_hour_by_device(engine: sa.Engine) -> dict[str, datetime]:

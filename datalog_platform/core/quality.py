@@ -13,9 +13,9 @@ from datetime import datetime
 import duckdb
 import sqlalchemy as sa
 
-from datalog_platform.lake import device_sql, live_columns, read_live
-from datalog_platform.ledger.fields import SchemaChange, schema_changes
-from datalog_platform.ledger.schema import (
+from datalog_platform.core.lake import device_sql, live_columns, read_live
+from datalog_platform.core.ledger.fields import SchemaChange, schema_changes
+from datalog_platform.core.ledger.schema import (
     ABORTING,
     LIVE,
     PENDING,
@@ -26,9 +26,9 @@ from datalog_platform.ledger.schema import (
     keys,
     lake_files,
 )
-from datalog_platform.resources.store import ObjectStore
-from datalog_platform.transform.convert import DATASET, QUARANTINE
-from datalog_platform.transform.shape import RECORD_HASH, RESCUED
+from datalog_platform.core.store import ObjectStore
+from datalog_platform.core.transform.convert import DATASET, QUARANTINE
+from datalog_platform.core.transform.shape import RECORD_HASH, RESCUED
 
 _INGESTED = (SUCCESS, QUARANTINED)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from datalog_platform.ledger.protocol import Batch, ClaimedKey, insert_batch
-from datalog_platform.ledger.schema import (
+from datalog_platform.core.ledger.protocol import Batch, ClaimedKey, insert_batch
+from datalog_platform.core.ledger.schema import (
     CLAIMED,
     COMPACT,
     FAILED,

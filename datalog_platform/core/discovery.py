@@ -31,8 +31,8 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from datalog_platform.ledger import protocol, stats
-from datalog_platform.resources.store import ObjectStore
+from datalog_platform.core.ledger import protocol, stats
+from datalog_platform.core.store import ObjectStore
 
 # Top-level prefixes that are not devices (`_registry/` holds the device registry CSV).
 _RESERVED_PREFIXES = ("_", ".")
