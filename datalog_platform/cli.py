@@ -104,7 +104,7 @@ def run_ingest(settings: Settings) -> IngestSummary:
     from datalog_platform.core.ledger import protocol
     from datalog_platform.core.ledger.engine import ledger_engine
     from datalog_platform.definitions import build_definitions
-    from datalog_platform.partitions import REGION_PARTITIONS_NAME, date_partitions, partition_key
+    from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME, date_partitions, partition_key
 
     started = time.perf_counter()
     summary = IngestSummary()
@@ -217,7 +217,7 @@ def cmd_generate(
 ) -> int:
     from datalog_platform.core.generate import DEFAULT_START, REGISTRY_KEY, generate, registry_csv
     from datalog_platform.definitions import build_definitions
-    from datalog_platform.resources.stores import StoresResource
+    from datalog_platform.defs.resources import StoresResource
 
     stores: StoresResource = build_definitions(settings).resources["stores"]
     raw = stores.raw()
@@ -238,9 +238,9 @@ def materialize_registry(settings: Settings) -> None:
     _prepare_dagster_home(settings)
     import dagster as dg
 
-    from datalog_platform.assets.ingest import TRIGGER_TAG
-    from datalog_platform.assets.registry import device_registry
     from datalog_platform.definitions import build_definitions
+    from datalog_platform.defs.constants import TRIGGER_TAG
+    from datalog_platform.defs.registry.assets import device_registry
 
     resources = build_definitions(settings).resources
     with dg.DagsterInstance.get() as instance:

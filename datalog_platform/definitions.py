@@ -9,22 +9,25 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 from dagster_duckdb import DuckDBResource
 
-from datalog_platform.assets.analytics import analytics_job, device_anomalies, hourly_device_stats
-from datalog_platform.assets.ingest import ingest_partition, ingest_partition_job, raw_datalog_logs
-from datalog_platform.assets.quality import data_quality_report, datalog_parquet_checks
-from datalog_platform.assets.registry import device_registry
 from datalog_platform.core.duckdb_setup import connection_config
-from datalog_platform.jobs import (
-    compact_lake_job,
-    daily_compaction_schedule,
-    daily_reconciliation_schedule,
-    reconcile_raw_keys_job,
-)
-from datalog_platform.resources.ledger import LedgerResource
-from datalog_platform.resources.quality import QualityResource, WarehouseResource
-from datalog_platform.resources.stores import StoresResource
-from datalog_platform.schedules import daily_analytics_schedule, hourly_ingest_schedule
-from datalog_platform.sensors import SENSORS
+from datalog_platform.defs.analytics.assets import device_anomalies, hourly_device_stats
+from datalog_platform.defs.analytics.jobs import analytics_job
+from datalog_platform.defs.analytics.schedules import daily_analytics_schedule
+from datalog_platform.defs.discovery.assets import raw_datalog_logs
+from datalog_platform.defs.discovery.jobs import reconcile_raw_keys_job
+from datalog_platform.defs.discovery.schedules import daily_reconciliation_schedule
+from datalog_platform.defs.discovery.sensors import raw_logs_sensor
+from datalog_platform.defs.ingest.assets import ingest_partition
+from datalog_platform.defs.ingest.jobs import ingest_partition_job
+from datalog_platform.defs.ingest.schedules import hourly_ingest_schedule
+from datalog_platform.defs.ingest.sensors import pending_keys_sensor
+from datalog_platform.defs.maintenance.jobs import compact_lake_job
+from datalog_platform.defs.maintenance.schedules import daily_compaction_schedule
+from datalog_platform.defs.maintenance.sensors import batch_recovery_sensor, expired_lease_sensor
+from datalog_platform.defs.quality.assets import data_quality_report
+from datalog_platform.defs.quality.checks import datalog_parquet_checks
+from datalog_platform.defs.registry.assets import device_registry
+from datalog_platform.defs.resources import LedgerResource, QualityResource, StoresResource, WarehouseResource
 from datalog_platform.settings import Settings
 
 
@@ -63,7 +66,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         ),
         asset_checks=[datalog_parquet_checks],
         jobs=[ingest_partition_job, reconcile_raw_keys_job, compact_lake_job, analytics_job],
-        sensors=[*SENSORS],
+        sensors=[raw_logs_sensor, pending_keys_sensor, batch_recovery_sensor, expired_lease_sensor],
         schedules=[
             hourly_ingest_schedule,
             daily_reconciliation_schedule,

@@ -33,9 +33,8 @@ import sqlalchemy as sa
 from dagster_aws.s3 import S3Resource
 
 from datalog_platform.core.store import StoreNotFoundError
-from datalog_platform.resources.ledger import LedgerResource
-from datalog_platform.resources.stores import StoresResource
-from datalog_platform.sensors.discovery import raw_logs_sensor
+from datalog_platform.defs.discovery.sensors import raw_logs_sensor
+from datalog_platform.defs.resources import LedgerResource, StoresResource
 from datalog_platform_tests import ledger_helpers
 from datalog_platform_tests.cli_helpers import cli_env, describe, run_cli
 

@@ -25,23 +25,18 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from datalog_platform.assets.ingest import (
-    TRIGGER_TAG,
-    claimed_key_batches,
-    datalog_parquet,
-    ingest_partition,
-    raw_datalog_logs,
-)
-from datalog_platform.assets.registry import device_registry
 from datalog_platform.core.generate import generate
 from datalog_platform.core.ledger import protocol
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import COMMITTED, PENDING, SUCCESS, batches
 from datalog_platform.core.store import LocalStore
 from datalog_platform.definitions import build_definitions, defs
-from datalog_platform.partitions import REGION_PARTITIONS_NAME, date_region_partitions, local_dates, partition_key
-from datalog_platform.resources.ledger import LedgerResource
-from datalog_platform.resources.stores import StoresResource
+from datalog_platform.defs.constants import TRIGGER_TAG
+from datalog_platform.defs.discovery.assets import raw_datalog_logs
+from datalog_platform.defs.ingest.assets import claimed_key_batches, datalog_parquet, ingest_partition
+from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME, date_region_partitions, local_dates, partition_key
+from datalog_platform.defs.registry.assets import device_registry
+from datalog_platform.defs.resources import LedgerResource, StoresResource
 from datalog_platform.settings import Settings
 from datalog_platform_tests import cli_helpers
 

@@ -33,10 +33,10 @@ from datalog_platform.core.ledger import protocol
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import PENDING, SUCCESS, keys
 from datalog_platform.core.store import LocalStore, ObjectInfo, ObjectStore, S3Access, S3Store
-from datalog_platform.jobs import daily_reconciliation_schedule, reconcile_raw_keys_job
-from datalog_platform.resources.ledger import LedgerResource
-from datalog_platform.resources.stores import StoresResource
-from datalog_platform.sensors.discovery import raw_logs_sensor
+from datalog_platform.defs.discovery.jobs import reconcile_raw_keys_job
+from datalog_platform.defs.discovery.schedules import daily_reconciliation_schedule
+from datalog_platform.defs.discovery.sensors import raw_logs_sensor
+from datalog_platform.defs.resources import LedgerResource, StoresResource
 
 TZ = 8
 

@@ -18,15 +18,14 @@ import pytest
 import sqlalchemy as sa
 from dagster_aws.s3 import S3Resource
 
-from datalog_platform.assets.registry import device_registry
 from datalog_platform.core.generate import REGISTRY_KEY
 from datalog_platform.core.ledger import protocol
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import PENDING, UNROUTED, devices, keys
 from datalog_platform.core.store import LocalStore, ObjectInfo
-from datalog_platform.partitions import REGION_PARTITIONS_NAME
-from datalog_platform.resources.ledger import LedgerResource
-from datalog_platform.resources.stores import StoresResource
+from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME
+from datalog_platform.defs.registry.assets import device_registry
+from datalog_platform.defs.resources import LedgerResource, StoresResource
 
 
 @pytest.fixture

@@ -31,12 +31,12 @@ from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import ABORTED, CLAIMED, FAILED, PENDING, WRITING, batches, keys
 from datalog_platform.core.store import LocalStore, ObjectInfo
 from datalog_platform.definitions import build_definitions
-from datalog_platform.partitions import REGION_PARTITIONS_NAME
-from datalog_platform.resources.ledger import LedgerResource
-from datalog_platform.resources.stores import StoresResource
-from datalog_platform.schedules import hourly_ingest_schedule
-from datalog_platform.sensors import SENSORS, batch_recovery_sensor, expired_lease_sensor, pending_keys_sensor
-from datalog_platform.sensors.pending import BACKLOG_TAG, TRIGGER_TAG, backlog_runs
+from datalog_platform.defs.constants import TRIGGER_TAG
+from datalog_platform.defs.ingest.schedules import hourly_ingest_schedule
+from datalog_platform.defs.ingest.sensors import BACKLOG_TAG, backlog_runs, pending_keys_sensor
+from datalog_platform.defs.maintenance.sensors import batch_recovery_sensor, expired_lease_sensor
+from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME
+from datalog_platform.defs.resources import LedgerResource, StoresResource
 from datalog_platform.settings import Settings
 from datalog_platform_tests import ledger_helpers
 
@@ -263,7 +263,8 @@ class protocol_all_done:  # noqa: N801 - reads as a statement in the test
 
 def test_default_statuses_and_wiring() -> None:
     """The sensors start RUNNING with the code location, the schedule STOPPED (one cadence at a time)."""
-    assert {s.name for s in SENSORS} == {
+    wired = build_definitions(Settings.from_env())
+    assert {s.name for s in wired.sensors} == {
         "raw_logs_sensor",
         "pending_keys_sensor",
         "batch_recovery_sensor",
@@ -275,7 +276,6 @@ def test_default_statuses_and_wiring() -> None:
     assert expired_lease_sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert hourly_ingest_schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     assert hourly_ingest_schedule.cron_schedule == "0 * * * *"
-    wired = build_definitions(Settings.from_env())
     assert wired.resolve_sensor_def("pending_keys_sensor").job_name == "ingest_partition_job"
     assert wired.resolve_sensor_def("batch_recovery_sensor") is not None
     assert wired.resolve_sensor_def("expired_lease_sensor") is not None

@@ -2,13 +2,12 @@
 
 import dagster as dg
 
-from datalog_platform.assets import OWNERS
 from datalog_platform.core.generate import REGISTRY_KEY
 from datalog_platform.core.ledger import protocol
 from datalog_platform.core.registry import read_registry_csv
-from datalog_platform.partitions import REGION_PARTITIONS_NAME
-from datalog_platform.resources.ledger import LedgerResource
-from datalog_platform.resources.stores import StoresResource
+from datalog_platform.defs.constants import OWNERS
+from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME
+from datalog_platform.defs.resources import LedgerResource, StoresResource
 
 
 @dg.asset(group_name="registry", kinds={"csv", "sql"}, owners=OWNERS, tags={"layer": "master_data"})

@@ -1,4 +1,4 @@
-"""Raw logs -> claimed key batches -> the hive-partitioned Parquet dataset, in one step."""
+"""Claimed key batches and the hive-partitioned Parquet dataset, computed together by one step."""
 
 from collections.abc import Iterator
 from typing import Literal
@@ -7,8 +7,6 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from datalog_platform.assets import OWNERS
-from datalog_platform.assets.registry import device_registry
 from datalog_platform.core.discovery import register_partition
 from datalog_platform.core.duckdb_setup import enable_s3
 from datalog_platform.core.ingest import BatchReport, ingest_batch
@@ -16,28 +14,11 @@ from datalog_platform.core.ledger import fields, protocol, swap
 from datalog_platform.core.transform.convert import DATASET
 from datalog_platform.core.transform.shape import RECORD_HASH, RESCUED
 from datalog_platform.core.transform.timestamps import install_macros
-from datalog_platform.partitions import (
-    date_and_region,
-    date_partitions,
-    date_region_partitions,
-    partition_key,
-)
-from datalog_platform.resources.ledger import LedgerResource
-from datalog_platform.resources.stores import StoresResource
-
-raw_datalog_logs = dg.AssetSpec(
-    "raw_datalog_logs",
-    description="Raw NDJSON telemetry uploaded by edge devices: {device}/{YYYYMMDDHH}/*.json[.gz].",
-    group_name="raw",
-    kinds={"s3", "json"},
-    owners=OWNERS,
-    tags={"layer": "raw"},
-)
-
-# Set on every run that a sensor, a schedule or the command line launches: those runs ingest
-# what is pending. A run without it was launched by a person (Materialize, a backfill) and
-# rebuilds its partition.
-TRIGGER_TAG = "datalog/trigger"
+from datalog_platform.defs.constants import OWNERS, TRIGGER_TAG
+from datalog_platform.defs.discovery.assets import raw_datalog_logs
+from datalog_platform.defs.partitions import date_and_region, date_partitions, date_region_partitions, partition_key
+from datalog_platform.defs.registry.assets import device_registry
+from datalog_platform.defs.resources import LedgerResource, StoresResource
 
 
 class IngestConfig(dg.Config):
@@ -255,13 +236,3 @@ def ingest_partition(
     yield dg.MaterializeResult(
         asset_key=datalog_parquet.key, metadata={"run_kind": kind, "launched_by": launched_by, **metadata}
     )
-
-
-ingest_partition_job = dg.define_asset_job(
-    "ingest_partition_job",
-    selection=[claimed_key_batches.key, datalog_parquet.key],
-    description=(
-        "Claim up to key_limit_per_run pending keys of one date x region partition and ingest them "
-        "(a rebuild when launched by a person)."
-    ),
-)

@@ -1,65 +1,16 @@
-"""Daily upkeep: the full reconciliation of raw keys, and the compaction of the lake.
-
-The discovery sensor only re-lists the trailing window; the reconciliation is what guarantees that
-no key is missed, whatever hour it was filed under and however late it arrived. Hourly runs leave
-one file each in a hive directory; the compaction merges them into files of a target size.
-"""
+"""The compaction of crowded hive directories."""
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from datalog_platform.core.compaction import compact_directory
-from datalog_platform.core.discovery import reconcile
 from datalog_platform.core.duckdb_setup import enable_s3
 from datalog_platform.core.ledger import protocol, swap
-from datalog_platform.core.ledger.protocol import utcnow
 from datalog_platform.core.transform.convert import DATASET
-from datalog_platform.partitions import date_partitions, partition_key
-from datalog_platform.resources.ledger import LedgerResource
-from datalog_platform.resources.stores import StoresResource
-from datalog_platform.sensors.discovery import RAW_ASSET_KEY, backlog_metadata
+from datalog_platform.defs.partitions import date_partitions, partition_key
+from datalog_platform.defs.resources import LedgerResource, StoresResource
 from datalog_platform.settings import Settings
-
-
-@dg.op(description="List every object of the raw store and register those the ledger lacks.")
-def reconcile_raw_keys(context: dg.OpExecutionContext, ledger: LedgerResource, stores: StoresResource) -> None:
-    raw = stores.raw()
-    engine = ledger.get_engine()
-    found = reconcile(raw, engine, ledger.tz_offset_hours)
-    if found.registered:
-        context.log.warning(f"reconciliation registered {found.registered} key(s) that discovery had missed")
-    context.log_event(
-        dg.AssetObservation(
-            asset_key=RAW_ASSET_KEY,
-            metadata={
-                "reconciled": True,
-                "keys_listed": found.seen,
-                "keys_found": found.registered,
-                "bytes_found": found.bytes,
-                "keys_unrouted": found.unrouted,
-                "objects_ignored": found.ignored,
-                "list_requests": raw.list_requests,
-                **backlog_metadata(engine, utcnow()),
-            },
-        )
-    )
-
-
-@dg.job(description="Full listing of the raw store; registers every object the ledger lacks (idempotent).")
-def reconcile_raw_keys_job() -> None:
-    reconcile_raw_keys()
-
-
-# RUNNING by default: this is the guarantee behind "no key is ever missed", and it costs one full
-# listing a day (one request per 1,000 objects).
-daily_reconciliation_schedule = dg.ScheduleDefinition(
-    name="daily_reconciliation_schedule",
-    job=reconcile_raw_keys_job,
-    cron_schedule="30 3 * * *",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Once a day, list the whole raw store and register what discovery missed.",
-)
 
 
 class CompactionConfig(dg.Config):
@@ -136,13 +87,3 @@ def compact_lake(
 @dg.job(description="Merge the small files of crowded hive directories, from the lake's own Parquet.")
 def compact_lake_job() -> None:
     compact_lake()
-
-
-# RUNNING by default: without it, hourly ingest leaves 24 files a day in every directory.
-daily_compaction_schedule = dg.ScheduleDefinition(
-    name="daily_compaction_schedule",
-    job=compact_lake_job,
-    cron_schedule="30 4 * * *",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Once a day, rewrite directories with more than DATALOG_COMPACTION_MIN_FILES files into few.",
-)

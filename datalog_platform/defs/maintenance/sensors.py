@@ -6,10 +6,9 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from datalog_platform.assets.ingest import ingest_partition_job
 from datalog_platform.core.ledger import protocol
-from datalog_platform.resources.ledger import LedgerResource
-from datalog_platform.resources.stores import StoresResource
+from datalog_platform.defs.ingest.jobs import ingest_partition_job
+from datalog_platform.defs.resources import LedgerResource, StoresResource
 
 if TYPE_CHECKING:
     from dagster_shared.error import SerializableErrorInfo

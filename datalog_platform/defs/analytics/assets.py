@@ -6,8 +6,6 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from datalog_platform.assets import OWNERS
-from datalog_platform.assets.ingest import datalog_parquet
 from datalog_platform.core.analytics import (
     ANOMALIES,
     HOURLY_STATS,
@@ -18,10 +16,10 @@ from datalog_platform.core.analytics import (
 )
 from datalog_platform.core.lake import read_live
 from datalog_platform.core.warehouse import load_hourly_stats
-from datalog_platform.partitions import date_and_region, date_region_partitions
-from datalog_platform.resources.ledger import LedgerResource
-from datalog_platform.resources.quality import WarehouseResource, lake_connection
-from datalog_platform.resources.stores import StoresResource
+from datalog_platform.defs.constants import OWNERS
+from datalog_platform.defs.ingest.assets import datalog_parquet
+from datalog_platform.defs.partitions import date_and_region, date_region_partitions
+from datalog_platform.defs.resources import LedgerResource, StoresResource, WarehouseResource, lake_connection
 
 ROWS_MATCH = "warehouse_rows_match_parquet"
 
@@ -142,11 +140,3 @@ def device_anomalies(
             "path": _lake_uri(stores, ANOMALIES, day, region),
         }
     )
-
-
-analytics_job = dg.define_asset_job(
-    "analytics_job",
-    selection=dg.AssetSelection.assets(hourly_device_stats, device_anomalies, "data_quality_report")
-    | dg.AssetSelection.checks_for_assets(datalog_parquet.key),
-    description="Statistics, anomalies, the quality report and the checks of one date x region partition.",
-)

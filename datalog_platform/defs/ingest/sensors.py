@@ -2,8 +2,7 @@
 
 The backlog comes from the ledger; a run key names the partition and the fingerprint of its pending
 keys, so the same backlog is requested once, and new keys (or keys handed back by a failed run)
-request it again. The hourly schedule shares `backlog_runs`.
-"""
+request it again. The hourly schedule shares `backlog_runs`."""
 
 from __future__ import annotations
 
@@ -13,10 +12,11 @@ from dataclasses import dataclass
 import dagster as dg
 import sqlalchemy as sa
 
-from datalog_platform.assets.ingest import TRIGGER_TAG, ingest_partition_job
 from datalog_platform.core.backlog import ingestible_backlog
-from datalog_platform.partitions import REGION_PARTITIONS_NAME, date_partitions, partition_key, region_partitions
-from datalog_platform.resources.ledger import LedgerResource
+from datalog_platform.defs.constants import TRIGGER_TAG
+from datalog_platform.defs.ingest.jobs import ingest_partition_job
+from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME, date_partitions, partition_key, region_partitions
+from datalog_platform.defs.resources import LedgerResource
 from datalog_platform.settings import Settings
 
 # "{partition}:{fingerprint}" on every run requested for a backlog, by the sensor or the schedule.

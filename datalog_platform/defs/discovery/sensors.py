@@ -1,18 +1,23 @@
 """`raw_logs_sensor`: one bounded discovery tick, reported as an observation of `raw_datalog_logs`."""
 
+from __future__ import annotations
+
 from dataclasses import replace
 from datetime import datetime
 
 import dagster as dg
 import sqlalchemy as sa
 
-from datalog_platform.core.discovery import DiscoveryCursor, DiscoveryLimits, TickResult, discover
+from datalog_platform.core.discovery import (
+    DiscoveryCursor,
+    DiscoveryLimits,
+    TickResult,
+    discover,
+)
 from datalog_platform.core.ledger import stats
 from datalog_platform.core.ledger.protocol import utcnow
-from datalog_platform.resources.ledger import LedgerResource
-from datalog_platform.resources.stores import StoresResource
-
-RAW_ASSET_KEY = dg.AssetKey("raw_datalog_logs")
+from datalog_platform.defs.discovery.assets import raw_datalog_logs
+from datalog_platform.defs.resources import LedgerResource, StoresResource
 
 
 def backlog_metadata(engine: sa.Engine, now: datetime) -> dict[str, int | float]:
@@ -52,7 +57,7 @@ def tick_metadata(result: TickResult) -> dict[str, int | bool | str]:
         "whenever either changed."
     ),
     # Draws the sensor as the automation of the raw asset in the UI; it observes, it launches nothing.
-    asset_selection=dg.AssetSelection.assets(RAW_ASSET_KEY),
+    asset_selection=dg.AssetSelection.assets(raw_datalog_logs.key),
 )
 def raw_logs_sensor(
     context: dg.SensorEvaluationContext, ledger: LedgerResource, stores: StoresResource
@@ -75,7 +80,7 @@ def raw_logs_sensor(
     # An observation only when something changed: new keys, or a backlog other than the last one reported.
     backlog = f"{metadata['pending_backlog']}/{metadata['unrouted_backlog']}"
     changed = result.registered > 0 or backlog != result.cursor.reported_backlog
-    events = [dg.AssetObservation(asset_key=RAW_ASSET_KEY, metadata=metadata)] if changed else []
+    events = [dg.AssetObservation(asset_key=raw_datalog_logs.key, metadata=metadata)] if changed else []
     skip = None if result.registered else f"no new raw objects: {summary}"
     cursor = replace(result.cursor, reported_backlog=backlog)
     return dg.SensorResult(cursor=cursor.to_json(), asset_events=events, skip_reason=skip)

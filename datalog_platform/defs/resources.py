@@ -1,0 +1,137 @@
+"""The platform's Dagster resources: the ledger, the object stores, the warehouse and the check thresholds."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import boto3
+import dagster as dg
+import duckdb
+import sqlalchemy as sa
+from dagster_aws.s3 import S3Resource
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from datalog_platform.core.duckdb_setup import enable_s3
+from datalog_platform.core.ledger.engine import database_engine, ledger_engine
+from datalog_platform.core.store import (
+    LocalStore,
+    ObjectStore,
+    S3Access,
+    S3Store,
+    is_s3_url,
+    split_s3_url,
+)
+from datalog_platform.core.transform.timestamps import install_macros
+from datalog_platform.core.warehouse import create_warehouse_schema
+
+
+class LedgerResource(dg.ConfigurableResource):
+    """The SQL ledger that tracks every raw object and batch, and how batches are claimed.
+
+    Example:
+        LedgerResource(url=dg.EnvVar("DATALOG_LEDGER_URL"), key_limit_per_run=1000)
+    """
+
+    url: str = Field(description="SQLAlchemy URL: mssql+pymssql://..., postgresql+psycopg2://... or sqlite:///path")
+    key_limit_per_run: int = Field(default=1000, description="Most keys one run claims (DATALOG_KEY_LIMIT_PER_RUN)")
+    lease_seconds: int = Field(
+        default=900, description="Lease of a claimed batch; renewed while written, taken over once it lapses"
+    )
+    max_attempts: int = Field(default=3, description="Failed batches a key survives before it is FAILED")
+    tz_offset_hours: int = Field(default=8, description="Local time = UTC + offset (DATALOG_TZ_OFFSET_HOURS)")
+
+    def get_engine(self) -> sa.Engine:
+        return ledger_engine(self.url)
+
+
+def s3_access(s3: S3Resource) -> S3Access:
+    """Endpoint and credentials of the S3 resource, resolved the way boto3 resolves them."""
+    session = boto3.session.Session(
+        aws_access_key_id=s3.aws_access_key_id,
+        aws_secret_access_key=s3.aws_secret_access_key,
+        aws_session_token=s3.aws_session_token,
+        profile_name=s3.profile_name,
+        region_name=s3.region_name,
+    )
+    credentials = session.get_credentials()
+    frozen = credentials.get_frozen_credentials() if credentials else None
+    return S3Access(
+        region=session.region_name or "us-east-1",
+        endpoint_url=s3.endpoint_url,
+        access_key_id=frozen.access_key if frozen else None,
+        secret_access_key=frozen.secret_key if frozen else None,
+        session_token=frozen.token if frozen else None,
+    )
+
+
+def open_store(url: str, s3: S3Resource, create: bool = True) -> ObjectStore:
+    """The store at `url`; a local directory is made now only with `create` (see `LocalStore`)."""
+    if is_s3_url(url):
+        bucket, prefix = split_s3_url(url)
+        return S3Store(bucket=bucket, prefix=prefix, client=s3.get_client(), access=s3_access(s3))
+    return LocalStore(url, create=create)
+
+
+class StoresResource(dg.ConfigurableResource):
+    """Where raw logs are read from and where the lake is written: local directories or S3.
+
+    Example:
+        StoresResource(raw_url="s3://raw-bucket/logs", lake_url="s3://lake-bucket", s3=S3Resource())
+    """
+
+    raw_url: str = Field(description="Raw NDJSON logs: a local directory or s3://bucket/prefix")
+    lake_url: str = Field(description="Parquet lake root: a local directory or s3://bucket/prefix")
+    s3: S3Resource = Field(description="S3 client settings (endpoint for MinIO or an emulator)")
+
+    def raw(self) -> ObjectStore:
+        """Listing a raw directory that does not exist raises `StoreNotFoundError` (writing creates it)."""
+        return open_store(self.raw_url, self.s3, create=False)
+
+    def lake(self) -> ObjectStore:
+        return open_store(self.lake_url, self.s3)
+
+    def s3_access(self) -> S3Access | None:
+        """DuckDB's S3 settings when either store is on S3."""
+        if is_s3_url(self.raw_url) or is_s3_url(self.lake_url):
+            return s3_access(self.s3)
+        return None
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The SQL database the analytics tables are loaded into (MSSQL, PostgreSQL or SQLite).
+
+    Example:
+        WarehouseResource(url=dg.EnvVar("DATALOG_WAREHOUSE_URL"))
+    """
+
+    url: str = Field(description="SQLAlchemy URL (DATALOG_WAREHOUSE_URL; default: the ledger's database)")
+
+    def get_engine(self) -> sa.Engine:
+        engine = database_engine(self.url)
+        create_warehouse_schema(engine)
+        return engine
+
+
+class QualityResource(dg.ConfigurableResource):
+    """Thresholds of the checks on `datalog_parquet` partitions."""
+
+    quarantine_warn_rate: float = Field(
+        default=0.01, description="Quarantined share of lines above which the check warns"
+    )
+    quarantine_fail_rate: float = Field(
+        default=0.10, description="Quarantined share of lines above which the check fails"
+    )
+    pending_max_age_minutes: int = Field(
+        default=180, description="A PENDING key older than this fails the partition's freshness check"
+    )
+
+
+@contextmanager
+def lake_connection(duckdb_resource: DuckDBResource, stores: StoresResource) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A run's DuckDB connection with the platform's macros and, for an S3 lake, httpfs."""
+    access = stores.s3_access()
+    with duckdb_resource.get_connection() as conn:
+        install_macros(conn)
+        if access is not None:
+            enable_s3(conn, access)
+        yield conn
