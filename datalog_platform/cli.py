@@ -16,6 +16,7 @@ from pathlib import Path
 import botocore.exceptions
 import sqlalchemy as sa
 
+from datalog_platform.core.ledger import registration
 from datalog_platform.core.registry import read_registry_csv
 from datalog_platform.core.store import StoreNotFoundError
 from datalog_platform.settings import HOME_SETTINGS_FILE, Settings, read_home_settings, record_home_setting
@@ -62,14 +63,13 @@ def _prepare_dagster_home(settings: Settings) -> Path:
 
 
 def cmd_devices_load(settings: Settings, path: str) -> int:
-    from datalog_platform.core.ledger import protocol
     from datalog_platform.core.ledger.engine import ledger_engine
 
     # utf-8-sig: spreadsheet exports start the file with a byte-order mark
     rows = read_registry_csv(Path(path).read_text(encoding="utf-8-sig"))
     engine = ledger_engine(settings.ledger_url)
-    inserted, updated = protocol.upsert_devices(engine, rows)
-    routed = protocol.route_unrouted(engine)
+    inserted, updated = registration.upsert_devices(engine, rows)
+    routed = registration.route_unrouted(engine)
     print(f"devices: {inserted} new, {updated} changed, {len(rows)} in file; {routed} waiting keys routed")
     return 0
 
@@ -101,7 +101,6 @@ def run_ingest(settings: Settings) -> IngestSummary:
     import dagster as dg
 
     from datalog_platform.core.backlog import ingestible_backlog
-    from datalog_platform.core.ledger import protocol
     from datalog_platform.core.ledger.engine import ledger_engine
     from datalog_platform.definitions import build_definitions
     from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME, date_partitions, partition_key
@@ -111,12 +110,12 @@ def run_ingest(settings: Settings) -> IngestSummary:
     defs = build_definitions(settings)
     stores = defs.resources["stores"]
     engine = ledger_engine(settings.ledger_url)
-    found = protocol.register_keys(engine, stores.raw().list(), settings.tz_offset_hours)
+    found = registration.register_keys(engine, stores.raw().list(), settings.tz_offset_hours)
     summary.registered, summary.ignored = found.registered, found.ignored
-    summary.routed = protocol.route_unrouted(engine)
+    summary.routed = registration.route_unrouted(engine)
     with dg.DagsterInstance.get() as instance:
         known = set(instance.get_dynamic_partitions(REGION_PARTITIONS_NAME))
-        new_regions = [r for r in protocol.known_regions(engine) if r not in known]
+        new_regions = [r for r in registration.known_regions(engine) if r not in known]
         if new_regions:
             instance.add_dynamic_partitions(REGION_PARTITIONS_NAME, new_regions)
         job = defs.resolve_job_def("ingest_partition_job")
@@ -150,7 +149,7 @@ def run_ingest(settings: Settings) -> IngestSummary:
                         summary.step_seconds += mat.metadata["seconds"].value
                     if mat.asset_key == dg.AssetKey("datalog_parquet"):
                         summary.partitions.add(str(mat.partition))
-    summary.unrouted = protocol.status_counts(engine)["by_status"].get("UNROUTED", 0)
+    summary.unrouted = registration.status_counts(engine)["by_status"].get("UNROUTED", 0)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -178,10 +177,9 @@ def cmd_ingest(settings: Settings, as_json: bool = False) -> int:
 
 
 def cmd_ledger_status(settings: Settings, as_json: bool) -> int:
-    from datalog_platform.core.ledger import protocol
     from datalog_platform.core.ledger.engine import ledger_engine
 
-    counts = protocol.status_counts(ledger_engine(settings.ledger_url))
+    counts = registration.status_counts(ledger_engine(settings.ledger_url))
     if as_json:
         print(json.dumps(counts, indent=2, sort_keys=True))
         return 0
@@ -195,11 +193,10 @@ def cmd_ledger_status(settings: Settings, as_json: bool) -> int:
 
 
 def cmd_ledger_requeue(settings: Settings, status: str, region: str | None, since: str | None) -> int:
-    from datalog_platform.core.ledger import protocol
     from datalog_platform.core.ledger.engine import ledger_engine
 
     # ValueError (SUCCESS, UNROUTED, ...) is reported by `main` with exit code 2
-    count = protocol.requeue(ledger_engine(settings.ledger_url), status, region, since)
+    count = registration.requeue(ledger_engine(settings.ledger_url), status, region, since)
     where = "".join([f" in region {region}" if region else "", f" dated {since} or later" if since else ""])
     print(f"requeued {count} {status} key(s){where}: PENDING again, attempts reset")
     return 0

@@ -22,7 +22,7 @@ from moto.server import ThreadedMotoServer
 
 from datalog_platform.core.duckdb_setup import enable_s3
 from datalog_platform.core.ingest import BatchReport, ingest_batch
-from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger import protocol, registration
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import keys
 from datalog_platform.core.store import LocalStore, ObjectStore, S3Access, S3Store
@@ -172,13 +172,13 @@ class Pipeline:
         self.conn = make_duck(lake)
 
     def devices(self, rows: Iterable[tuple[str, str]]) -> None:
-        protocol.upsert_devices(self.engine, rows)
+        registration.upsert_devices(self.engine, rows)
 
     def run(self, limit: int = 1000) -> list[BatchReport]:
         """Register every raw key, then claim and ingest batches until nothing is pending."""
-        protocol.register_keys(self.engine, self.raw.list(), TZ_OFFSET_HOURS)
+        registration.register_keys(self.engine, self.raw.list(), TZ_OFFSET_HOURS)
         reports = []
-        for part in protocol.pending_partitions(self.engine):
+        for part in registration.pending_partitions(self.engine):
             while batch := protocol.claim_batch(
                 self.engine, part.part_date, part.dstrct_code, limit, None, LEASE_SECONDS
             ):

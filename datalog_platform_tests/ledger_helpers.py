@@ -16,7 +16,7 @@ from multiprocessing.synchronize import Barrier
 import pytest
 import sqlalchemy as sa
 
-from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger import protocol, registration
 from datalog_platform.core.ledger.schema import create_schema
 from datalog_platform.core.store import ObjectInfo
 
@@ -122,7 +122,7 @@ def register_same_objects(url: str, schema: str, count: int, worker: int, barrie
             conn.execute(sa.text("SELECT 1"))
         objects = [ObjectInfo(f"dev{n % 50:03d}/2026110100/log-{n}.json", 10) for n in range(count)]
         barrier.wait(timeout=60)
-        result = protocol.register_keys(engine, objects, 8)
+        result = registration.register_keys(engine, objects, 8)
         engine.dispose()
         results.put((worker, result.registered))  # type: ignore[attr-defined]
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the test

@@ -24,7 +24,7 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 
-from datalog_platform.core.ledger import protocol, swap
+from datalog_platform.core.ledger import registration, swap
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import PENDING, keys, lake_files
 from datalog_platform.core.store import LocalStore
@@ -68,7 +68,7 @@ class Platform:
         self.lake = LocalStore(self.settings.lake_url)
         self.engine = ledger_engine(self.settings.ledger_url)
         self.resources = dict(build_definitions(self.settings).resources)
-        protocol.upsert_devices(self.engine, [(d, REGION) for d in ("dA", "dB", "dC")])
+        registration.upsert_devices(self.engine, [(d, REGION) for d in ("dA", "dB", "dC")])
         instance.add_dynamic_partitions(REGION_PARTITIONS_NAME, [REGION])
 
     def upload(self, key: str, *lines: str) -> None:
@@ -91,7 +91,7 @@ class Platform:
         return result
 
     def ingest(self) -> None:
-        protocol.register_keys(self.engine, self.raw.list(), self.settings.tz_offset_hours)
+        registration.register_keys(self.engine, self.raw.list(), self.settings.tz_offset_hours)
         self.run([ingest_partition], tags={TRIGGER_TAG: "pending_keys_sensor"})
 
     def checks(self, *names: str, partition: bool = True) -> dict[str, dg.AssetCheckEvaluation]:
@@ -225,7 +225,7 @@ def test_checks_without_a_partition_check_every_partition_with_keys(platform: Pl
     every partition with keys and names the ones it failed in."""
     clean_partition(platform)
     platform.upload("dB/2026110203/c.json", record("dB", datetime(2026, 11, 2, 3, 0), temperature=21.0))
-    protocol.register_keys(platform.engine, platform.raw.list(), platform.settings.tz_offset_hours)
+    registration.register_keys(platform.engine, platform.raw.list(), platform.settings.tz_offset_hours)
     assert platform.checks(partition=False)["no_orphan_files"].passed
 
     lake = Path(platform.settings.lake_url)
@@ -243,7 +243,7 @@ def test_checks_without_a_partition_check_every_partition_with_keys(platform: Pl
 def test_pending_keys_older_than_the_set_time_fail_freshness(platform: Platform) -> None:
     clean_partition(platform)
     platform.upload("dA/2026110104/late.json", record("dA", UTC0 + timedelta(hours=2), temperature=1.0))
-    protocol.register_keys(platform.engine, platform.raw.list(), 8)
+    registration.register_keys(platform.engine, platform.raw.list(), 8)
     assert platform.checks()["freshness"].passed  # pending, but only just
     with platform.engine.begin() as conn:
         conn.execute(sa.update(keys).where(keys.c.status == PENDING).values(discovered_at=datetime(2026, 1, 1)))

@@ -35,7 +35,7 @@ import sqlalchemy as sa
 
 from datalog_platform import cli
 from datalog_platform.core.generate import generate, log_lines, registry_csv
-from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger import protocol, registration
 from datalog_platform.core.ledger.schema import (
     ABORTED,
     COMMITTED,
@@ -78,7 +78,7 @@ def seed_registry(url: str, rows: list[tuple[str, str]]) -> None:
     engine = sa.create_engine(url)
     try:
         create_schema(engine)
-        protocol.upsert_devices(engine, rows)
+        registration.upsert_devices(engine, rows)
     finally:
         engine.dispose()
 

@@ -51,7 +51,7 @@ import pytest
 import sqlalchemy as sa
 
 from datalog_platform.core.generate import device_registry, generate, log_lines, registry_csv
-from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger import protocol, registration
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import ABORTED, SUCCESS, WRITING
 from datalog_platform.core.store import LocalStore
@@ -191,7 +191,7 @@ def stage_dead_writer(
     keys = upload(raw, write)
     data = dataset("dead writer", raw, keys, regions)
     engine = ledger_engine(settings.ledger_url)
-    found = protocol.register_keys(engine, raw.list(f"{DEAD_DEVICE}/"), TZ_OFFSET_HOURS)
+    found = registration.register_keys(engine, raw.list(f"{DEAD_DEVICE}/"), TZ_OFFSET_HOURS)
     assert found.registered == len(keys), found
     (part_date, region) = next(iter(data.partitions))
     batch = protocol.claim_batch(engine, part_date, region, 1000, None, lease_seconds=2)

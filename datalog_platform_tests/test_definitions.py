@@ -26,7 +26,7 @@ import pytest
 import sqlalchemy as sa
 
 from datalog_platform.core.generate import generate
-from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger import protocol, registration
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import COMMITTED, PENDING, SUCCESS, batches
 from datalog_platform.core.store import LocalStore
@@ -195,9 +195,9 @@ def test_partition_materializes_as_the_sensor_launches_it(
     summary = generate(raw, devices=3, hours=2, rows=20, seed=1)
     raw.write_bytes(LATE_KEY, ("\n".join(LATE_LINES) + "\n").encode())
     engine = ledger_engine(settings.ledger_url)
-    protocol.upsert_devices(engine, summary.devices)
-    protocol.register_keys(engine, raw.list(), tz)
-    regions = protocol.known_regions(engine)
+    registration.upsert_devices(engine, summary.devices)
+    registration.register_keys(engine, raw.list(), tz)
+    regions = registration.known_regions(engine)
     instance.add_dynamic_partitions(REGION_PARTITIONS_NAME, regions)
     resources = dict(build_definitions(settings).resources)
 
@@ -270,9 +270,9 @@ def one_file_per_key(tmp_path: Path, instance: dg.DagsterInstance) -> tuple[Sett
     raw = LocalStore(settings.raw_url)
     summary = generate(raw, devices=3, hours=3, rows=20, seed=2)
     engine = ledger_engine(settings.ledger_url)
-    protocol.upsert_devices(engine, summary.devices)
-    protocol.register_keys(engine, raw.list(), settings.tz_offset_hours)
-    instance.add_dynamic_partitions(REGION_PARTITIONS_NAME, protocol.known_regions(engine))
+    registration.upsert_devices(engine, summary.devices)
+    registration.register_keys(engine, raw.list(), settings.tz_offset_hours)
+    instance.add_dynamic_partitions(REGION_PARTITIONS_NAME, registration.known_regions(engine))
     resources = dict(build_definitions(settings).resources)
     for _ in range(3):
         assert materialize(instance, resources, DAY, REGION, key_limit=1).success

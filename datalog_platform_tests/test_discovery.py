@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from dagster_aws.s3 import S3Resource
 
 from datalog_platform.core.discovery import DiscoveryCursor, DiscoveryLimits, discover, reconcile, window_start
-from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger import protocol, registration
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import PENDING, SUCCESS, keys
 from datalog_platform.core.store import LocalStore, ObjectInfo, ObjectStore, S3Access, S3Store
@@ -101,7 +101,7 @@ def test_tick_is_capped_by_requests_and_continues(tmp_path: Path, engine: sa.Eng
     devices = [f"dev{n}" for n in range(5)]
     for device in devices:
         raw.write_bytes(raw_key(device, hour_ago(2, now), "old"), b"{}")
-    protocol.upsert_devices(engine, [(d, "R1") for d in devices])
+    registration.upsert_devices(engine, [(d, "R1") for d in devices])
     reconcile(raw, engine, TZ)
     new = {raw_key(d, hour_ago(0, now), f"new{i}") for d in devices for i in range(3)}
     for key in new:
@@ -198,7 +198,7 @@ def test_sensor_registers_reports_and_is_idempotent(
     assert raw_logs_sensor.default_status == dg.DefaultSensorStatus.RUNNING
     raw = LocalStore(tmp_path / "raw")
     engine = ledger_engine(resources["ledger"].url)
-    protocol.upsert_devices(engine, [("devA", "R1"), ("devB", "R2")])
+    registration.upsert_devices(engine, [("devA", "R1"), ("devB", "R2")])
     now = protocol.utcnow()
     written = {raw_key("devA", hour_ago(h, now)): b"{}\n" * (h + 1) for h in range(3)}
     written[raw_key("devB", hour_ago(0, now))] = b"{}\n"
@@ -249,7 +249,7 @@ def test_late_keys_inside_the_window_and_reconciliation(
     the window is not, and the reconciliation job registers it."""
     raw = LocalStore(tmp_path / "raw")
     engine = ledger_engine(resources["ledger"].url)
-    protocol.upsert_devices(engine, [("devA", "R1")])
+    registration.upsert_devices(engine, [("devA", "R1")])
     now = protocol.utcnow()
     raw.write_bytes(raw_key("devA", hour_ago(1, now)), b"{}")
     cursor = tick(instance, resources, None).cursor
@@ -321,8 +321,8 @@ def test_discovery_at_scale_on_s3(
     seed_moto(s3_bucket, [f"raw/{k}" for k in existing])
     seed_seconds = time.perf_counter() - started
     # the ledger already knows them (what the previous ticks and reconciliations left)
-    protocol.upsert_devices(engine, [(d, "R1") for d in devices])
-    protocol.register_keys(engine, [ObjectInfo(k, 2) for k in existing], TZ)
+    registration.upsert_devices(engine, [(d, "R1") for d in devices])
+    registration.register_keys(engine, [ObjectInfo(k, 2) for k in existing], TZ)
 
     new = [raw_key(d, hour_ago(0, now), f"n{i:02d}") for d in active for i in range(NEW_PER_ACTIVE)]
     new += [

@@ -41,16 +41,13 @@ from datalog_platform.core.ledger.protocol import (
     commit_statements,
     local_date,
     parse_raw_key,
-    pending_partitions,
     record_intent,
     recover_expired,
-    register_keys,
     release_statement,
     renew_lease,
-    route_unrouted,
-    upsert_devices,
     utcnow,
 )
+from datalog_platform.core.ledger.registration import pending_partitions, register_keys, route_unrouted, upsert_devices
 from datalog_platform.core.ledger.schema import (
     ABORTED,
     ABORTING,

@@ -29,7 +29,7 @@ from pyspark.sql import types as st
 
 from datalog_platform.core.generate import GenerateSummary, generate
 from datalog_platform.core.ingest import ingest_batch
-from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger import protocol, registration
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import keys
 from datalog_platform.core.store import LocalStore
@@ -94,9 +94,9 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
     conn = duckdb.connect()
     try:
         install_macros(conn)
-        protocol.upsert_devices(engine, summary.devices)
-        protocol.register_keys(engine, raw.list(), TZ_OFFSET_HOURS)
-        for part in protocol.pending_partitions(engine):
+        registration.upsert_devices(engine, summary.devices)
+        registration.register_keys(engine, raw.list(), TZ_OFFSET_HOURS)
+        for part in registration.pending_partitions(engine):
             batch = protocol.claim_batch(engine, part.part_date, part.dstrct_code, 1000, "test", 60)
             assert batch is not None, part
             ingest_batch(engine, conn, raw, lake_store, batch, TZ_OFFSET_HOURS, 60, 3)

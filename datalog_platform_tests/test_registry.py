@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from dagster_aws.s3 import S3Resource
 
 from datalog_platform.core.generate import REGISTRY_KEY
-from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger import registration
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import PENDING, UNROUTED, devices, keys
 from datalog_platform.core.store import LocalStore, ObjectInfo
@@ -57,7 +57,7 @@ def test_registry_sync_routes_waiting_keys(
     raw = LocalStore(tmp_path / "raw")
     engine = ledger_engine(resources["ledger"].url)
     waiting = ["devA/2026110100/x.json", "devB/2026110100/x.json", "devZ/2026110100/x.json"]
-    protocol.register_keys(engine, [ObjectInfo(k, 1) for k in waiting], 8)
+    registration.register_keys(engine, [ObjectInfo(k, 1) for k in waiting], 8)
     raw.write_bytes(REGISTRY_KEY, "\ufeffdevice_id,dstrct_code\ndevA,BRCB\ndevB,KPCS\n".encode())
 
     first = sync(instance, resources)

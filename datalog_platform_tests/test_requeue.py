@@ -1,4 +1,4 @@
-"""`datalog ledger requeue` and `protocol.requeue`: FAILED or QUARANTINED keys back to PENDING.
+"""`datalog ledger requeue` and `registration.requeue`: FAILED or QUARANTINED keys back to PENDING.
 
 Covers the status, region and date filters (attempts reset, error and batch cleared, other keys
 untouched), the refusal of SUCCESS (it would duplicate rows), UNROUTED and other statuses, and the
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger import registration
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import FAILED, PENDING, QUARANTINED, SUCCESS, UNROUTED, keys
 from datalog_platform.core.store import ObjectInfo
@@ -54,9 +54,9 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine
 
 
 def fill(engine: sa.Engine) -> None:
-    protocol.upsert_devices(engine, DEVICES)
+    registration.upsert_devices(engine, DEVICES)
     objects = [ObjectInfo(key, 10, "etag") for key in [*LAYOUT, "unknown/2026110300/u.json"]]
-    protocol.register_keys(engine, objects, TZ)
+    registration.register_keys(engine, objects, TZ)
     with engine.begin() as conn:
         for key, (status, attempts) in LAYOUT.items():
             conn.execute(
@@ -82,16 +82,16 @@ def table(engine: sa.Engine) -> dict[str, tuple[str, int, str | None, str | None
 
 def test_requeue_filters_by_status_region_and_date(engine: sa.Engine) -> None:
     before = table(engine)
-    assert protocol.requeue(engine, FAILED, region="BRCB", since="2026-11-02") == 1
+    assert registration.requeue(engine, FAILED, region="BRCB", since="2026-11-02") == 1
     after = table(engine)
     assert after["dev001/2026110300/b.json"] == (PENDING, 0, None, None)
     assert {k: v for k, v in after.items() if k != "dev001/2026110300/b.json"} == {
         k: v for k, v in before.items() if k != "dev001/2026110300/b.json"
     }
 
-    assert protocol.requeue(engine, FAILED) == 2
-    assert protocol.requeue(engine, FAILED) == 0
-    assert protocol.requeue(engine, QUARANTINED, since="2026-11-01", region="KPCS") == 1
+    assert registration.requeue(engine, FAILED) == 2
+    assert registration.requeue(engine, FAILED) == 0
+    assert registration.requeue(engine, QUARANTINED, since="2026-11-01", region="KPCS") == 1
     assert table(engine)["dev002/2026110100/e.json"] == (PENDING, 0, None, None)
     assert table(engine)["dev001/2026110300/d.json"][0] == QUARANTINED
 
@@ -99,7 +99,7 @@ def test_requeue_filters_by_status_region_and_date(engine: sa.Engine) -> None:
     assert final["dev001/2026110300/f.json"] == before["dev001/2026110300/f.json"]  # SUCCESS untouched
     assert final["dev001/2026110300/g.json"] == (PENDING, 1, None, None)  # already PENDING: untouched
     # The requeued keys are ingestible again: the partitions' backlog grew.
-    assert {(p.part_date, p.dstrct_code, p.keys) for p in protocol.pending_partitions(engine)} == {
+    assert {(p.part_date, p.dstrct_code, p.keys) for p in registration.pending_partitions(engine)} == {
         ("2026-11-01", "BRCB", 1),
         ("2026-11-03", "BRCB", 2),
         ("2026-11-03", "KPCS", 1),
@@ -114,7 +114,7 @@ def test_requeue_filters_by_status_region_and_date(engine: sa.Engine) -> None:
 def test_requeue_refuses_other_statuses(engine: sa.Engine, status: str, message: str) -> None:
     before = table(engine)
     with pytest.raises(ValueError, match=message):
-        protocol.requeue(engine, status)
+        registration.requeue(engine, status)
     assert table(engine) == before
 
 

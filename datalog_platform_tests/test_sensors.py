@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from dagster_aws.s3 import S3Resource
 
 from datalog_platform.core.backlog import ingestible_backlog
-from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger import protocol, registration
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import ABORTED, CLAIMED, FAILED, PENDING, WRITING, batches, keys
 from datalog_platform.core.store import LocalStore, ObjectInfo
@@ -68,7 +68,7 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def engine(ledger_url: str) -> sa.Engine:
     engine = ledger_engine(ledger_url)
-    protocol.upsert_devices(engine, DEVICES)
+    registration.upsert_devices(engine, DEVICES)
     return engine
 
 
@@ -80,7 +80,7 @@ def instance() -> Iterator[dg.DagsterInstance]:
 
 def register(engine: sa.Engine, *names: str) -> None:
     """Register raw keys `{device}/{YYYYMMDDHH}/{name}` (UTC hour; local date = hour + 8h)."""
-    protocol.register_keys(engine, [ObjectInfo(name, 10, "etag") for name in names], TZ)
+    registration.register_keys(engine, [ObjectInfo(name, 10, "etag") for name in names], TZ)
 
 
 def tick(instance: dg.DagsterInstance, ledger_url: str) -> dg.SensorResult | dg.SkipReason:
@@ -129,7 +129,7 @@ def test_run_keys_follow_the_backlog(
     third = run_keys(tick(instance, ledger_url))
     assert third[kpcs] == first[kpcs]
     assert third[brcb] not in {first[brcb], second[brcb]}
-    assert protocol.partition_fingerprints(engine)[(DAY, "BRCB")] == third[brcb].split(":", 1)[1]
+    assert registration.partition_fingerprints(engine)[(DAY, "BRCB")] == third[brcb].split(":", 1)[1]
 
     result = tick(instance, ledger_url)
     assert isinstance(result, dg.SensorResult)

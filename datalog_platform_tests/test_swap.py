@@ -29,7 +29,7 @@ from sqlalchemy.dialects import mssql
 from datalog_platform.core.compaction import compact_directory
 from datalog_platform.core.ingest import RawObjectsMissingError, ingest_batch
 from datalog_platform.core.lake import read_live
-from datalog_platform.core.ledger import protocol, swap
+from datalog_platform.core.ledger import protocol, registration, swap
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import (
     ABORTED,
@@ -174,7 +174,7 @@ def test_rebuild_beside_a_concurrent_ingest_keeps_each_row_once(pipeline: Pipeli
 
     # a new key arrives and is ingested while the rebuild is still writing
     upload(pipeline, "dev1", 5, range(500, 504))
-    protocol.register_keys(pipeline.engine, pipeline.raw.list(), TZ_OFFSET_HOURS)
+    registration.register_keys(pipeline.engine, pipeline.raw.list(), TZ_OFFSET_HOURS)
     newcomer = ingest(pipeline, protocol.claim_batch(pipeline.engine, DAY, REGION, 100, None, LEASE_SECONDS))
     assert len(newcomer.keys) == 1
     ingest(pipeline, rebuilding)
@@ -353,9 +353,9 @@ def key_states(engine: sa.Engine) -> dict[str, tuple[object, ...]]:
 
 
 def test_rebuild_claim_takes_every_free_key_and_an_abort_restores_them(engine: sa.Engine, tmp_path: Path) -> None:
-    protocol.upsert_devices(engine, [("dev1", REGION)])
+    registration.upsert_devices(engine, [("dev1", REGION)])
     names = [f"dev1/20261101{h:02d}/log.json" for h in range(6)] + ["stranger/2026110100/log.json"]
-    protocol.register_keys(engine, [ObjectInfo(n, 10, None) for n in names], TZ_OFFSET_HOURS)
+    registration.register_keys(engine, [ObjectInfo(n, 10, None) for n in names], TZ_OFFSET_HOURS)
     done = protocol.claim_batch(engine, DAY, REGION, 3, None, LEASE_SECONDS)
     assert done is not None
     protocol.commit_batch(
@@ -388,7 +388,7 @@ def test_rebuild_claim_takes_every_free_key_and_an_abort_restores_them(engine: s
         assert conn.execute(sa.select(lake_files.c.retire_by, lake_files.c.state)).all() == [
             (rebuilding.batch_id, LIVE)
         ]
-    assert protocol.requeue(engine, QUARANTINED) == 0  # a held key is not requeued under the rebuild
+    assert registration.requeue(engine, QUARANTINED) == 0  # a held key is not requeued under the rebuild
 
     assert protocol.abort_batch(engine, LocalStore(tmp_path / "lake"), rebuilding.batch_id, "stopped", MAX_ATTEMPTS)
 

@@ -18,7 +18,8 @@ from datalog_platform.core.ledger import protocol
 from datalog_platform.core.ledger.schema import DERIVE, LIVE, lake_files
 from datalog_platform.core.ledger.swap import PartitionBusyError
 from datalog_platform.core.store import ObjectStore
-from datalog_platform.core.transform.convert import DATASET, copy_to_lake
+from datalog_platform.core.transform.convert import DATASET
+from datalog_platform.core.transform.write import copy_to_lake
 
 HOURLY_STATS = "hourly_device_stats"
 ANOMALIES = "device_anomalies"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from datalog_platform.core.ledger import protocol
-from datalog_platform.core.ledger.protocol import PartitionBacklog
+from datalog_platform.core.ledger import registration
+from datalog_platform.core.ledger.registration import PartitionBacklog
 
 
 def ingestible_backlog(engine: sa.Engine, first_date: str, last_date: str) -> tuple[list[PartitionBacklog], int]:
@@ -19,7 +19,7 @@ def ingestible_backlog(engine: sa.Engine, first_date: str, last_date: str) -> tu
     Keys outside the range have no date partition to run in (older than the partitions' start date,
     or dated in the future); they wait and are reported rather than silently dropped.
     """
-    pending = protocol.pending_partitions(engine)
+    pending = registration.pending_partitions(engine)
     in_range = [p for p in pending if first_date <= p.part_date <= last_date]
     out_of_range_keys = sum(p.keys for p in pending) - sum(p.keys for p in in_range)
     return in_range, out_of_range_keys

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from datalog_platform.core.ingest import LeaseRenewer
 from datalog_platform.core.ledger import protocol, swap
 from datalog_platform.core.store import ObjectStore
-from datalog_platform.core.transform.convert import copy_to_lake
+from datalog_platform.core.transform.write import copy_to_lake
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from datalog_platform.core.ledger import protocol, stats
+from datalog_platform.core.ledger import registration, stats
 from datalog_platform.core.store import ObjectStore
 
 # Top-level prefixes that are not devices (`_registry/` holds the device registry CSV).
@@ -133,7 +133,7 @@ class _Tick:
             page = self.store.list_page(prefix, start_after)
             self.result.keys_listed += len(page.objects)
             if page.objects:
-                found = protocol.register_keys(self.engine, page.objects, self.tz_offset_hours)
+                found = registration.register_keys(self.engine, page.objects, self.tz_offset_hours)
                 self.result.registered += found.registered
                 self.result.unrouted += found.unrouted
                 self.result.bytes += found.bytes
@@ -222,9 +222,9 @@ def discover(
     return finish(cold_after=cold_after)
 
 
-def reconcile(store: ObjectStore, engine: sa.Engine, tz_offset_hours: int) -> protocol.RegisterResult:
+def reconcile(store: ObjectStore, engine: sa.Engine, tz_offset_hours: int) -> registration.RegisterResult:
     """List the whole raw store and register every object the ledger lacks (the safety net)."""
-    return protocol.register_keys(engine, store.list(), tz_offset_hours)
+    return registration.register_keys(engine, store.list(), tz_offset_hours)
 
 
 def utc_days_of(part_date: str, tz_offset_hours: int) -> list[str]:
@@ -236,11 +236,11 @@ def utc_days_of(part_date: str, tz_offset_hours: int) -> list[str]:
 
 def register_partition(
     store: ObjectStore, engine: sa.Engine, part_date: str, region: str, tz_offset_hours: int
-) -> protocol.RegisterResult:
+) -> registration.RegisterResult:
     """List the raw objects one date x region partition can hold (each device of the region, under
     the UTC days of the local date: two list requests per device) and register those the ledger
     lacks, so that a rebuild of the partition finds every raw key, discovered or not."""
     days = utc_days_of(part_date, tz_offset_hours)
     devices = stats.devices_of_region(engine, region)
     objects = (obj for device in devices for day in days for obj in store.list(f"{device}/{day}"))
-    return protocol.register_keys(engine, objects, tz_offset_hours)
+    return registration.register_keys(engine, objects, tz_offset_hours)

@@ -8,13 +8,15 @@ the warehouse has its own metadata because it may live in a different database f
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+
+from datalog_platform.core.ledger.engine import chunks
 
 metadata = sa.MetaData()
 
@@ -123,11 +125,6 @@ def count_rows(engine: sa.Engine, ymd: str, region: str) -> int:
         return int(conn.execute(count_statement(ymd, region)).scalar_one())
 
 
-def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _params(row: Mapping[str, Any], ymd: str, region: str, now: datetime) -> dict[str, Any]:
     params = {"ymd": ymd, "dstrct_code": region, **row, "updated_at": now}
     if params["ymd"] != ymd or params["dstrct_code"] != region:
@@ -160,7 +157,7 @@ def load_hourly_stats(engine: sa.Engine, ymd: str, region: str, rows: list[dict[
             conn.execute(upsert_statement(conn.dialect.name), params)
         existing = {(device_id, hh) for device_id, hh in conn.execute(partition_keys_statement(ymd, region))}
         stale = sorted(existing - new_keys)
-        for chunk in _chunks(stale, DELETE_CHUNK):
+        for chunk in chunks(stale, DELETE_CHUNK):
             deleted += conn.execute(delete_statement(ymd, region, chunk)).rowcount
         rows_in_table = int(conn.execute(count_statement(ymd, region)).scalar_one())
     return LoadResult(upserted=len(params), deleted=deleted, rows_in_table=rows_in_table)

@@ -4,11 +4,22 @@ and process."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
 from datalog_platform.core.ledger.schema import create_schema
+
+# Rows per statement and values per IN list: well under MSSQL's 2,100 parameters a statement.
+CHUNK = 500
+
+
+def chunks(items: list[Any], size: int = CHUNK) -> Iterator[list[Any]]:
+    """`items` in consecutive slices of at most `size`."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 @functools.cache

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from datalog_platform.core.ledger.protocol import _chunks, utcnow
+from datalog_platform.core.ledger.engine import chunks
+from datalog_platform.core.ledger.protocol import utcnow
 from datalog_platform.core.ledger.schema import schema_fields
 
 _RECORD_ATTEMPTS = 3
@@ -56,7 +57,7 @@ def record_fields(
         try:
             with engine.begin() as conn:
                 now = utcnow()
-                for chunk in _chunks(new):
+                for chunk in chunks(new):
                     names = [f.field for f in chunk]
                     taken = set(
                         conn.execute(

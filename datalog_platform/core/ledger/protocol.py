@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from datalog_platform.core.ledger.engine import chunks
 from datalog_platform.core.ledger.schema import (
     ABORTED,
     ABORTING,
@@ -30,18 +31,14 @@ from datalog_platform.core.ledger.schema import (
     QUARANTINED,
     RETIRED,
     SUCCESS,
-    UNROUTED,
     WRITING,
     LakeFile,
     batches,
-    devices,
     keys,
     lake_files,
 )
 
 _RAW_KEY = re.compile(r"(?P<device>[^/]+)/(?P<hour>\d{10})/[^/]+\.json(\.gz)?")
-_CHUNK = 500
-_REGISTER_ATTEMPTS = 3
 
 
 class StaleBatchError(RuntimeError):
@@ -78,176 +75,6 @@ def parse_raw_key(key: str) -> RawKey | None:
 
 def local_date(hour: datetime, tz_offset_hours: int) -> str:
     return (hour + timedelta(hours=tz_offset_hours)).strftime("%Y-%m-%d")
-
-
-def _chunks(items: list[Any], size: int = _CHUNK) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-# ---------------------------------------------------------------------------------------------
-# Registry and discovery
-
-
-def upsert_devices(engine: sa.Engine, rows: Iterable[tuple[str, str]]) -> tuple[int, int]:
-    """Insert new devices and update changed regions; returns (inserted, updated)."""
-    wanted = dict(rows)
-    inserted = updated = 0
-    now = utcnow()
-    with engine.begin() as conn:
-        for chunk in _chunks(sorted(wanted)):
-            existing = dict(
-                conn.execute(
-                    sa.select(devices.c.device_id, devices.c.dstrct_code).where(devices.c.device_id.in_(chunk))
-                ).all()
-            )
-            new = [{"device_id": d, "dstrct_code": wanted[d], "updated_at": now} for d in chunk if d not in existing]
-            if new:
-                conn.execute(sa.insert(devices), new)
-                inserted += len(new)
-            changed = [
-                {"b_device_id": d, "b_dstrct_code": wanted[d], "b_now": now}
-                for d in chunk
-                if d in existing and existing[d] != wanted[d]
-            ]
-            if changed:
-                conn.execute(
-                    sa.update(devices)
-                    .where(devices.c.device_id == sa.bindparam("b_device_id"))
-                    .values(dstrct_code=sa.bindparam("b_dstrct_code"), updated_at=sa.bindparam("b_now")),
-                    changed,
-                )
-                updated += len(changed)
-    return inserted, updated
-
-
-@dataclass(frozen=True)
-class RegisterResult:
-    seen: int
-    registered: int
-    unrouted: int
-    ignored: int
-    bytes: int
-
-
-def register_keys(engine: sa.Engine, objects: Iterable[Any], tz_offset_hours: int) -> RegisterResult:
-    """Record new raw objects in the ledger (idempotent): PENDING if the device is known, else UNROUTED.
-
-    `objects` are ObjectInfo-like (key, size, etag); keys that are not raw log keys are ignored.
-    """
-    seen = registered = unrouted = ignored = total_bytes = 0
-    with engine.connect() as conn:
-        regions = dict(conn.execute(sa.select(devices.c.device_id, devices.c.dstrct_code)).all())
-    batch: list[tuple[Any, RawKey]] = []
-
-    def insert_new(conn: sa.Connection, now: datetime) -> list[dict[str, Any]]:
-        names = [obj.key for obj, _ in batch]
-        known = set(conn.execute(sa.select(keys.c.key).where(keys.c.key.in_(names))).scalars())
-        new_rows = []
-        for obj, raw in batch:
-            if obj.key in known:
-                continue
-            known.add(obj.key)
-            region = regions.get(raw.device_id)
-            new_rows.append(
-                {
-                    "key": obj.key,
-                    "etag": obj.etag,
-                    "size": obj.size,
-                    "device_id": raw.device_id,
-                    "key_hour": raw.hour,
-                    "dstrct_code": region,
-                    "part_date": local_date(raw.hour, tz_offset_hours),
-                    "status": PENDING if region else UNROUTED,
-                    "attempts": 0,
-                    "discovered_at": now,
-                }
-            )
-        if new_rows:
-            conn.execute(sa.insert(keys), new_rows)
-        return new_rows
-
-    def flush() -> None:
-        nonlocal registered, unrouted, total_bytes
-        if not batch:
-            return
-        for attempt in range(_REGISTER_ATTEMPTS):
-            try:
-                with engine.begin() as conn:
-                    new_rows = insert_new(conn, utcnow())
-                break
-            except sa.exc.IntegrityError:
-                # another registrar inserted some of these keys first: look again
-                if attempt == _REGISTER_ATTEMPTS - 1:
-                    raise
-        registered += len(new_rows)
-        unrouted += sum(1 for row in new_rows if row["status"] == UNROUTED)
-        total_bytes += sum(row["size"] for row in new_rows)
-        batch.clear()
-
-    for obj in objects:
-        seen += 1
-        raw = parse_raw_key(obj.key)
-        if raw is None:
-            ignored += 1
-            continue
-        batch.append((obj, raw))
-        if len(batch) >= _CHUNK:
-            flush()
-    flush()
-    return RegisterResult(seen, registered, unrouted, ignored, total_bytes)
-
-
-def route_unrouted(engine: sa.Engine) -> int:
-    """Give UNROUTED keys whose device is now in the registry its region, and make them PENDING."""
-    region = sa.select(devices.c.dstrct_code).where(devices.c.device_id == keys.c.device_id).scalar_subquery()
-    known = sa.exists().where(devices.c.device_id == keys.c.device_id)
-    with engine.begin() as conn:
-        result = conn.execute(
-            sa.update(keys).where(keys.c.status == UNROUTED, known).values(dstrct_code=region, status=PENDING)
-        )
-    return result.rowcount
-
-
-@dataclass(frozen=True)
-class PartitionBacklog:
-    part_date: str
-    dstrct_code: str
-    keys: int
-    # Identifies the pending work (see `backlog_fingerprint`); equal work, equal fingerprint.
-    fingerprint: str = ""
-
-
-def backlog_fingerprint(pending: int, max_key_id: int, attempts: int) -> str:
-    """The same PENDING keys give the same text; a new key raises the count and the highest key id,
-    and keys handed back by an aborted batch raise the sum of attempts."""
-    return f"n{pending}-k{max_key_id}-a{attempts}"
-
-
-def pending_partitions(engine: sa.Engine) -> list[PartitionBacklog]:
-    """Every (part_date, region) with PENDING keys: how many, and the fingerprint of that backlog."""
-    stmt = (
-        sa.select(
-            keys.c.part_date,
-            keys.c.dstrct_code,
-            sa.func.count(),
-            sa.func.max(keys.c.key_id),
-            sa.func.coalesce(sa.func.sum(keys.c.attempts), 0),
-        )
-        .where(keys.c.status == PENDING)
-        .group_by(keys.c.part_date, keys.c.dstrct_code)
-        .order_by(keys.c.part_date, keys.c.dstrct_code)
-    )
-    with engine.connect() as conn:
-        return [
-            PartitionBacklog(d, r, int(n), backlog_fingerprint(int(n), int(top), int(attempts)))
-            for d, r, n, top, attempts in conn.execute(stmt).all()
-        ]
-
-
-def partition_fingerprints(engine: sa.Engine) -> dict[tuple[str, str], str]:
-    """(part_date, region) -> fingerprint of its PENDING keys, for sensor run keys."""
-    return {(p.part_date, p.dstrct_code): p.fingerprint for p in pending_partitions(engine)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,7 +339,7 @@ def delete_retired(engine: sa.Engine, lake: _Listable, batch_id: str | None = No
         stmt = stmt.where(lake_files.c.retire_by == batch_id)
     with engine.connect() as conn:
         paths = list(conn.execute(stmt).scalars())
-    for chunk in _chunks(paths):
+    for chunk in chunks(paths):
         lake.delete(chunk)
         with engine.begin() as conn:
             conn.execute(sa.delete(lake_files).where(lake_files.c.path.in_(chunk), lake_files.c.state == RETIRED))
@@ -639,65 +466,3 @@ def recover_expired(engine: sa.Engine, lake: _Listable, max_attempts: int) -> li
     ]
     delete_retired(engine, lake)
     return recovered
-
-
-# ---------------------------------------------------------------------------------------------
-# Reporting
-
-
-def status_counts(engine: sa.Engine) -> dict[str, Any]:
-    with engine.connect() as conn:
-        by_status = dict(conn.execute(sa.select(keys.c.status, sa.func.count()).group_by(keys.c.status)).all())
-        by_region: dict[str, dict[str, int]] = {}
-        for region, status, count in conn.execute(
-            sa.select(keys.c.dstrct_code, keys.c.status, sa.func.count()).group_by(keys.c.dstrct_code, keys.c.status)
-        ).all():
-            by_region.setdefault(region or "(unrouted)", {})[status] = count
-        rows = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(keys.c.rows), 0))).scalar()
-    return {"by_status": by_status, "by_region": by_region, "rows": int(rows or 0)}
-
-
-def known_regions(engine: sa.Engine) -> list[str]:
-    with engine.connect() as conn:
-        return sorted(conn.execute(sa.select(devices.c.dstrct_code).distinct()).scalars())
-
-
-# ---------------------------------------------------------------------------------------------
-# Operator actions
-
-REQUEUEABLE = (FAILED, QUARANTINED)
-
-
-def requeue(engine: sa.Engine, status: str, region: str | None = None, since: str | None = None) -> int:
-    """Put keys of `status` (FAILED or QUARANTINED; optionally one region, part_date >= since) back
-    to PENDING with attempts reset and the error cleared. Returns how many keys were requeued.
-
-    SUCCESS is refused: its rows are in the lake, so ingesting the key again would duplicate them
-    (rebuilding a partition is a backfill's job). UNROUTED is refused: routing decides those.
-    """
-    if status == SUCCESS:
-        raise ValueError(
-            "SUCCESS keys cannot be requeued: their rows are already in the lake and ingesting them "
-            "again would duplicate those rows; rebuild the partition with a backfill instead"
-        )
-    if status not in REQUEUEABLE:
-        raise ValueError(f"only {' or '.join(REQUEUEABLE)} keys can be requeued, not {status!r}")
-    stmt = (
-        sa.update(keys)
-        .where(keys.c.status == status)
-        .values(
-            status=PENDING,
-            attempts=0,
-            error=None,
-            batch_id=None,
-            rows=None,
-            quarantined_lines=None,
-            done_at=None,
-        )
-    )
-    if region is not None:
-        stmt = stmt.where(keys.c.dstrct_code == region)
-    if since is not None:
-        stmt = stmt.where(keys.c.part_date >= since)
-    with engine.begin() as conn:
-        return conn.execute(stmt).rowcount

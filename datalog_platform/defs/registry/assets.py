@@ -3,7 +3,7 @@
 import dagster as dg
 
 from datalog_platform.core.generate import REGISTRY_KEY
-from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger import registration
 from datalog_platform.core.registry import read_registry_csv
 from datalog_platform.defs.constants import OWNERS
 from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME
@@ -29,13 +29,13 @@ def device_registry(
     except (ValueError, UnicodeDecodeError) as exc:
         raise dg.Failure(description=f"{raw.uri(REGISTRY_KEY)}: {exc}") from exc
     engine = ledger.get_engine()
-    inserted, updated = protocol.upsert_devices(engine, rows)
-    regions = protocol.known_regions(engine)
+    inserted, updated = registration.upsert_devices(engine, rows)
+    regions = registration.known_regions(engine)
     existing = set(context.instance.get_dynamic_partitions(REGION_PARTITIONS_NAME))
     new_regions = [r for r in regions if r not in existing]
     if new_regions:
         context.instance.add_dynamic_partitions(REGION_PARTITIONS_NAME, new_regions)
-    routed = protocol.route_unrouted(engine)
+    routed = registration.route_unrouted(engine)
     context.log.info(
         f"devices: {inserted} new, {updated} changed, {len(rows)} in file; "
         f"new regions {new_regions or 'none'}; {routed} waiting key(s) routed"
