@@ -103,6 +103,7 @@ def run_ingest(settings: Settings) -> IngestSummary:
     from datalog_platform.core.backlog import ingestible_backlog
     from datalog_platform.core.ledger.engine import ledger_engine
     from datalog_platform.definitions import build_definitions
+    from datalog_platform.defs.ingest.assets import datalog_parquet
     from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME, date_partitions, partition_key
 
     started = time.perf_counter()
@@ -142,12 +143,12 @@ def run_ingest(settings: Settings) -> IngestSummary:
                     continue
                 for event in result.get_asset_materialization_events():
                     mat = event.materialization
-                    if mat.asset_key == dg.AssetKey("datalog_parquet") and "keys" in mat.metadata:
+                    if mat.asset_key == datalog_parquet.key and "keys" in mat.metadata:
                         summary.rows += mat.metadata["rows"].value
                         summary.keys += mat.metadata["keys"].value
                         summary.quarantined_lines += mat.metadata["quarantined_lines"].value
                         summary.step_seconds += mat.metadata["seconds"].value
-                    if mat.asset_key == dg.AssetKey("datalog_parquet"):
+                    if mat.asset_key == datalog_parquet.key:
                         summary.partitions.add(str(mat.partition))
     summary.unrouted = registration.status_counts(engine)["by_status"].get("UNROUTED", 0)
     summary.seconds = time.perf_counter() - started
@@ -275,11 +276,13 @@ def cmd_demo(settings: Settings) -> int:
     code = cmd_ingest(settings)
     import duckdb
 
+    from datalog_platform.core.transform.convert import DATASET
+
     lake = settings.lake_url.rstrip("/")
     if not lake.startswith("s3://"):
-        glob = f"{lake}/datalog_v2/**/*.parquet"
+        glob = f"{lake}/{DATASET}/**/*.parquet"
         con = duckdb.connect()
-        print(f"\nThe lake ({lake}/datalog_v2, hive-partitioned by hiveperiod and dstrct_code):")
+        print(f"\nThe lake ({lake}/{DATASET}, hive-partitioned by hiveperiod and dstrct_code):")
         for day, region, rows, files in con.execute(
             "SELECT hiveperiod, dstrct_code, count(*), count(DISTINCT filename) "
             "FROM read_parquet(?, hive_partitioning = true, filename = true) GROUP BY ALL ORDER BY ALL",
@@ -301,7 +304,7 @@ def cmd_demo(settings: Settings) -> int:
         "\nNext:\n"
         "  .venv/bin/datalog ledger status        keys by status and region\n"
         "  make ui                                 Dagster UI on http://127.0.0.1:3000 (runs, partitions)\n"
-        f"  .venv/bin/python -c \"import duckdb; duckdb.sql(\\\"FROM read_parquet('{lake}/datalog_v2/**/*.parquet', "
+        f"  .venv/bin/python -c \"import duckdb; duckdb.sql(\\\"FROM read_parquet('{lake}/{DATASET}/**/*.parquet', "
         'hive_partitioning=true) LIMIT 5\\").show()"\n'
     )
     return code

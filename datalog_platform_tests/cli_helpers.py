@@ -26,9 +26,9 @@ from datalog_platform.core.duckdb_setup import enable_s3
 from datalog_platform.core.generate import device_registry, generate, registry_csv
 from datalog_platform.core.ledger.schema import keys
 from datalog_platform.core.store import LocalStore, ObjectStore, S3Access, S3Store
+from datalog_platform.core.transform.convert import DATASET
 from datalog_platform.settings import Settings
 
-DATASET = "datalog_v2"
 TZ_OFFSET_HOURS = 8
 # Variables the platform or boto3 read; the test process's own values must not leak into a scenario.
 _SCRUBBED_PREFIXES = ("DATALOG_", "DAGSTER_", "AWS_")

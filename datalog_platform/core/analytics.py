@@ -14,9 +14,8 @@ import duckdb
 import sqlalchemy as sa
 
 from datalog_platform.core.lake import device_sql, live_columns, read_live
-from datalog_platform.core.ledger import protocol
-from datalog_platform.core.ledger.schema import DERIVE, LIVE, lake_files
-from datalog_platform.core.ledger.swap import PartitionBusyError
+from datalog_platform.core.ledger import protocol, swap
+from datalog_platform.core.ledger.schema import DERIVE, lake_files
 from datalog_platform.core.store import ObjectStore
 from datalog_platform.core.transform.convert import DATASET
 from datalog_platform.core.transform.write import copy_to_lake
@@ -118,22 +117,7 @@ def replace_partition(
     )
     with engine.connect() as sql, sql.begin():
         batch_id = protocol.insert_batch(sql, DERIVE, day, region, run_id, lease_seconds)
-        sql.execute(
-            sa.update(lake_files)
-            .where(*where, lake_files.c.state == LIVE, lake_files.c.retire_by.is_(None))
-            .values(retire_by=batch_id)
-        )
-        held = (
-            sql.execute(
-                sa.select(lake_files.c.retire_by).where(
-                    *where, lake_files.c.state == LIVE, lake_files.c.retire_by != batch_id
-                )
-            )
-            .scalars()
-            .first()
-        )
-        if held is not None:
-            raise PartitionBusyError(f"{dataset} {day} / {region}: batch {held} is replacing its files")
+        swap.hold_files(sql, batch_id, f"{dataset} {day} / {region}", *where)
     try:
         rows = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         files: list[protocol.LakeFile] = []

@@ -102,6 +102,20 @@ class Batch:
         return sum(k.size for k in self.keys)
 
 
+def claimed_batch(
+    batch_id: str, run_id: str | None, part_date: str, region: str, claimed: list[Any], kind: str = INGEST
+) -> Batch:
+    """The Batch of a claim from its (key_id, key, size) rows."""
+    return Batch(
+        batch_id=batch_id,
+        run_id=run_id,
+        part_date=part_date,
+        dstrct_code=region,
+        keys=tuple(ClaimedKey(int(i), k, int(s)) for i, k, s in claimed),
+        kind=kind,
+    )
+
+
 MSSQL_CLAIM_SQL = (
     "UPDATE TOP (:limit) keys WITH (ROWLOCK, UPDLOCK, READPAST) "
     "SET status = :claimed, batch_id = :batch_id "
@@ -180,13 +194,7 @@ def claim_batch(
             tx.rollback()
             return None
         conn.execute(sa.update(batches).where(batches.c.batch_id == batch_id).values(keys=len(claimed)))
-    return Batch(
-        batch_id=batch_id,
-        run_id=run_id,
-        part_date=part_date,
-        dstrct_code=region,
-        keys=tuple(ClaimedKey(int(i), k, int(s)) for i, k, s in claimed),
-    )
+    return claimed_batch(batch_id, run_id, part_date, region, claimed)
 
 
 def renew_lease(engine: sa.Engine, batch_id: str, lease_seconds: int) -> bool:

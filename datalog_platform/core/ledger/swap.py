@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from datalog_platform.core.ledger.protocol import Batch, ClaimedKey, insert_batch
+from datalog_platform.core.ledger.protocol import Batch, claimed_batch, insert_batch
 from datalog_platform.core.ledger.schema import (
     CLAIMED,
     COMPACT,
@@ -48,6 +48,25 @@ def _mark(conn: sa.Connection, batch_id: str, *where: sa.ColumnElement[bool]) ->
     )
 
 
+def hold_files(conn: sa.Connection, batch_id: str, what: str, *where: sa.ColumnElement[bool]) -> None:
+    """Mark every LIVE file matching `where` to be replaced by `batch_id`, in the caller's
+    transaction; PartitionBusyError (which rolls the transaction back) if another rebuild,
+    compaction or derive already holds some of them."""
+    _mark(conn, batch_id, *where)
+    holders = sorted(
+        conn.execute(
+            sa.select(lake_files.c.retire_by)
+            .where(*where, lake_files.c.state == LIVE, lake_files.c.retire_by != batch_id)
+            .distinct()
+        ).scalars()
+    )
+    if holders:
+        raise PartitionBusyError(
+            f"{what} has files held by batch(es) {', '.join(holders)} (a rebuild, compaction or derive in "
+            "progress); run it again when they have ended"
+        )
+
+
 def claim_rebuild(
     engine: sa.Engine, part_date: str, region: str, run_id: str | None, lease_seconds: int
 ) -> Batch | None:
@@ -62,20 +81,7 @@ def claim_rebuild(
     of_partition = (lake_files.c.part_date == part_date, lake_files.c.dstrct_code == region)
     with engine.connect() as conn, conn.begin() as tx:
         batch_id = insert_batch(conn, REBUILD, part_date, region, run_id, lease_seconds)
-        _mark(conn, batch_id, *of_partition)
-        holders = sorted(
-            conn.execute(
-                sa.select(lake_files.c.retire_by)
-                .where(*of_partition, lake_files.c.state == LIVE, lake_files.c.retire_by != batch_id)
-                .distinct()
-            ).scalars()
-        )
-        if holders:
-            tx.rollback()
-            raise PartitionBusyError(
-                f"partition {part_date} / {region} has files held by batch(es) {', '.join(holders)} "
-                "(a rebuild or compaction in progress); run the rebuild again when they have ended"
-            )
+        hold_files(conn, batch_id, f"partition {part_date} / {region}", *of_partition)
         claimed = sorted(
             conn.execute(
                 sa.update(keys)
@@ -92,14 +98,7 @@ def claim_rebuild(
             tx.rollback()
             return None
         conn.execute(sa.update(batches).where(batches.c.batch_id == batch_id).values(keys=len(claimed)))
-    return Batch(
-        batch_id=batch_id,
-        run_id=run_id,
-        part_date=part_date,
-        dstrct_code=region,
-        keys=tuple(ClaimedKey(int(i), k, int(s)) for i, k, s in claimed),
-        kind=REBUILD,
-    )
+    return claimed_batch(batch_id, run_id, part_date, region, claimed, REBUILD)
 
 
 @dataclass(frozen=True)

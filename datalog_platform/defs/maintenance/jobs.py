@@ -8,6 +8,7 @@ from datalog_platform.core.compaction import compact_directory
 from datalog_platform.core.duckdb_setup import enable_s3
 from datalog_platform.core.ledger import protocol, swap
 from datalog_platform.core.transform.convert import DATASET
+from datalog_platform.defs.ingest.assets import datalog_parquet
 from datalog_platform.defs.partitions import date_partitions, partition_key
 from datalog_platform.defs.resources import LedgerResource, StoresResource
 from datalog_platform.settings import Settings
@@ -66,7 +67,7 @@ def compact_lake(
             if directory.dataset == DATASET and directory.hiveperiod >= first_date:
                 context.log_event(
                     dg.AssetObservation(
-                        asset_key="datalog_parquet",
+                        asset_key=datalog_parquet.key,
                         partition=partition_key(directory.hiveperiod, directory.dstrct_code),
                         metadata={
                             "compacted_by": report.batch_id,
