@@ -19,7 +19,13 @@ import sqlalchemy as sa
 from datalog_platform.core.ledger import registration
 from datalog_platform.core.registry import read_registry_csv
 from datalog_platform.core.store import StoreNotFoundError
-from datalog_platform.settings import HOME_SETTINGS_FILE, Settings, read_home_settings, record_home_setting
+from datalog_platform.settings import (
+    HOME_SETTINGS_FILE,
+    Settings,
+    debug_requested,
+    read_home_settings,
+    record_home_setting,
+)
 
 DEMO_HOURS = 30
 START_DATE_SETTING = "DATALOG_PARTITIONS_START_DATE"
@@ -407,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = error_message(exc, settings)
         if message is None:
             raise
-        if args.debug or os.environ.get("DATALOG_DEBUG", "") not in ("", "0"):
+        if args.debug or debug_requested():
             traceback.print_exc()
         print(f"datalog: {message}", file=sys.stderr)
         return 2

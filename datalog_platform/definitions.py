@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import dagster as dg
@@ -27,14 +26,21 @@ from datalog_platform.defs.maintenance.sensors import batch_recovery_sensor, exp
 from datalog_platform.defs.quality.assets import data_quality_report
 from datalog_platform.defs.quality.checks import datalog_parquet_checks
 from datalog_platform.defs.registry.assets import device_registry
-from datalog_platform.defs.resources import LedgerResource, QualityResource, StoresResource, WarehouseResource
+from datalog_platform.defs.resources import (
+    CompactionResource,
+    DiscoveryResource,
+    LedgerResource,
+    QualityResource,
+    StoresResource,
+    WarehouseResource,
+)
 from datalog_platform.settings import Settings
 
 
-def _secret(name: str, value: str) -> str | dg.EnvVar:
-    """A value that may hold credentials is passed as an EnvVar when it comes from the
+def _secret(settings: Settings, name: str, value: str) -> str | dg.EnvVar:
+    """A value that may hold credentials is passed as an EnvVar when it comes from the process
     environment, so that it never shows in the UI; otherwise the value itself."""
-    return dg.EnvVar(name) if os.environ.get(name) == value else value
+    return dg.EnvVar(name) if name in settings.environ_names else value
 
 
 def _with_code_references(assets: list[dg.AssetsDefinition | dg.AssetSpec]) -> list[dg.AssetsDefinition | dg.AssetSpec]:
@@ -71,22 +77,33 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             hourly_ingest_schedule,
             daily_reconciliation_schedule,
             daily_compaction_schedule,
-            daily_analytics_schedule,
+            daily_analytics_schedule(settings.tz_offset_hours),
         ],
         resources={
             "ledger": LedgerResource(
-                url=_secret("DATALOG_LEDGER_URL", settings.ledger_url),
+                url=_secret(settings, "DATALOG_LEDGER_URL", settings.ledger_url),
                 key_limit_per_run=settings.key_limit_per_run,
                 lease_seconds=settings.lease_seconds,
                 max_attempts=settings.max_attempts,
                 tz_offset_hours=settings.tz_offset_hours,
+                max_runs_per_tick=settings.max_runs_per_tick,
+            ),
+            "discovery": DiscoveryResource(
+                max_requests=settings.discovery_max_requests,
+                max_keys=settings.discovery_max_keys,
+                window_hours=settings.discovery_window_hours,
+                cold_requests=settings.discovery_cold_requests,
+                prefixes_per_tick=settings.discovery_prefixes_per_tick,
+            ),
+            "compaction": CompactionResource(
+                min_files=settings.compaction_min_files, target_mb=settings.compaction_target_mb
             ),
             "stores": StoresResource(
                 raw_url=settings.raw_url,
                 lake_url=settings.lake_url,
                 s3=S3Resource(region_name=settings.aws_region, endpoint_url=settings.s3_endpoint_url),
             ),
-            "warehouse": WarehouseResource(url=_secret("DATALOG_WAREHOUSE_URL", settings.warehouse_url)),
+            "warehouse": WarehouseResource(url=_secret(settings, "DATALOG_WAREHOUSE_URL", settings.warehouse_url)),
             "quality": QualityResource(
                 quarantine_warn_rate=settings.quarantine_warn_rate,
                 quarantine_fail_rate=settings.quarantine_fail_rate,

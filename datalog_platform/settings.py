@@ -54,6 +54,14 @@ class Settings:
     quarantine_warn_rate: float = 0.01
     quarantine_fail_rate: float = 0.10
     pending_max_age_minutes: int = 180
+    discovery_max_requests: int = 200
+    discovery_max_keys: int = 50_000
+    discovery_window_hours: int = 6
+    discovery_cold_requests: int = 10
+    discovery_prefixes_per_tick: int = 10_000
+    # The variables these settings were read from that the process environment holds: the
+    # definitions pass those that may carry credentials to Dagster by name (EnvVar), never by value.
+    environ_names: frozenset[str] = frozenset()
 
     @property
     def spill_dir(self) -> Path:
@@ -94,6 +102,12 @@ class Settings:
             quarantine_warn_rate=warn_rate,
             quarantine_fail_rate=read.number("DATALOG_QUARANTINE_FAIL_RATE", 0.10, warn_rate, 1.0),
             pending_max_age_minutes=read.integer("DATALOG_PENDING_MAX_AGE_MINUTES", 180, 1),
+            discovery_max_requests=read.integer("DATALOG_DISCOVERY_MAX_REQUESTS", 200, 1),
+            discovery_max_keys=read.integer("DATALOG_DISCOVERY_MAX_KEYS", 50_000, 1),
+            discovery_window_hours=read.integer("DATALOG_DISCOVERY_WINDOW_HOURS", 6, 1),
+            discovery_cold_requests=read.integer("DATALOG_DISCOVERY_COLD_REQUESTS", 10, 0),
+            discovery_prefixes_per_tick=read.integer("DATALOG_DISCOVERY_PREFIXES_PER_TICK", 10_000, 1),
+            environ_names=frozenset(n for n, v in environ.items() if env is None and n.startswith("DATALOG_") and v),
         )
 
 
@@ -219,3 +233,8 @@ def _parsed(kind: Callable[[str], _Number], text: str) -> _Number | None:
         return kind(text)
     except ValueError:
         return None
+
+
+def debug_requested(env: Mapping[str, str] | None = None) -> bool:
+    """DATALOG_DEBUG set to anything but 0: errors show their traceback."""
+    return (os.environ if env is None else env).get("DATALOG_DEBUG", "") not in ("", "0")

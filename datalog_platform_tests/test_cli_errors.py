@@ -34,7 +34,7 @@ from dagster_aws.s3 import S3Resource
 
 from datalog_platform.core.store import StoreNotFoundError
 from datalog_platform.defs.discovery.sensors import raw_logs_sensor
-from datalog_platform.defs.resources import LedgerResource, StoresResource
+from datalog_platform.defs.resources import DiscoveryResource, LedgerResource, StoresResource
 from datalog_platform_tests import ledger_helpers
 from datalog_platform_tests.cli_helpers import cli_env, describe, run_cli
 
@@ -277,6 +277,7 @@ def test_discovery_sensor_fails_clearly_when_the_raw_directory_is_missing(tmp_pa
     resources = {
         "ledger": LedgerResource(url=f"sqlite:///{tmp_path / 'ledger.db'}"),
         "stores": StoresResource(raw_url=str(raw), lake_url=str(tmp_path / "lake"), s3=S3Resource()),
+        "discovery": DiscoveryResource(),
     }
     with dg.instance_for_test() as instance, dg.build_sensor_context(instance=instance, resources=resources) as ctx:
         with pytest.raises(StoreNotFoundError, match="raw-typo"):

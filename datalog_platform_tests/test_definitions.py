@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pytest
@@ -29,7 +30,7 @@ from datalog_platform.core.generate import generate
 from datalog_platform.core.ledger import protocol, registration
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import COMMITTED, PENDING, SUCCESS, batches
-from datalog_platform.core.store import LocalStore
+from datalog_platform.core.store import LocalStore, ObjectInfo
 from datalog_platform.definitions import build_definitions, defs
 from datalog_platform.defs.constants import TRIGGER_TAG
 from datalog_platform.defs.discovery.assets import raw_datalog_logs
@@ -404,3 +405,25 @@ def test_date_partitions_run_from_the_start_date_to_todays_local_date() -> None:
         today = (datetime.now(UTC) + timedelta(hours=offset)).date().isoformat()
         assert dates.get_first_partition_key() == "2026-01-01"
         assert dates.get_last_partition_key() == today, offset
+
+
+def test_daily_analytics_schedule_runs_at_local_half_past_one_for_the_day_that_ended(tmp_path: Path) -> None:
+    """The cron and the day it asks for use the same offset, the one the definitions were built with."""
+    settings = Settings.from_env({"DATALOG_HOME": str(tmp_path / "home"), "DATALOG_TZ_OFFSET_HOURS": "8"})
+    engine = ledger_engine(settings.ledger_url)
+    registration.upsert_devices(engine, [("dev00000", REGION)])
+    registration.register_keys(engine, [ObjectInfo("dev00000/2026110103/a.json", 10)], 8)  # 11:00 local on DAY
+    built = build_definitions(settings)
+    schedule = built.resolve_schedule_def("daily_analytics_schedule")
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("30 1 * * *", "Etc/GMT-8")
+    tick_time = datetime(2026, 11, 2, 1, 30, tzinfo=ZoneInfo("Etc/GMT-8"))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(REGION_PARTITIONS_NAME, [REGION])
+        with dg.build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=tick_time,
+            resources=dict(built.resources),
+            repository_def=built.get_repository_def(),
+        ) as context:
+            (request,) = schedule.evaluate_tick(context).run_requests
+    assert request.partition_key == f"{DAY}|{REGION}" and request.run_key == f"analytics:{DAY}:{REGION}"

@@ -36,7 +36,7 @@ from datalog_platform.core.store import LocalStore, ObjectInfo, ObjectStore, S3A
 from datalog_platform.defs.discovery.jobs import reconcile_raw_keys_job
 from datalog_platform.defs.discovery.schedules import daily_reconciliation_schedule
 from datalog_platform.defs.discovery.sensors import raw_logs_sensor
-from datalog_platform.defs.resources import LedgerResource, StoresResource
+from datalog_platform.defs.resources import DiscoveryResource, LedgerResource, StoresResource
 
 TZ = 8
 
@@ -175,6 +175,7 @@ def resources(tmp_path: Path) -> dict[str, Any]:
     return {
         "ledger": LedgerResource(url=f"sqlite:///{tmp_path}/ledger.db", tz_offset_hours=TZ),
         "stores": StoresResource(raw_url=str(tmp_path / "raw"), lake_url=str(tmp_path / "lake"), s3=S3Resource()),
+        "discovery": DiscoveryResource(),
     }
 
 

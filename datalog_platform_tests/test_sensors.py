@@ -83,8 +83,9 @@ def register(engine: sa.Engine, *names: str) -> None:
     registration.register_keys(engine, [ObjectInfo(name, 10, "etag") for name in names], TZ)
 
 
-def tick(instance: dg.DagsterInstance, ledger_url: str) -> dg.SensorResult | dg.SkipReason:
-    context = dg.build_sensor_context(instance=instance, resources={"ledger": LedgerResource(url=ledger_url)})
+def tick(instance: dg.DagsterInstance, ledger_url: str, max_runs: int = 20) -> dg.SensorResult | dg.SkipReason:
+    ledger = LedgerResource(url=ledger_url, max_runs_per_tick=max_runs)
+    context = dg.build_sensor_context(instance=instance, resources={"ledger": ledger})
     result = pending_keys_sensor(context)
     assert isinstance(result, (dg.SensorResult, dg.SkipReason))
     return result
@@ -185,13 +186,11 @@ def test_new_regions_are_requested_as_dynamic_partitions(
     assert not again.dynamic_partitions_requests
 
 
-def test_one_tick_requests_at_most_the_cap(
-    instance: dg.DagsterInstance, engine: sa.Engine, ledger_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_one_tick_requests_at_most_the_cap(instance: dg.DagsterInstance, engine: sa.Engine, ledger_url: str) -> None:
     """Oldest dates first, at most DATALOG_MAX_RUNS_PER_TICK runs; the rest wait and the summary says so."""
     register(engine, *[f"dev001/202611{day:02d}00/a.json" for day in range(1, 6)])
-    monkeypatch.setenv("DATALOG_MAX_RUNS_PER_TICK", "2")
-    assert set(run_keys(tick(instance, ledger_url))) == {"2026-11-01|BRCB", "2026-11-02|BRCB"}
+    assert Settings.from_env({"DATALOG_MAX_RUNS_PER_TICK": "2"}).max_runs_per_tick == 2
+    assert set(run_keys(tick(instance, ledger_url, max_runs=2))) == {"2026-11-01|BRCB", "2026-11-02|BRCB"}
 
     plan = backlog_runs(instance, engine, "test", max_runs=2)
     assert plan.deferred == 3

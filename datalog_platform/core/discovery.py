@@ -24,8 +24,6 @@ Registration is idempotent, so a key listed twice is registered once.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -47,17 +45,6 @@ class DiscoveryLimits:
     window_hours: int = 6
     cold_requests: int = 10
     prefixes_per_tick: int = 10_000
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> DiscoveryLimits:
-        """DATALOG_DISCOVERY_{MAX_REQUESTS,MAX_KEYS,WINDOW_HOURS,COLD_REQUESTS,PREFIXES_PER_TICK}."""
-        env = os.environ if env is None else env
-        defaults = cls()
-        values = {
-            name: int(env.get(f"DATALOG_DISCOVERY_{name.upper()}") or getattr(defaults, name))
-            for name in ("max_requests", "max_keys", "window_hours", "cold_requests", "prefixes_per_tick")
-        }
-        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,18 @@ REGION_PARTITIONS_NAME = "region"
 region_partitions = dg.DynamicPartitionsDefinition(name=REGION_PARTITIONS_NAME)
 
 
+def local_zone(tz_offset_hours: int) -> str:
+    """The IANA name of the fixed zone UTC + `tz_offset_hours`. POSIX-style zone names count the
+    other way round: Etc/GMT-8 is UTC+8."""
+    return f"Etc/GMT{-tz_offset_hours:+d}"
+
+
 def local_dates(settings: Settings) -> dg.DailyPartitionsDefinition:
     """Daily partitions of the local calendar (UTC + the configured offset), from the start date up
     to today's local date: today is listed (its keys are ingested as they come), tomorrow is not."""
-    # POSIX-style zone names count the other way round: Etc/GMT-8 is UTC+8.
-    zone = f"Etc/GMT{-settings.tz_offset_hours:+d}"
-    return dg.DailyPartitionsDefinition(start_date=settings.partitions_start_date, timezone=zone, end_offset=1)
+    return dg.DailyPartitionsDefinition(
+        start_date=settings.partitions_start_date, timezone=local_zone(settings.tz_offset_hours), end_offset=1
+    )
 
 
 date_partitions = local_dates(Settings.from_env())

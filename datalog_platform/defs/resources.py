@@ -11,6 +11,7 @@ from dagster_aws.s3 import S3Resource
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from datalog_platform.core.discovery import DiscoveryLimits
 from datalog_platform.core.duckdb_setup import enable_s3
 from datalog_platform.core.ledger.engine import database_engine, ledger_engine
 from datalog_platform.core.store import (
@@ -39,9 +40,57 @@ class LedgerResource(dg.ConfigurableResource):
     )
     max_attempts: int = Field(default=3, description="Failed batches a key survives before it is FAILED")
     tz_offset_hours: int = Field(default=8, description="Local time = UTC + offset (DATALOG_TZ_OFFSET_HOURS)")
+    max_runs_per_tick: int = Field(
+        default=20,
+        description="Most runs pending_keys_sensor or the hourly schedule requests at once (DATALOG_MAX_RUNS_PER_TICK)",
+    )
 
     def get_engine(self) -> sa.Engine:
         return ledger_engine(self.url)
+
+
+class DiscoveryResource(dg.ConfigurableResource):
+    """How much one tick of `raw_logs_sensor` may list, and how far back it looks for late keys.
+
+    Example:
+        DiscoveryResource(max_requests=200, max_keys=50_000, window_hours=6)
+    """
+
+    max_requests: int = Field(
+        default=200, description="Most list requests in one tick (DATALOG_DISCOVERY_MAX_REQUESTS)"
+    )
+    max_keys: int = Field(default=50_000, description="Most listed keys in one tick (DATALOG_DISCOVERY_MAX_KEYS)")
+    window_hours: int = Field(
+        default=6, description="Trailing window of hours re-listed for late keys (DATALOG_DISCOVERY_WINDOW_HOURS)"
+    )
+    cold_requests: int = Field(
+        default=10, description="List requests a tick spends on silent devices (DATALOG_DISCOVERY_COLD_REQUESTS)"
+    )
+    prefixes_per_tick: int = Field(
+        default=10_000, description="New device prefixes scanned in one tick (DATALOG_DISCOVERY_PREFIXES_PER_TICK)"
+    )
+
+    def limits(self) -> DiscoveryLimits:
+        return DiscoveryLimits(
+            max_requests=self.max_requests,
+            max_keys=self.max_keys,
+            window_hours=self.window_hours,
+            cold_requests=self.cold_requests,
+            prefixes_per_tick=self.prefixes_per_tick,
+        )
+
+
+class CompactionResource(dg.ConfigurableResource):
+    """Which hive directories the daily compaction rewrites, and into files of what size.
+
+    Example:
+        CompactionResource(min_files=8, target_mb=256)
+    """
+
+    min_files: int = Field(
+        default=8, description="Compact directories with more files of one partition (DATALOG_COMPACTION_MIN_FILES)"
+    )
+    target_mb: int = Field(default=256, description="Size of the files written, in MB (DATALOG_COMPACTION_TARGET_MB)")
 
 
 def s3_access(s3: S3Resource) -> S3Access:
@@ -113,7 +162,11 @@ class WarehouseResource(dg.ConfigurableResource):
 
 
 class QualityResource(dg.ConfigurableResource):
-    """Thresholds of the checks on `datalog_parquet` partitions."""
+    """Thresholds of the checks on `datalog_parquet` partitions.
+
+    Example:
+        QualityResource(quarantine_warn_rate=0.01, quarantine_fail_rate=0.10, pending_max_age_minutes=180)
+    """
 
     quarantine_warn_rate: float = Field(
         default=0.01, description="Quarantined share of lines above which the check warns"

@@ -10,14 +10,13 @@ import sqlalchemy as sa
 
 from datalog_platform.core.discovery import (
     DiscoveryCursor,
-    DiscoveryLimits,
     TickResult,
     discover,
 )
 from datalog_platform.core.ledger import stats
 from datalog_platform.core.ledger.protocol import utcnow
 from datalog_platform.defs.discovery.assets import raw_datalog_logs
-from datalog_platform.defs.resources import LedgerResource, StoresResource
+from datalog_platform.defs.resources import DiscoveryResource, LedgerResource, StoresResource
 
 
 def backlog_metadata(engine: sa.Engine, now: datetime) -> dict[str, int | float]:
@@ -60,7 +59,7 @@ def tick_metadata(result: TickResult) -> dict[str, int | bool | str]:
     asset_selection=dg.AssetSelection.assets(raw_datalog_logs.key),
 )
 def raw_logs_sensor(
-    context: dg.SensorEvaluationContext, ledger: LedgerResource, stores: StoresResource
+    context: dg.SensorEvaluationContext, ledger: LedgerResource, stores: StoresResource, discovery: DiscoveryResource
 ) -> dg.SensorResult:
     engine = ledger.get_engine()
     result = discover(
@@ -68,7 +67,7 @@ def raw_logs_sensor(
         engine,
         DiscoveryCursor.from_json(context.cursor),
         now=utcnow(),
-        limits=DiscoveryLimits.from_env(),
+        limits=discovery.limits(),
         tz_offset_hours=ledger.tz_offset_hours,
     )
     metadata = {**tick_metadata(result), **backlog_metadata(engine, utcnow())}

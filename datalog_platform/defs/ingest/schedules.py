@@ -8,7 +8,6 @@ from datalog_platform.defs.ingest.jobs import ingest_partition_job
 from datalog_platform.defs.ingest.sensors import backlog_runs
 from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME
 from datalog_platform.defs.resources import LedgerResource
-from datalog_platform.settings import Settings
 
 
 @dg.schedule(
@@ -28,7 +27,7 @@ def hourly_ingest_schedule(
         context.instance,
         ledger.get_engine(),
         "hourly_ingest_schedule",
-        Settings.from_env().max_runs_per_tick,
+        ledger.max_runs_per_tick,
         # A new hour may retry a backlog whose run failed before it claimed anything.
         run_key_prefix=f"{scheduled.isoformat()}:" if scheduled else "",
         skip_already_run=False,

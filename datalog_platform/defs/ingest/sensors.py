@@ -17,7 +17,6 @@ from datalog_platform.defs.constants import TRIGGER_TAG
 from datalog_platform.defs.ingest.jobs import ingest_partition_job
 from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME, date_partitions, partition_key, region_partitions
 from datalog_platform.defs.resources import LedgerResource
-from datalog_platform.settings import Settings
 
 # "{partition}:{fingerprint}" on every run requested for a backlog, by the sensor or the schedule.
 BACKLOG_TAG = "datalog/backlog"
@@ -151,9 +150,7 @@ def backlog_runs(
     ),
 )
 def pending_keys_sensor(context: dg.SensorEvaluationContext, ledger: LedgerResource) -> dg.SensorResult | dg.SkipReason:
-    plan = backlog_runs(
-        context.instance, ledger.get_engine(), "pending_keys_sensor", Settings.from_env().max_runs_per_tick
-    )
+    plan = backlog_runs(context.instance, ledger.get_engine(), "pending_keys_sensor", ledger.max_runs_per_tick)
     if not plan.run_requests:
         return dg.SkipReason(plan.skip_reason())
     context.log.info(plan.summary())

@@ -10,8 +10,7 @@ from datalog_platform.core.ledger import protocol, swap
 from datalog_platform.core.transform.convert import DATASET
 from datalog_platform.defs.ingest.assets import datalog_parquet
 from datalog_platform.defs.partitions import date_partitions, partition_key
-from datalog_platform.defs.resources import LedgerResource, StoresResource
-from datalog_platform.settings import Settings
+from datalog_platform.defs.resources import CompactionResource, LedgerResource, StoresResource
 
 
 class CompactionConfig(dg.Config):
@@ -32,10 +31,10 @@ def compact_lake(
     ledger: LedgerResource,
     stores: StoresResource,
     duckdb: DuckDBResource,
+    compaction: CompactionResource,
 ) -> None:
-    settings = Settings.from_env()
-    min_files = config.min_files if config.min_files is not None else settings.compaction_min_files
-    target_bytes = (config.target_file_mb or settings.compaction_target_mb) << 20
+    min_files = config.min_files if config.min_files is not None else compaction.min_files
+    target_bytes = (config.target_file_mb or compaction.target_mb) << 20
     engine = ledger.get_engine()
     lake = stores.lake()
     protocol.recover_expired(engine, lake, ledger.max_attempts)
