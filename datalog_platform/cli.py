@@ -110,7 +110,7 @@ def run_ingest(settings: Settings) -> IngestSummary:
     from datalog_platform.core.ledger.engine import ledger_engine
     from datalog_platform.definitions import build_definitions
     from datalog_platform.defs.ingest.assets import datalog_parquet
-    from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME, date_partitions, partition_key
+    from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME, date_range, partition_key
 
     started = time.perf_counter()
     summary = IngestSummary()
@@ -127,7 +127,7 @@ def run_ingest(settings: Settings) -> IngestSummary:
             instance.add_dynamic_partitions(REGION_PARTITIONS_NAME, new_regions)
         job = defs.resolve_job_def("ingest_partition_job")
         given_up: set[tuple[str, str]] = set()
-        first, last = date_partitions.get_first_partition_key(), date_partitions.get_last_partition_key()
+        first, last = date_range(settings.partitions_start_date, settings.tz_offset_hours)
         while True:
             in_range, summary.out_of_range_keys = ingestible_backlog(engine, first, last)
             backlog = [p for p in in_range if (p.part_date, p.dstrct_code) not in given_up]

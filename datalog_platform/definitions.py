@@ -23,6 +23,7 @@ from datalog_platform.defs.ingest.sensors import pending_keys_sensor
 from datalog_platform.defs.maintenance.jobs import compact_lake_job
 from datalog_platform.defs.maintenance.schedules import daily_compaction_schedule
 from datalog_platform.defs.maintenance.sensors import batch_recovery_sensor, expired_lease_sensor
+from datalog_platform.defs.partitions import date_region_partitions, with_partitions
 from datalog_platform.defs.quality.assets import data_quality_report
 from datalog_platform.defs.quality.checks import datalog_parquet_checks
 from datalog_platform.defs.registry.assets import device_registry
@@ -61,14 +62,17 @@ def _with_code_references(assets: list[dg.AssetsDefinition | dg.AssetSpec]) -> l
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=_with_code_references(
-            [
-                raw_datalog_logs,
-                device_registry,
-                ingest_partition,
-                hourly_device_stats,
-                device_anomalies,
-                data_quality_report,
-            ]
+            with_partitions(
+                [
+                    raw_datalog_logs,
+                    device_registry,
+                    ingest_partition,
+                    hourly_device_stats,
+                    device_anomalies,
+                    data_quality_report,
+                ],
+                date_region_partitions(settings.partitions_start_date, settings.tz_offset_hours),
+            )
         ),
         asset_checks=[datalog_parquet_checks],
         jobs=[ingest_partition_job, reconcile_raw_keys_job, compact_lake_job, analytics_job],
@@ -87,6 +91,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 max_attempts=settings.max_attempts,
                 tz_offset_hours=settings.tz_offset_hours,
                 max_runs_per_tick=settings.max_runs_per_tick,
+                partitions_start_date=settings.partitions_start_date,
             ),
             "discovery": DiscoveryResource(
                 max_requests=settings.discovery_max_requests,

@@ -28,6 +28,10 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _Number = TypeVar("_Number", int, float)
 
 
+DEFAULT_TZ_OFFSET_HOURS = 8
+DEFAULT_PARTITIONS_START_DATE = "2020-01-01"
+
+
 class SettingsError(ValueError):
     """A DATALOG_* environment variable holds a value the platform cannot use."""
 
@@ -88,13 +92,13 @@ class Settings:
             s3_endpoint_url=read.endpoint_url("DATALOG_S3_ENDPOINT_URL"),
             aws_region=read.text("AWS_REGION", read.text("AWS_DEFAULT_REGION", "us-east-1")),
             # Etc/GMT-14 .. Etc/GMT+12 are the whole-hour zones there are
-            tz_offset_hours=read.integer("DATALOG_TZ_OFFSET_HOURS", 8, -12, 14),
+            tz_offset_hours=read.integer("DATALOG_TZ_OFFSET_HOURS", DEFAULT_TZ_OFFSET_HOURS, -12, 14),
             ram_limit=read.memory_size("DATALOG_RAM_LIMIT", "2GB"),
             threads=read.integer("DATALOG_THREADS", os.cpu_count() or 2, 1),
             key_limit_per_run=read.integer("DATALOG_KEY_LIMIT_PER_RUN", 1000, 1),
             lease_seconds=read.integer("DATALOG_LEASE_SECONDS", 900, 1),
             max_attempts=read.integer("DATALOG_MAX_ATTEMPTS", 3, 1),
-            partitions_start_date=read.iso_date("DATALOG_PARTITIONS_START_DATE", "2020-01-01"),
+            partitions_start_date=read.iso_date("DATALOG_PARTITIONS_START_DATE", DEFAULT_PARTITIONS_START_DATE),
             max_runs_per_tick=read.integer("DATALOG_MAX_RUNS_PER_TICK", 20, 1),
             compaction_min_files=read.integer("DATALOG_COMPACTION_MIN_FILES", 8, 1),
             compaction_target_mb=read.integer("DATALOG_COMPACTION_TARGET_MB", 256, 1),

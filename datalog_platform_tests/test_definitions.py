@@ -35,7 +35,7 @@ from datalog_platform.definitions import build_definitions, defs
 from datalog_platform.defs.constants import TRIGGER_TAG
 from datalog_platform.defs.discovery.assets import raw_datalog_logs
 from datalog_platform.defs.ingest.assets import claimed_key_batches, datalog_parquet, ingest_partition
-from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME, date_region_partitions, local_dates, partition_key
+from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME, date_range, date_region_partitions, partition_key
 from datalog_platform.defs.registry.assets import device_registry
 from datalog_platform.defs.resources import LedgerResource, StoresResource
 from datalog_platform.settings import Settings
@@ -74,6 +74,8 @@ def test_dagster_definitions_validate(tmp_path: Path) -> None:
 
 def test_definitions_object_shape() -> None:
     """Assets, partitions, the job and the resources are what the UI and the CLI rely on."""
+    settings = Settings.from_env()
+    partitions = date_region_partitions(settings.partitions_start_date, settings.tz_offset_hours)
     graph = defs.resolve_asset_graph()
     raw, claimed, parquet = (
         graph.get(dg.AssetKey(name)) for name in ("raw_datalog_logs", "claimed_key_batches", "datalog_parquet")
@@ -83,7 +85,7 @@ def test_definitions_object_shape() -> None:
     assert graph.get_all_asset_keys() == {raw.key, registry.key, claimed.key, parquet.key, *analytics}
     for key in analytics:
         assert graph.get(key).parent_keys == {parquet.key}
-        assert graph.get(key).partitions_def == date_region_partitions
+        assert graph.get(key).partitions_def == partitions
     assert registry.is_materializable and registry.partitions_def is None
 
     assert raw.is_external and not raw.is_materializable
@@ -100,10 +102,10 @@ def test_definitions_object_shape() -> None:
         assert isinstance(dims["date"], dg.DailyPartitionsDefinition)
         assert isinstance(dims["region"], dg.DynamicPartitionsDefinition)
         assert dims["region"].name == REGION_PARTITIONS_NAME
-        assert pdef == date_region_partitions
+        assert pdef == partitions
 
     job = defs.resolve_job_def("ingest_partition_job")
-    assert job.partitions_def == date_region_partitions
+    assert job.partitions_def == partitions
     assert set(job.asset_layer.executable_asset_keys) == {claimed.key, parquet.key}
 
     checks = {c.name for c in job.asset_layer.asset_graph.asset_check_keys}
@@ -395,16 +397,24 @@ def test_a_person_materializing_a_partition_rebuilds_it_complete(tmp_path: Path,
     assert cli_helpers.row_ids(cli_helpers.lake_rows(settings.lake_url)) == expected
 
 
-def test_date_partitions_run_from_the_start_date_to_todays_local_date() -> None:
-    """The dates are local calendar dates (UTC + offset): today's is listed, tomorrow's is not."""
+def test_date_partitions_run_from_the_start_date_to_todays_local_date(tmp_path: Path) -> None:
+    """The dates are local calendar dates (UTC + offset), fixed when the definitions are built from
+    their settings: today's is listed, tomorrow's is not."""
     for offset in (-5, 0, 8, 14):
         settings = Settings.from_env(
-            {"DATALOG_TZ_OFFSET_HOURS": str(offset), "DATALOG_PARTITIONS_START_DATE": "2026-01-01"}
+            {
+                "DATALOG_HOME": str(tmp_path),
+                "DATALOG_TZ_OFFSET_HOURS": str(offset),
+                "DATALOG_PARTITIONS_START_DATE": "2026-01-01",
+            }
         )
-        dates = local_dates(settings)
+        built = build_definitions(settings).resolve_asset_graph().get(dg.AssetKey("datalog_parquet")).partitions_def
+        assert isinstance(built, dg.MultiPartitionsDefinition)
+        dates = next(d.partitions_def for d in built.partitions_defs if d.name == "date")
         today = (datetime.now(UTC) + timedelta(hours=offset)).date().isoformat()
         assert dates.get_first_partition_key() == "2026-01-01"
         assert dates.get_last_partition_key() == today, offset
+        assert date_range(settings.partitions_start_date, settings.tz_offset_hours) == ("2026-01-01", today)
 
 
 def test_daily_analytics_schedule_runs_at_local_half_past_one_for_the_day_that_ended(tmp_path: Path) -> None:

@@ -192,7 +192,7 @@ def test_one_tick_requests_at_most_the_cap(instance: dg.DagsterInstance, engine:
     assert Settings.from_env({"DATALOG_MAX_RUNS_PER_TICK": "2"}).max_runs_per_tick == 2
     assert set(run_keys(tick(instance, ledger_url, max_runs=2))) == {"2026-11-01|BRCB", "2026-11-02|BRCB"}
 
-    plan = backlog_runs(instance, engine, "test", max_runs=2)
+    plan = backlog_runs(instance, engine, "test", max_runs=2, dates=("2020-01-01", "2026-11-30"))
     assert plan.deferred == 3
     assert "3 more partition(s) wait for a later tick (at most 2 per tick)" in plan.summary()
     assert Settings.from_env({}).max_runs_per_tick == 20

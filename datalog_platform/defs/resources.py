@@ -24,6 +24,8 @@ from datalog_platform.core.store import (
 )
 from datalog_platform.core.transform.timestamps import install_macros
 from datalog_platform.core.warehouse import create_warehouse_schema
+from datalog_platform.defs.partitions import date_range
+from datalog_platform.settings import DEFAULT_PARTITIONS_START_DATE
 
 
 class LedgerResource(dg.ConfigurableResource):
@@ -40,6 +42,10 @@ class LedgerResource(dg.ConfigurableResource):
     )
     max_attempts: int = Field(default=3, description="Failed batches a key survives before it is FAILED")
     tz_offset_hours: int = Field(default=8, description="Local time = UTC + offset (DATALOG_TZ_OFFSET_HOURS)")
+    partitions_start_date: str = Field(
+        default=DEFAULT_PARTITIONS_START_DATE,
+        description="First date partition; keys of older dates wait (DATALOG_PARTITIONS_START_DATE)",
+    )
     max_runs_per_tick: int = Field(
         default=20,
         description="Most runs pending_keys_sensor or the hourly schedule requests at once (DATALOG_MAX_RUNS_PER_TICK)",
@@ -47,6 +53,10 @@ class LedgerResource(dg.ConfigurableResource):
 
     def get_engine(self) -> sa.Engine:
         return ledger_engine(self.url)
+
+    def date_range(self) -> tuple[str, str]:
+        """The first and the last date partition (today's local date)."""
+        return date_range(self.partitions_start_date, self.tz_offset_hours)
 
 
 class DiscoveryResource(dg.ConfigurableResource):

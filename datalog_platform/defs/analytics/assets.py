@@ -18,7 +18,7 @@ from datalog_platform.core.lake import read_live
 from datalog_platform.core.warehouse import load_hourly_stats
 from datalog_platform.defs.constants import OWNERS
 from datalog_platform.defs.ingest.assets import datalog_parquet
-from datalog_platform.defs.partitions import date_and_region, date_region_partitions
+from datalog_platform.defs.partitions import DECLARED_PARTITIONS, date_and_region
 from datalog_platform.defs.resources import LedgerResource, StoresResource, WarehouseResource, lake_connection
 
 ROWS_MATCH = "warehouse_rows_match_parquet"
@@ -35,7 +35,7 @@ def _lake_uri(stores: StoresResource, dataset: str, day: str, region: str) -> dg
 
 @dg.asset(
     deps=[datalog_parquet],
-    partitions_def=date_region_partitions,
+    partitions_def=DECLARED_PARTITIONS,
     group_name="analytics",
     kinds={"duckdb", "parquet", "sql"},
     owners=OWNERS,
@@ -97,7 +97,7 @@ def hourly_device_stats(
 
 @dg.asset(
     deps=[datalog_parquet],
-    partitions_def=date_region_partitions,
+    partitions_def=DECLARED_PARTITIONS,
     group_name="analytics",
     kinds={"duckdb", "parquet"},
     owners=OWNERS,

@@ -16,7 +16,7 @@ from datalog_platform.core.transform.shape import RECORD_HASH, RESCUED
 from datalog_platform.core.transform.timestamps import install_macros
 from datalog_platform.defs.constants import OWNERS, TRIGGER_TAG
 from datalog_platform.defs.discovery.assets import raw_datalog_logs
-from datalog_platform.defs.partitions import date_and_region, date_partitions, date_region_partitions, partition_key
+from datalog_platform.defs.partitions import DECLARED_PARTITIONS, date_and_region, partition_key
 from datalog_platform.defs.registry.assets import device_registry
 from datalog_platform.defs.resources import LedgerResource, StoresResource
 
@@ -153,7 +153,7 @@ def _live_rows(ledger: LedgerResource, day: str, region: str) -> int:
 @dg.multi_asset(
     name="ingest_partition",
     specs=[claimed_key_batches, datalog_parquet],
-    partitions_def=date_region_partitions,
+    partitions_def=DECLARED_PARTITIONS,
     # A run must write with the batch it claimed itself: the claim and the write are one step
     # that cannot be split, whichever of the two assets a person selects.
     can_subset=False,
@@ -211,7 +211,7 @@ def ingest_partition(
             ledger.max_attempts,
         )
     known = fields.known_fields(ledger.get_engine(), DATASET)
-    first_date = date_partitions.get_first_partition_key()
+    first_date, _ = ledger.date_range()
     for day, rows in sorted(report.partitions.items()):
         # Rows keep their own local date; a neighbouring date partition was updated too.
         if day != own_date and day >= first_date:

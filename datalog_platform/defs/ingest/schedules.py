@@ -28,6 +28,7 @@ def hourly_ingest_schedule(
         ledger.get_engine(),
         "hourly_ingest_schedule",
         ledger.max_runs_per_tick,
+        ledger.date_range(),
         # A new hour may retry a backlog whose run failed before it claimed anything.
         run_key_prefix=f"{scheduled.isoformat()}:" if scheduled else "",
         skip_already_run=False,

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from datalog_platform.core.backlog import ingestible_backlog
 from datalog_platform.defs.constants import TRIGGER_TAG
 from datalog_platform.defs.ingest.jobs import ingest_partition_job
-from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME, date_partitions, partition_key, region_partitions
+from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME, partition_key, region_partitions
 from datalog_platform.defs.resources import LedgerResource
 
 # "{partition}:{fingerprint}" on every run requested for a backlog, by the sensor or the schedule.
@@ -93,18 +93,18 @@ def backlog_runs(
     engine: sa.Engine,
     trigger: str,
     max_runs: int,
+    dates: tuple[str, str],
     run_key_prefix: str = "",
     skip_already_run: bool = True,
 ) -> BacklogRuns:
-    """Run requests for the partitions with pending keys, oldest date first, at most `max_runs`.
+    """Run requests for the partitions with pending keys dated within `dates` (the first and the
+    last date partition), oldest date first, at most `max_runs`.
 
     Partitions with a queued or running run are skipped (that run claims their keys). With
     `skip_already_run`, so is a backlog that already had a run: a run that failed before claiming
     leaves the same fingerprint, and requesting it again each tick would only fill the cap.
     """
-    backlog, out_of_range_keys = ingestible_backlog(
-        engine, date_partitions.get_first_partition_key(), date_partitions.get_last_partition_key()
-    )
+    backlog, out_of_range_keys = ingestible_backlog(engine, *dates)
     busy = _partitions_in_progress(instance)
     # partition key -> (backlog id "{partition}:{fingerprint}", pending keys), oldest date first
     parts = {
@@ -150,7 +150,9 @@ def backlog_runs(
     ),
 )
 def pending_keys_sensor(context: dg.SensorEvaluationContext, ledger: LedgerResource) -> dg.SensorResult | dg.SkipReason:
-    plan = backlog_runs(context.instance, ledger.get_engine(), "pending_keys_sensor", ledger.max_runs_per_tick)
+    plan = backlog_runs(
+        context.instance, ledger.get_engine(), "pending_keys_sensor", ledger.max_runs_per_tick, ledger.date_range()
+    )
     if not plan.run_requests:
         return dg.SkipReason(plan.skip_reason())
     context.log.info(plan.summary())

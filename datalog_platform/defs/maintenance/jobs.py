@@ -9,7 +9,7 @@ from datalog_platform.core.duckdb_setup import enable_s3
 from datalog_platform.core.ledger import protocol, swap
 from datalog_platform.core.transform.convert import DATASET
 from datalog_platform.defs.ingest.assets import datalog_parquet
-from datalog_platform.defs.partitions import date_partitions, partition_key
+from datalog_platform.defs.partitions import partition_key
 from datalog_platform.defs.resources import CompactionResource, LedgerResource, StoresResource
 
 
@@ -42,7 +42,7 @@ def compact_lake(
     if not crowded:
         context.log.info(f"no directory holds more than {min_files} files of one partition")
         return
-    first_date = date_partitions.start.strftime("%Y-%m-%d")
+    first_date, _ = ledger.date_range()
     before = after = skipped = 0
     with duckdb.get_connection() as conn:
         access = stores.s3_access()

@@ -6,7 +6,7 @@ from dagster_duckdb import DuckDBResource
 from datalog_platform.core.quality import PartitionQuality, measure
 from datalog_platform.defs.constants import OWNERS
 from datalog_platform.defs.ingest.assets import datalog_parquet
-from datalog_platform.defs.partitions import date_and_region, date_region_partitions
+from datalog_platform.defs.partitions import DECLARED_PARTITIONS, date_and_region
 from datalog_platform.defs.resources import LedgerResource, StoresResource, lake_connection
 
 
@@ -40,7 +40,7 @@ def report_markdown(q: PartitionQuality) -> str:
 
 @dg.asset(
     deps=[datalog_parquet],
-    partitions_def=date_region_partitions,
+    partitions_def=DECLARED_PARTITIONS,
     group_name="quality",
     kinds={"duckdb"},
     owners=OWNERS,

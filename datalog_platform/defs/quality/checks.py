@@ -9,7 +9,7 @@ from datalog_platform.core.ledger.protocol import utcnow
 from datalog_platform.core.ledger.stats import partitions_with_keys
 from datalog_platform.core.quality import PartitionQuality, measure
 from datalog_platform.defs.ingest.assets import datalog_parquet
-from datalog_platform.defs.partitions import date_and_region, date_partitions
+from datalog_platform.defs.partitions import date_and_region
 from datalog_platform.defs.resources import LedgerResource, QualityResource, StoresResource, lake_connection
 
 RECONCILIATION = "reconciliation"
@@ -173,8 +173,7 @@ def datalog_parquet_checks(
     if run.has_partition_key:
         partitions = [date_and_region(run.partition_key)]
     else:
-        first, last = date_partitions.get_first_partition_key(), date_partitions.get_last_partition_key()
-        partitions = partitions_with_keys(engine, first, last)
+        partitions = partitions_with_keys(engine, *ledger.date_range())
     selected = {key.name for key in context.selected_asset_check_keys}
     results: dict[str, list[dg.AssetCheckResult]] = {}
     with lake_connection(duckdb, stores) as conn:
