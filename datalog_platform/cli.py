@@ -108,9 +108,9 @@ def run_ingest(settings: Settings) -> IngestSummary:
 
     from datalog_platform.core.backlog import ingestible_backlog
     from datalog_platform.core.ledger.engine import ledger_engine
-    from datalog_platform.definitions import build_definitions
     from datalog_platform.defs.ingest.assets import datalog_parquet
     from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME, date_range, partition_key
+    from datalog_platform.defs.wiring import build_definitions
 
     started = time.perf_counter()
     summary = IngestSummary()
@@ -220,8 +220,8 @@ def cmd_generate(
     settings: Settings, devices: int, hours: int, rows: int, seed: int, start: datetime | None = None
 ) -> int:
     from datalog_platform.core.generate import DEFAULT_START, REGISTRY_KEY, generate, registry_csv
-    from datalog_platform.definitions import build_definitions
     from datalog_platform.defs.resources import StoresResource
+    from datalog_platform.defs.wiring import build_definitions
 
     stores: StoresResource = build_definitions(settings).resources["stores"]
     raw = stores.raw()
@@ -242,9 +242,9 @@ def materialize_registry(settings: Settings) -> None:
     _prepare_dagster_home(settings)
     import dagster as dg
 
-    from datalog_platform.definitions import build_definitions
     from datalog_platform.defs.constants import TRIGGER_TAG
     from datalog_platform.defs.registry.assets import device_registry
+    from datalog_platform.defs.wiring import build_definitions
 
     resources = build_definitions(settings).resources
     with dg.DagsterInstance.get() as instance:
