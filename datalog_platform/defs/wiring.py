@@ -60,6 +60,12 @@ def _with_code_references(assets: list[dg.AssetsDefinition | dg.AssetSpec]) -> l
         return dg.with_source_code_references(assets)
 
 
+def _warehouse_variable(settings: Settings) -> str:
+    """The variable the warehouse URL came from: its own, or the ledger's when it defaults to it."""
+    defaulted = "DATALOG_WAREHOUSE_URL" not in settings.environ_names and settings.warehouse_url == settings.ledger_url
+    return "DATALOG_LEDGER_URL" if defaulted else "DATALOG_WAREHOUSE_URL"
+
+
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=_with_code_references(
@@ -109,7 +115,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 lake_url=settings.lake_url,
                 s3=S3Resource(region_name=settings.aws_region, endpoint_url=settings.s3_endpoint_url),
             ),
-            "warehouse": WarehouseResource(url=_secret(settings, "DATALOG_WAREHOUSE_URL", settings.warehouse_url)),
+            "warehouse": WarehouseResource(
+                url=_secret(settings, _warehouse_variable(settings), settings.warehouse_url)
+            ),
             "quality": QualityResource(
                 quarantine_warn_rate=settings.quarantine_warn_rate,
                 quarantine_fail_rate=settings.quarantine_fail_rate,
