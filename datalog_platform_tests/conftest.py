@@ -10,23 +10,18 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import duckdb
 import pytest
-import sqlalchemy as sa
 from moto.server import ThreadedMotoServer
 
-from datalog_platform.core.duckdb_setup import enable_s3
-from datalog_platform.core.ingest import BatchReport, ingest_batch
-from datalog_platform.core.ledger import protocol, registration
 from datalog_platform.core.ledger.engine import ledger_engine
-from datalog_platform.core.ledger.schema import keys
 from datalog_platform.core.store import LocalStore, ObjectStore, S3Access, S3Store
-from datalog_platform.core.transform.timestamps import install_macros
+from datalog_platform_tests.support.pipeline import Pipeline, duckdb_for
 
 REGION = "us-east-1"
 _FAKE_AWS_ENV = {
@@ -111,17 +106,6 @@ def store_pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple
     yield S3Store(bucket, "raw/", client, access), S3Store(bucket, "lake/", client, access)
 
 
-def duckdb_for(store: ObjectStore | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with the heartbeat macros; httpfs pointed at the store's S3 endpoint."""
-    conn = duckdb.connect(
-        ":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}
-    )
-    install_macros(conn)
-    if isinstance(store, S3Store):
-        enable_s3(conn, store.access)
-    return conn
-
-
 @pytest.fixture
 def duck(store_pair: tuple[ObjectStore, ObjectStore]) -> Iterator[duckdb.DuckDBPyConnection]:
     """DuckDB for the `store_pair` under test (S3 enabled when the stores are S3)."""
@@ -145,78 +129,6 @@ def duck_factory() -> Iterator[Callable[[ObjectStore | None], duckdb.DuckDBPyCon
     yield make
     for conn in made:
         conn.close()
-
-
-TZ_OFFSET_HOURS = 8
-LEASE_SECONDS = 60
-MAX_ATTEMPTS = 3
-
-
-class Pipeline:
-    """The ingest path as a run takes it: register keys, claim per partition, ingest each batch.
-
-    Talks to a real SQLite ledger, real DuckDB and the (local or moto S3) stores.
-    """
-
-    def __init__(
-        self,
-        raw: ObjectStore,
-        lake: ObjectStore,
-        engine: sa.Engine,
-        make_duck: Callable[[ObjectStore | None], duckdb.DuckDBPyConnection],
-    ) -> None:
-        self.raw = raw
-        self.lake = lake
-        self.tz_offset_hours = TZ_OFFSET_HOURS
-        self.engine = engine
-        self.conn = make_duck(lake)
-
-    def devices(self, rows: Iterable[tuple[str, str]]) -> None:
-        registration.upsert_devices(self.engine, rows)
-
-    def run(self, limit: int = 1000) -> list[BatchReport]:
-        """Register every raw key, then claim and ingest batches until nothing is pending."""
-        registration.register_keys(self.engine, self.raw.list(), TZ_OFFSET_HOURS)
-        reports = []
-        for part in registration.pending_partitions(self.engine):
-            while batch := protocol.claim_batch(
-                self.engine, part.part_date, part.dstrct_code, limit, None, LEASE_SECONDS
-            ):
-                reports.append(
-                    ingest_batch(
-                        self.engine,
-                        self.conn,
-                        self.raw,
-                        self.lake,
-                        batch,
-                        TZ_OFFSET_HOURS,
-                        LEASE_SECONDS,
-                        MAX_ATTEMPTS,
-                    )
-                )
-        return reports
-
-    def glob(self, dataset: str) -> str:
-        return f"{self.lake.uri(dataset)}/**/*.parquet"
-
-    def has_files(self, dataset: str) -> bool:
-        return any(o.key.endswith(".parquet") for o in self.lake.list(f"{dataset}/"))
-
-    def rows(self, dataset: str = "datalog_v2", order_by: str = "source_file") -> list[dict[str, Any]]:
-        """Every row of a lake dataset (hive columns included), as dicts; [] if it has no files."""
-        if not self.has_files(dataset):
-            return []
-        cursor = self.conn.execute(
-            f"SELECT * FROM read_parquet(?, hive_partitioning = true, union_by_name = true) ORDER BY {order_by}",
-            [self.glob(dataset)],
-        )
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-    def key_rows(self) -> dict[str, dict[str, Any]]:
-        """The ledger's keys table by key."""
-        with self.engine.connect() as conn:
-            return {r.key: dict(r._mapping) for r in conn.execute(sa.select(keys)).all()}
 
 
 @pytest.fixture

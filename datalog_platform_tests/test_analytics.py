@@ -39,7 +39,7 @@ from datalog_platform.defs.quality.assets import data_quality_report
 from datalog_platform.defs.quality.checks import datalog_parquet_checks
 from datalog_platform.defs.registry.assets import device_registry
 from datalog_platform.settings import Settings
-from datalog_platform_tests.ledger_helpers import postgres_schema, postgres_url
+from datalog_platform_tests.support.ledger_helpers import postgres_schema, postgres_url
 
 DAY = "2026-11-01"
 REGION = "R1"

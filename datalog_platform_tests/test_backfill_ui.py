@@ -20,8 +20,8 @@ import dagster as dg
 import sqlalchemy as sa
 
 from datalog_platform.core.ledger.schema import COMMITTED, REBUILD, batches
-from datalog_platform_tests.cli_helpers import ingest_two_days
-from datalog_platform_tests.daemon_helpers import (
+from datalog_platform_tests.support.cli_helpers import ingest_two_days
+from datalog_platform_tests.support.daemon_helpers import (
     BIN,
     WORKSPACE,
     free_port,

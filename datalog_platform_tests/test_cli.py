@@ -48,8 +48,8 @@ from datalog_platform.core.ledger.schema import (
 )
 from datalog_platform.core.store import LocalStore, S3Access, S3Store
 from datalog_platform.settings import Settings, SettingsError, record_home_setting
-from datalog_platform_tests import cli_helpers, ledger_helpers
-from datalog_platform_tests.cli_helpers import run_cli, run_json, run_ok
+from datalog_platform_tests.support import cli_helpers, ledger_helpers
+from datalog_platform_tests.support.cli_helpers import run_cli, run_json, run_ok
 
 DAY = "2026-11-01"
 

@@ -35,8 +35,8 @@ from dagster_aws.s3 import S3Resource
 from datalog_platform.core.store import StoreNotFoundError
 from datalog_platform.defs.discovery.sensors import raw_logs_sensor
 from datalog_platform.defs.resources import DiscoveryResource, LedgerResource, StoresResource
-from datalog_platform_tests import ledger_helpers
-from datalog_platform_tests.cli_helpers import cli_env, describe, run_cli
+from datalog_platform_tests.support import ledger_helpers
+from datalog_platform_tests.support.cli_helpers import cli_env, describe, run_cli
 
 CONFIG_ERROR = 2
 MAX_STDERR_LINES = 5

@@ -56,8 +56,8 @@ from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import ABORTED, SUCCESS, WRITING
 from datalog_platform.core.store import LocalStore
 from datalog_platform.settings import Settings
-from datalog_platform_tests.cli_helpers import RowId, is_raw_log, raw_records, run_ok, write_csv
-from datalog_platform_tests.daemon_helpers import (
+from datalog_platform_tests.support.cli_helpers import RowId, is_raw_log, raw_records, run_ok, write_csv
+from datalog_platform_tests.support.daemon_helpers import (
     BIN,
     WORKSPACE,
     Daemon,

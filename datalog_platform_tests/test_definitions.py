@@ -39,7 +39,7 @@ from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME, date_range,
 from datalog_platform.defs.registry.assets import device_registry
 from datalog_platform.defs.resources import LedgerResource, StoresResource
 from datalog_platform.settings import Settings
-from datalog_platform_tests import cli_helpers
+from datalog_platform_tests.support import cli_helpers
 
 DAY = "2026-11-01"
 NEXT_DAY = "2026-11-02"

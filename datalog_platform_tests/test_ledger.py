@@ -67,7 +67,7 @@ from datalog_platform.core.ledger.schema import (
 from datalog_platform.core.ledger.swap import live_files
 from datalog_platform.core.store import LocalStore, ObjectInfo
 from datalog_platform.core.transform.timestamps import install_macros
-from datalog_platform_tests import ledger_helpers
+from datalog_platform_tests.support import ledger_helpers
 
 TZ = 8
 DAY = "2026-11-01"

@@ -22,7 +22,7 @@ from datalog_platform.core.ledger import registration
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import FAILED, PENDING, QUARANTINED, SUCCESS, UNROUTED, keys
 from datalog_platform.core.store import ObjectInfo
-from datalog_platform_tests import cli_helpers, ledger_helpers
+from datalog_platform_tests.support import cli_helpers, ledger_helpers
 
 TZ = 8
 DEVICES = [("dev001", "BRCB"), ("dev002", "KPCS")]

@@ -17,11 +17,10 @@ import sqlalchemy as sa
 from datalog_platform.core.ledger import fields
 from datalog_platform.core.ledger.schema import create_schema, keys, schema_fields
 from datalog_platform.core.transform.convert import DATASET
-from datalog_platform_tests.ledger_helpers import postgres_schema, postgres_url
-from datalog_platform_tests.test_swap import rebuild
+from datalog_platform_tests.support.ledger_helpers import postgres_schema, postgres_url
 
 if TYPE_CHECKING:
-    from datalog_platform_tests.conftest import Pipeline
+    from datalog_platform_tests.support.pipeline import Pipeline
 
 REGION = "RG"
 BASE = datetime(2026, 11, 1, 0, 0, 0)  # UTC; local date 2026-11-01 at +8
@@ -162,7 +161,7 @@ def test_duplicates_across_batches_are_dropped_and_conflicts_kept(pipeline: Pipe
     rows = sorted((r["device_id"], r["seq"], r["temperature"]) for r in pipeline.rows())
     assert rows == [("dev1", 1, 20.5), ("dev1", 2, 20.5), ("dev1", 2, 99.0), ("dev2", 2, 20.5)]
     # a rebuild reads every key again: still each record once
-    rebuild(pipeline, "2026-11-01")
+    pipeline.rebuild("2026-11-01", REGION)
     assert sorted((r["device_id"], r["seq"], r["temperature"]) for r in pipeline.rows()) == rows
     with pipeline.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.sum(keys.c.duplicate_rows))).scalar_one() == 1

@@ -38,7 +38,7 @@ from datalog_platform.defs.maintenance.sensors import batch_recovery_sensor, exp
 from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME
 from datalog_platform.defs.resources import LedgerResource, StoresResource
 from datalog_platform.settings import Settings
-from datalog_platform_tests import ledger_helpers
+from datalog_platform_tests.support import ledger_helpers
 
 TZ = 8
 DAY = "2026-11-01"

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mssql
 
 from datalog_platform.core.compaction import compact_directory
-from datalog_platform.core.ingest import RawObjectsMissingError, ingest_batch
+from datalog_platform.core.ingest import RawObjectsMissingError
 from datalog_platform.core.lake import read_live
 from datalog_platform.core.ledger import protocol, registration, swap
 from datalog_platform.core.ledger.engine import ledger_engine
@@ -48,11 +48,11 @@ from datalog_platform.core.ledger.schema import (
     lake_files,
 )
 from datalog_platform.core.store import LocalStore, ObjectInfo, ObjectStore
-from datalog_platform_tests import ledger_helpers
-from datalog_platform_tests.conftest import LEASE_SECONDS, MAX_ATTEMPTS, TZ_OFFSET_HOURS
+from datalog_platform_tests.support import ledger_helpers
+from datalog_platform_tests.support.pipeline import LEASE_SECONDS, MAX_ATTEMPTS, TZ_OFFSET_HOURS
 
 if TYPE_CHECKING:
-    from datalog_platform_tests.conftest import Pipeline
+    from datalog_platform_tests.support.pipeline import Pipeline
 
 REGION = "RG"
 DAY = "2026-11-01"
@@ -74,21 +74,12 @@ def upload(pipeline: Pipeline, device: str, hour: int, seqs: range, bad: int = 0
 
 def ingest(pipeline: Pipeline, batch: protocol.Batch | None) -> protocol.Batch:
     assert batch is not None
-    ingest_batch(
-        pipeline.engine,
-        pipeline.conn,
-        pipeline.raw,
-        pipeline.lake,
-        batch,
-        TZ_OFFSET_HOURS,
-        LEASE_SECONDS,
-        MAX_ATTEMPTS,
-    )
+    pipeline.ingest(batch)
     return batch
 
 
 def rebuild(pipeline: Pipeline, part_date: str = DAY) -> protocol.Batch:
-    return ingest(pipeline, swap.claim_rebuild(pipeline.engine, part_date, REGION, None, LEASE_SECONDS))
+    return pipeline.rebuild(part_date, REGION)
 
 
 def seqs_of(pipeline: Pipeline) -> list[int]:

@@ -23,7 +23,7 @@ from datalog_platform.core.transform.convert import INVALID_TIMESTAMP
 from datalog_platform.core.transform.timestamps import install_macros, with_instant
 
 if TYPE_CHECKING:
-    from datalog_platform_tests.conftest import Pipeline
+    from datalog_platform_tests.support.pipeline import Pipeline
 
 EPOCH = datetime(1970, 1, 1)
 MISSING = object()  # the record has no heartbeat field at all

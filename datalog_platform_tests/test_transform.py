@@ -28,7 +28,7 @@ from datalog_platform.core.store import LocalStore, S3Store
 from datalog_platform.core.transform.convert import INVALID_TIMESTAMP, MALFORMED_JSON
 
 if TYPE_CHECKING:
-    from datalog_platform_tests.conftest import Pipeline
+    from datalog_platform_tests.support.pipeline import Pipeline
 
 REGION = "RG"
 HOUR_KEY = "2026110100"  # UTC hour in the key; local date 2026-11-01 at +8

@@ -34,8 +34,8 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from datalog_platform.definitions import defs
-from datalog_platform_tests.cli_helpers import TWO_DAYS, IngestedLake, ingest_two_days, raw_records
-from datalog_platform_tests.daemon_helpers import (
+from datalog_platform_tests.support.cli_helpers import TWO_DAYS, IngestedLake, ingest_two_days, raw_records
+from datalog_platform_tests.support.daemon_helpers import (
     BIN,
     WORKSPACE,
     Daemon,

@@ -30,7 +30,7 @@ from datalog_platform.core.warehouse import (
     load_hourly_stats,
     upsert_statement,
 )
-from datalog_platform_tests import ledger_helpers
+from datalog_platform_tests.support import ledger_helpers
 
 DAY = "2026-11-01"
 OTHER_DAY = "2026-11-02"

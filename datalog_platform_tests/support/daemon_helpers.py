@@ -32,7 +32,7 @@ from datalog_platform.core.ledger.schema import batches, keys
 
 T = TypeVar("T")
 
-WORKSPACE = Path(__file__).resolve().parents[1] / "workspace.yaml"
+WORKSPACE = Path(__file__).resolve().parents[2] / "workspace.yaml"
 BIN = Path(sys.executable).parent  # the virtualenv's bin: dagster-daemon, dagster-webserver, datalog
 RowId = tuple[str, int]  # (source_file, seq)
 
