@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
-from collections.abc import Iterator
 from contextlib import nullcontext
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -39,7 +38,7 @@ from datalog_platform.defs.quality.assets import data_quality_report
 from datalog_platform.defs.quality.checks import datalog_parquet_checks
 from datalog_platform.defs.registry.assets import device_registry
 from datalog_platform.settings import Settings
-from datalog_platform_tests.support.ledger_helpers import postgres_schema, postgres_url
+from datalog_platform_tests.support.ledger_helpers import postgres_schema, postgres_url, schema_url
 
 DAY = "2026-11-01"
 REGION = "R1"
@@ -128,11 +127,10 @@ class Platform:
 
 
 @pytest.fixture
-def platform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Platform]:
+def platform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, instance: dg.DagsterInstance) -> Platform:
     for name in ("DATALOG_LEDGER_URL", "DATALOG_WAREHOUSE_URL"):
         monkeypatch.delenv(name, raising=False)
-    with dg.instance_for_test() as instance:
-        yield Platform(tmp_path, instance)
+    return Platform(tmp_path, instance)
 
 
 UTC0 = datetime(2026, 11, 1, 2, 0)  # 10:00 local on DAY
@@ -325,17 +323,14 @@ def approx(rows: dict[Any, dict[str, Any]]) -> dict[Any, dict[str, Any]]:
 
 @pytest.mark.parametrize("warehouse", ["sqlite", "postgresql"])
 def test_hourly_stats_match_independent_values_and_reloads_are_idempotent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, warehouse: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, instance: dg.DagsterInstance, warehouse: str
 ) -> None:
     for name in ("DATALOG_LEDGER_URL", "DATALOG_WAREHOUSE_URL"):
         monkeypatch.delenv(name, raising=False)
-    with (
-        dg.instance_for_test() as instance,
-        postgres_schema(postgres_url()) if warehouse == "postgresql" else nullcontext() as pg,
-    ):
+    with postgres_schema(postgres_url()) if warehouse == "postgresql" else nullcontext() as pg:
         env = {}
         if pg is not None:
-            env["DATALOG_WAREHOUSE_URL"] = f"{postgres_url()}?options=-csearch_path%3D{pg[1]}"
+            env["DATALOG_WAREHOUSE_URL"] = schema_url(postgres_url(), pg[1])
         p = Platform(tmp_path, instance, env)
         files = stats_lines()
         for key, lines in files.items():

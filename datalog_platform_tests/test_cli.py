@@ -309,19 +309,20 @@ def test_devices_load_accepts_a_utf8_bom(inproc_home: Path, tmp_path: Path, caps
 
 
 @pytest.fixture
-def ledger_url(tmp_path: Path) -> Iterator[str]:
-    """A fresh PostgreSQL schema (search_path in the URL) when DATALOG_TEST_POSTGRES_URL is set,
-    else a SQLite file."""
+def postgres_else_sqlite_url(tmp_path: Path) -> Iterator[str]:
+    """A ledger URL for one scenario, not parametrized: a fresh PostgreSQL schema (search_path in the
+    URL) when DATALOG_TEST_POSTGRES_URL is set, else a SQLite file."""
     base = os.environ.get(ledger_helpers.POSTGRES_URL_ENV)
     if not base:
         yield sqlite_url(tmp_path / "home")
         return
     with ledger_helpers.postgres_schema(base) as (_engine, schema):
-        url = sa.make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
+        yield ledger_helpers.schema_url(base, schema)
 
 
-def test_s3_end_to_end(tmp_path: Path, moto_server: str, s3_client: Any, s3_bucket: str, ledger_url: str) -> None:
+def test_s3_end_to_end(
+    tmp_path: Path, moto_server: str, s3_client: Any, s3_bucket: str, postgres_else_sqlite_url: str
+) -> None:
     """Raw store and lake on moto's S3 server, ledger on PostgreSQL (or SQLite): every row lands."""
     home = tmp_path / "home"
     secret = f"secret-{uuid.uuid4().hex}"
@@ -329,7 +330,7 @@ def test_s3_end_to_end(tmp_path: Path, moto_server: str, s3_client: Any, s3_buck
         home,
         DATALOG_RAW_URL=f"s3://{s3_bucket}/raw",
         DATALOG_LAKE_URL=f"s3://{s3_bucket}/lake",
-        DATALOG_LEDGER_URL=ledger_url,
+        DATALOG_LEDGER_URL=postgres_else_sqlite_url,
         DATALOG_S3_ENDPOINT_URL=moto_server,
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY=secret,
@@ -362,7 +363,7 @@ def test_s3_end_to_end(tmp_path: Path, moto_server: str, s3_client: Any, s3_buck
     assert lake_objects
     assert all(k.endswith(".parquet") and "/part-" in k for k in lake_objects), sorted(lake_objects)
 
-    table = cli_helpers.key_table(ledger_url)
+    table = cli_helpers.key_table(postgres_else_sqlite_url)
     assert len(table) == files
     assert {r["status"] for r in table.values()} == {SUCCESS}
     assert sum(int(r["rows"]) for r in table.values()) == generated_rows

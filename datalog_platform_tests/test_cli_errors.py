@@ -271,7 +271,9 @@ def test_debug_shows_the_traceback(tmp_path: Path, args: tuple[str, ...], debug_
     assert proc.stderr.strip().splitlines()[-1].startswith("datalog: DATALOG_KEY_LIMIT_PER_RUN="), describe(proc)
 
 
-def test_discovery_sensor_fails_clearly_when_the_raw_directory_is_missing(tmp_path: Path) -> None:
+def test_discovery_sensor_fails_clearly_when_the_raw_directory_is_missing(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
     """The sensor lists the raw store too: a missing directory is an error there, not "nothing new"."""
     raw = tmp_path / "raw-typo"
     resources = {
@@ -279,7 +281,7 @@ def test_discovery_sensor_fails_clearly_when_the_raw_directory_is_missing(tmp_pa
         "stores": StoresResource(raw_url=str(raw), lake_url=str(tmp_path / "lake"), s3=S3Resource()),
         "discovery": DiscoveryResource(),
     }
-    with dg.instance_for_test() as instance, dg.build_sensor_context(instance=instance, resources=resources) as ctx:
+    with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
         with pytest.raises(StoreNotFoundError, match="raw-typo"):
             raw_logs_sensor(ctx)
     assert not raw.exists()

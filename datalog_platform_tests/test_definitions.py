@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -145,12 +144,6 @@ def test_build_definitions_uses_the_settings_it_is_given(tmp_path: Path, monkeyp
 
 # ---------------------------------------------------------------------------------------------
 # Materializing a partition the way the UI launches it
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 # The tag a sensor, a schedule or the command line puts on its runs: such a run is incremental.
@@ -417,7 +410,9 @@ def test_date_partitions_run_from_the_start_date_to_todays_local_date(tmp_path: 
         assert date_range(settings.partitions_start_date, settings.tz_offset_hours) == ("2026-01-01", today)
 
 
-def test_daily_analytics_schedule_runs_at_local_half_past_one_for_the_day_that_ended(tmp_path: Path) -> None:
+def test_daily_analytics_schedule_runs_at_local_half_past_one_for_the_day_that_ended(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
     """The cron and the day it asks for use the same offset, the one the definitions were built with."""
     settings = Settings.from_env({"DATALOG_HOME": str(tmp_path / "home"), "DATALOG_TZ_OFFSET_HOURS": "8"})
     engine = ledger_engine(settings.ledger_url)
@@ -427,13 +422,12 @@ def test_daily_analytics_schedule_runs_at_local_half_past_one_for_the_day_that_e
     schedule = built.resolve_schedule_def("daily_analytics_schedule")
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("30 1 * * *", "Etc/GMT-8")
     tick_time = datetime(2026, 11, 2, 1, 30, tzinfo=ZoneInfo("Etc/GMT-8"))
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(REGION_PARTITIONS_NAME, [REGION])
-        with dg.build_schedule_context(
-            instance=instance,
-            scheduled_execution_time=tick_time,
-            resources=dict(built.resources),
-            repository_def=built.get_repository_def(),
-        ) as context:
-            (request,) = schedule.evaluate_tick(context).run_requests
+    instance.add_dynamic_partitions(REGION_PARTITIONS_NAME, [REGION])
+    with dg.build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=tick_time,
+        resources=dict(built.resources),
+        repository_def=built.get_repository_def(),
+    ) as context:
+        (request,) = schedule.evaluate_tick(context).run_requests
     assert request.partition_key == f"{DAY}|{REGION}" and request.run_key == f"analytics:{DAY}:{REGION}"

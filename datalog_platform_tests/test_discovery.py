@@ -17,16 +17,13 @@ accepts only about 100 PUTs per second over HTTP); everything discovery does goe
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import pytest
 import sqlalchemy as sa
-from dagster_aws.s3 import S3Resource
 
 from datalog_platform.core.discovery import DiscoveryCursor, DiscoveryLimits, discover, reconcile, window_start
 from datalog_platform.core.ledger import protocol, registration
@@ -36,7 +33,6 @@ from datalog_platform.core.store import LocalStore, ObjectInfo, ObjectStore, S3A
 from datalog_platform.defs.discovery.jobs import reconcile_raw_keys_job
 from datalog_platform.defs.discovery.schedules import daily_reconciliation_schedule
 from datalog_platform.defs.discovery.sensors import raw_logs_sensor
-from datalog_platform.defs.resources import DiscoveryResource, LedgerResource, StoresResource
 
 TZ = 8
 
@@ -57,43 +53,30 @@ def ledger_keys(engine: sa.Engine) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The store listings discovery is built on
+# The store listings discovery is built on (conftest's `raw_store`: local, then S3)
 
 
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
-    if request.param == "local":
-        return LocalStore(tmp_path / "root")
-    client = request.getfixturevalue("s3_client")
-    return S3Store(request.getfixturevalue("s3_bucket"), "raw/", client, request.getfixturevalue("s3_test_access"))
-
-
-def test_list_prefixes_and_list_page(store: ObjectStore) -> None:
+def test_list_prefixes_and_list_page(raw_store: ObjectStore) -> None:
     """Top-level prefixes in order (after a cursor, files at the top excluded), and one-request pages."""
     for key in ["b/2026110100/x.json", "a/2026110100/x.json", "a/2026110101/y.json", "c-d/1.json", "top.json"]:
-        store.write_bytes(key, b"{}")
-    before = store.list_requests
-    assert list(store.list_prefixes()) == ["a/", "b/", "c-d/"]
-    assert list(store.list_prefixes(start_after="a/")) == ["b/", "c-d/"]
-    assert list(store.list_prefixes("a/")) == ["a/2026110100/", "a/2026110101/"]
-    assert store.list_requests == before + 3
-    page = store.list_page("a/", "a/2026110100", limit=1)
+        raw_store.write_bytes(key, b"{}")
+    before = raw_store.list_requests
+    assert list(raw_store.list_prefixes()) == ["a/", "b/", "c-d/"]
+    assert list(raw_store.list_prefixes(start_after="a/")) == ["b/", "c-d/"]
+    assert list(raw_store.list_prefixes("a/")) == ["a/2026110100/", "a/2026110101/"]
+    assert raw_store.list_requests == before + 3
+    page = raw_store.list_page("a/", "a/2026110100", limit=1)
     assert [o.key for o in page.objects] == ["a/2026110100/x.json"] and page.truncated
-    page = store.list_page("a/", page.objects[-1].key, limit=1)
+    page = raw_store.list_page("a/", page.objects[-1].key, limit=1)
     assert [o.key for o in page.objects] == ["a/2026110101/y.json"] and not page.truncated
-    assert store.list_requests == before + 5
+    assert raw_store.list_requests == before + 5
 
 
 # ---------------------------------------------------------------------------------------------
 # The tick on its own (local store, SQLite ledger)
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> sa.Engine:
-    return ledger_engine(f"sqlite:///{tmp_path}/ledger.db")
-
-
-def test_tick_is_capped_by_requests_and_continues(tmp_path: Path, engine: sa.Engine) -> None:
+def test_tick_is_capped_by_requests_and_continues(tmp_path: Path, sqlite_engine: sa.Engine) -> None:
     """Five active devices, 4 requests a tick: the first tick lists three of them and says more
     remains; the second continues after the third and finishes the round."""
     raw = LocalStore(tmp_path / "raw")
@@ -101,24 +84,24 @@ def test_tick_is_capped_by_requests_and_continues(tmp_path: Path, engine: sa.Eng
     devices = [f"dev{n}" for n in range(5)]
     for device in devices:
         raw.write_bytes(raw_key(device, hour_ago(2, now), "old"), b"{}")
-    registration.upsert_devices(engine, [(d, "R1") for d in devices])
-    reconcile(raw, engine, TZ)
+    registration.upsert_devices(sqlite_engine, [(d, "R1") for d in devices])
+    reconcile(raw, sqlite_engine, TZ)
     new = {raw_key(d, hour_ago(0, now), f"new{i}") for d in devices for i in range(3)}
     for key in new:
         raw.write_bytes(key, b"{}")
     limits = DiscoveryLimits(max_requests=4, cold_requests=0)
 
-    first = discover(raw, engine, DiscoveryCursor(), now, limits, TZ)
+    first = discover(raw, sqlite_engine, DiscoveryCursor(), now, limits, TZ)
     assert first.list_requests == 4  # the prefix listing + dev0, dev1, dev2
     assert first.registered == 9 and first.more
     assert first.cursor.hot_after == "dev2"
-    second = discover(raw, engine, DiscoveryCursor.from_json(first.cursor.to_json()), now, limits, TZ)
+    second = discover(raw, sqlite_engine, DiscoveryCursor.from_json(first.cursor.to_json()), now, limits, TZ)
     assert second.registered == 6 and not second.more
     assert second.list_requests == 3
-    assert new <= set(ledger_keys(engine))
+    assert new <= set(ledger_keys(sqlite_engine))
 
 
-def test_tick_is_capped_by_keys_and_resumes_mid_device(tmp_path: Path, engine: sa.Engine) -> None:
+def test_tick_is_capped_by_keys_and_resumes_mid_device(tmp_path: Path, sqlite_engine: sa.Engine) -> None:
     """A new device with 2,500 keys and 1,000 keys a tick: three ticks, each resuming after the
     last key the previous one listed, register every key exactly once."""
     raw = LocalStore(tmp_path / "raw")
@@ -130,30 +113,30 @@ def test_tick_is_capped_by_keys_and_resumes_mid_device(tmp_path: Path, engine: s
     cursor = DiscoveryCursor()
     counts = []
     for _ in range(3):
-        result = discover(raw, engine, cursor, now, limits, TZ)
+        result = discover(raw, sqlite_engine, cursor, now, limits, TZ)
         counts.append(result.registered)
         cursor = result.cursor
     assert counts == [1000, 1000, 500]
     assert cursor.resume_prefix is None
-    assert set(ledger_keys(engine)) == set(written)
-    again = discover(raw, engine, cursor, now, limits, TZ)
+    assert set(ledger_keys(sqlite_engine)) == set(written)
+    again = discover(raw, sqlite_engine, cursor, now, limits, TZ)
     assert again.registered == 0
 
 
-def test_cold_devices_are_visited_round_robin(tmp_path: Path, engine: sa.Engine) -> None:
+def test_cold_devices_are_visited_round_robin(tmp_path: Path, sqlite_engine: sa.Engine) -> None:
     """Devices silent for longer than the window cost `cold_requests` requests a tick, round-robin:
     a new key of the third silent device is found on the third tick, not before."""
     raw = LocalStore(tmp_path / "raw")
     now = protocol.utcnow()
     for device in ("c1", "c2", "c3"):
         raw.write_bytes(raw_key(device, hour_ago(48, now)), b"{}")
-    reconcile(raw, engine, TZ)
+    reconcile(raw, sqlite_engine, TZ)
     raw.write_bytes(raw_key("c3", hour_ago(1, now), "back"), b"{}")
     limits = DiscoveryLimits(cold_requests=1)
     cursor = DiscoveryCursor()
     found = []
     for _ in range(3):
-        result = discover(raw, engine, cursor, now, limits, TZ)
+        result = discover(raw, sqlite_engine, cursor, now, limits, TZ)
         assert result.cold_devices == 3 and result.list_requests == 2
         found.append(result.registered)
         cursor = result.cursor
@@ -162,21 +145,6 @@ def test_cold_devices_are_visited_round_robin(tmp_path: Path, engine: sa.Engine)
 
 # ---------------------------------------------------------------------------------------------
 # The sensor and the reconciliation job, with Dagster resources
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
-
-
-@pytest.fixture
-def resources(tmp_path: Path) -> dict[str, Any]:
-    return {
-        "ledger": LedgerResource(url=f"sqlite:///{tmp_path}/ledger.db", tz_offset_hours=TZ),
-        "stores": StoresResource(raw_url=str(tmp_path / "raw"), lake_url=str(tmp_path / "lake"), s3=S3Resource()),
-        "discovery": DiscoveryResource(),
-    }
 
 
 def tick(instance: dg.DagsterInstance, resources: dict[str, Any], cursor: str | None) -> dg.SensorResult:

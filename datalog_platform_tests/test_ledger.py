@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -75,20 +74,7 @@ REGION = "BRCB"
 
 
 # ---------------------------------------------------------------------------------------------
-# Backends
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    """A ledger with empty tables: a temp-file SQLite database, or a fresh PostgreSQL schema."""
-    if request.param == "sqlite":
-        eng = sa.create_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
-        create_schema(eng)
-        yield eng
-        eng.dispose()
-    else:
-        with ledger_helpers.postgres_schema(ledger_helpers.postgres_url()) as (eng, _schema):
-            yield eng
+# The lake (the ledger is conftest's `engine`: SQLite, then PostgreSQL)
 
 
 @pytest.fixture

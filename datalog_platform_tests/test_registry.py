@@ -9,14 +9,11 @@ instance (`dg.instance_for_test`) that holds the `region` dynamic partitions; `d
 the asset as the UI would.
 """
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import pytest
 import sqlalchemy as sa
-from dagster_aws.s3 import S3Resource
 
 from datalog_platform.core.generate import REGISTRY_KEY
 from datalog_platform.core.ledger import registration
@@ -25,21 +22,6 @@ from datalog_platform.core.ledger.schema import PENDING, UNROUTED, devices, keys
 from datalog_platform.core.store import LocalStore, ObjectInfo
 from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME
 from datalog_platform.defs.registry.assets import device_registry
-from datalog_platform.defs.resources import LedgerResource, StoresResource
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
-
-
-@pytest.fixture
-def resources(tmp_path: Path) -> dict[str, Any]:
-    return {
-        "ledger": LedgerResource(url=f"sqlite:///{tmp_path}/ledger.db"),
-        "stores": StoresResource(raw_url=str(tmp_path / "raw"), lake_url=str(tmp_path / "lake"), s3=S3Resource()),
-    }
 
 
 def sync(instance: dg.DagsterInstance, resources: dict[str, Any]) -> dg.ExecuteInProcessResult:

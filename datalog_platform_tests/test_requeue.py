@@ -12,7 +12,6 @@ the `datalog` command run by a child Python process against a SQLite ledger unde
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from datalog_platform.core.ledger import registration
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import FAILED, PENDING, QUARANTINED, SUCCESS, UNROUTED, keys
 from datalog_platform.core.store import ObjectInfo
-from datalog_platform_tests.support import cli_helpers, ledger_helpers
+from datalog_platform_tests.support import cli_helpers
 
 TZ = 8
 DEVICES = [("dev001", "BRCB"), ("dev002", "KPCS")]
@@ -38,19 +37,10 @@ LAYOUT = {
 }
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    """A ledger holding LAYOUT (plus one UNROUTED key): SQLite in a temp file, or a fresh PostgreSQL schema."""
-    if request.param == "sqlite":
-        eng = ledger_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
-        fill(eng)
-        yield eng
-        eng.dispose()
-        return
-    url = ledger_helpers.postgres_url()
-    with ledger_helpers.postgres_schema(url) as (eng, _schema):
-        fill(eng)
-        yield eng
+@pytest.fixture
+def layout(engine: sa.Engine) -> None:
+    """conftest's `engine` (SQLite, then PostgreSQL) holding LAYOUT, plus one UNROUTED key."""
+    fill(engine)
 
 
 def fill(engine: sa.Engine) -> None:
@@ -80,6 +70,7 @@ def table(engine: sa.Engine) -> dict[str, tuple[str, int, str | None, str | None
         }
 
 
+@pytest.mark.usefixtures("layout")
 def test_requeue_filters_by_status_region_and_date(engine: sa.Engine) -> None:
     before = table(engine)
     assert registration.requeue(engine, FAILED, region="BRCB", since="2026-11-02") == 1
@@ -111,6 +102,7 @@ def test_requeue_filters_by_status_region_and_date(engine: sa.Engine) -> None:
     ("status", "message"),
     [(SUCCESS, "would duplicate"), (UNROUTED, "not 'UNROUTED'"), (PENDING, "not 'PENDING'")],
 )
+@pytest.mark.usefixtures("layout")
 def test_requeue_refuses_other_statuses(engine: sa.Engine, status: str, message: str) -> None:
     before = table(engine)
     with pytest.raises(ValueError, match=message):

@@ -16,7 +16,6 @@ schema per test, skipped with a visible reason when unset), and a local director
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from dagster_aws.s3 import S3Resource
 
 from datalog_platform.core.backlog import ingestible_backlog
 from datalog_platform.core.ledger import protocol, registration
-from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import ABORTED, CLAIMED, FAILED, PENDING, WRITING, batches, keys
 from datalog_platform.core.store import LocalStore, ObjectInfo
 from datalog_platform.definitions import build_definitions
@@ -38,7 +36,6 @@ from datalog_platform.defs.maintenance.sensors import batch_recovery_sensor, exp
 from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME
 from datalog_platform.defs.resources import LedgerResource, StoresResource
 from datalog_platform.settings import Settings
-from datalog_platform_tests.support import ledger_helpers
 
 TZ = 8
 DAY = "2026-11-01"
@@ -50,32 +47,10 @@ DEVICES = [("dev001", "BRCB"), ("dev002", "KPCS"), ("dev003", "ZZTOP")]
 # Fixtures and helpers
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A ledger URL with empty tables: a temp-file SQLite database, or a fresh PostgreSQL schema."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'ledger.db'}"
-        yield url
-        ledger_engine(url).dispose()
-        return
-    base = ledger_helpers.postgres_url()
-    with ledger_helpers.postgres_schema(base) as (_engine, schema):
-        url = f"{base}?options=-csearch_path%3D{schema}"
-        yield url
-        ledger_engine(url).dispose()
-
-
 @pytest.fixture
-def engine(ledger_url: str) -> sa.Engine:
-    engine = ledger_engine(ledger_url)
+def registered_devices(engine: sa.Engine) -> None:
+    """DEVICES in the registry of conftest's `engine` (on `ledger_url`: SQLite, then PostgreSQL)."""
     registration.upsert_devices(engine, DEVICES)
-    return engine
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 def register(engine: sa.Engine, *names: str) -> None:
@@ -105,6 +80,7 @@ def add_run(instance: dg.DagsterInstance, status: dg.DagsterRunStatus, tags: dic
 # Pending-keys sensor
 
 
+@pytest.mark.usefixtures("registered_devices")
 def test_run_keys_follow_the_backlog(
     instance: dg.DagsterInstance, engine: sa.Engine, ledger_url: str, tmp_path: Path
 ) -> None:
@@ -139,6 +115,7 @@ def test_run_keys_follow_the_backlog(
         assert request.tags[BACKLOG_TAG] == request.run_key
 
 
+@pytest.mark.usefixtures("registered_devices")
 def test_partitions_with_a_run_in_progress_or_already_run_are_skipped(
     instance: dg.DagsterInstance, engine: sa.Engine, ledger_url: str
 ) -> None:
@@ -167,6 +144,7 @@ def test_partitions_with_a_run_in_progress_or_already_run_are_skipped(
     assert set(run_keys(tick(instance, ledger_url))) == {f"{NEXT_DAY}|BRCB"}
 
 
+@pytest.mark.usefixtures("registered_devices")
 def test_new_regions_are_requested_as_dynamic_partitions(
     instance: dg.DagsterInstance, engine: sa.Engine, ledger_url: str
 ) -> None:
@@ -186,6 +164,7 @@ def test_new_regions_are_requested_as_dynamic_partitions(
     assert not again.dynamic_partitions_requests
 
 
+@pytest.mark.usefixtures("registered_devices")
 def test_one_tick_requests_at_most_the_cap(instance: dg.DagsterInstance, engine: sa.Engine, ledger_url: str) -> None:
     """Oldest dates first, at most DATALOG_MAX_RUNS_PER_TICK runs; the rest wait and the summary says so."""
     register(engine, *[f"dev001/202611{day:02d}00/a.json" for day in range(1, 6)])
@@ -198,6 +177,7 @@ def test_one_tick_requests_at_most_the_cap(instance: dg.DagsterInstance, engine:
     assert Settings.from_env({}).max_runs_per_tick == 20
 
 
+@pytest.mark.usefixtures("registered_devices")
 def test_skip_reasons_and_out_of_range_dates(instance: dg.DagsterInstance, engine: sa.Engine, ledger_url: str) -> None:
     """Nothing pending: a SkipReason that says so. Keys dated before the partitions' start date or
     after the last date partition get no run, and the reason counts them."""
@@ -219,6 +199,7 @@ def test_skip_reasons_and_out_of_range_dates(instance: dg.DagsterInstance, engin
 # Hourly schedule and default statuses
 
 
+@pytest.mark.usefixtures("registered_devices")
 def test_schedule_requests_the_same_runs(instance: dg.DagsterInstance, engine: sa.Engine, ledger_url: str) -> None:
     register(engine, "dev001/2026110100/a.json", "dev003/2026110100/z.json", "dev002/2026110200/c.json")
     sensor_result = tick(instance, ledger_url)
@@ -286,6 +267,7 @@ def test_default_statuses_and_wiring() -> None:
 
 
 @pytest.mark.parametrize(("attempts_before", "expected_status"), [(0, PENDING), (2, FAILED)])
+@pytest.mark.usefixtures("registered_devices")
 def test_recovery_sensor_aborts_the_failed_runs_writing_batch(
     instance: dg.DagsterInstance,
     engine: sa.Engine,
@@ -381,6 +363,7 @@ def batch_statuses(engine: sa.Engine) -> list[str]:
 # Lease expiry: batches of crashed processes
 
 
+@pytest.mark.usefixtures("registered_devices")
 def test_expired_lease_sensor_takes_over_a_crashed_writers_batch(
     instance: dg.DagsterInstance, engine: sa.Engine, ledger_url: str, tmp_path: Path
 ) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,7 +48,6 @@ from datalog_platform.core.ledger.schema import (
     lake_files,
 )
 from datalog_platform.core.store import LocalStore, ObjectInfo, ObjectStore
-from datalog_platform_tests.support import ledger_helpers
 from datalog_platform_tests.support.pipeline import LEASE_SECONDS, MAX_ATTEMPTS, TZ_OFFSET_HOURS
 
 if TYPE_CHECKING:
@@ -321,18 +320,7 @@ def test_readers_of_the_manifest_never_see_a_gap_or_doubles(
 
 
 # ---------------------------------------------------------------------------------------------
-# The ledger alone: SQLite and PostgreSQL
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    if request.param == "sqlite":
-        eng = ledger_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
-        yield eng
-        eng.dispose()
-        return
-    with ledger_helpers.postgres_schema(ledger_helpers.postgres_url()) as (eng, _schema):
-        yield eng
+# The ledger alone: SQLite and PostgreSQL (conftest's `engine`)
 
 
 def key_states(engine: sa.Engine) -> dict[str, tuple[object, ...]]:

@@ -40,7 +40,7 @@ FLOAT_STATS = tuple(c for c in STAT_COLUMNS if c not in ("dstrct_code", "reading
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+def warehouse_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
     """An empty warehouse: a temp-file SQLite database, or a fresh PostgreSQL schema."""
     if request.param == "sqlite":
         eng = sa.create_engine(f"sqlite:///{tmp_path / 'warehouse.db'}")
@@ -92,19 +92,19 @@ def assert_holds(engine: sa.Engine, expected: list[dict[str, Any]], ymd: str = D
 # Loads against real databases
 
 
-def test_first_load_inserts_rows_and_reads_back_values(engine: sa.Engine) -> None:
-    create_warehouse_schema(engine)  # a second call is harmless
+def test_first_load_inserts_rows_and_reads_back_values(warehouse_engine: sa.Engine) -> None:
+    create_warehouse_schema(warehouse_engine)  # a second call is harmless
     rows = partition_rows(["dev-a", "dev-b", "dev-c"], [0, 7, 23], 1.5)
     rows[0].update({name: None for name in FLOAT_STATS})  # an hour without sensor values
     rows[4]["humidity_avg"] = None
     before = utcnow() - timedelta(seconds=5)
 
-    result = load_hourly_stats(engine, DAY, REGION, rows)
+    result = load_hourly_stats(warehouse_engine, DAY, REGION, rows)
 
     assert result == LoadResult(upserted=9, deleted=0, rows_in_table=9)
-    assert count_rows(engine, DAY, REGION) == 9
-    assert_holds(engine, rows)
-    stored = table_rows(engine)
+    assert count_rows(warehouse_engine, DAY, REGION) == 9
+    assert_holds(warehouse_engine, rows)
+    stored = table_rows(warehouse_engine)
     assert stored[(DAY, "dev-a", 0)]["temperature_min"] is None
     assert stored[(DAY, "dev-b", 7)]["humidity_avg"] is None
     assert stored[(DAY, "dev-b", 7)]["humidity_min"] == rows[4]["humidity_min"]
@@ -114,7 +114,7 @@ def test_first_load_inserts_rows_and_reads_back_values(engine: sa.Engine) -> Non
     assert stamp.tzinfo is None and before <= stamp <= utcnow() + timedelta(seconds=5)
 
 
-def test_reloading_a_partition_is_idempotent_and_keeps_the_last_values(engine: sa.Engine) -> None:
+def test_reloading_a_partition_is_idempotent_and_keeps_the_last_values(warehouse_engine: sa.Engine) -> None:
     devices, hours = ["dev-a", "dev-b", "dev-c", "dev-d"], [3, 4, 5]
     first = partition_rows(devices, hours, 1.0)
     second = partition_rows(devices, hours, 2.0)
@@ -122,73 +122,77 @@ def test_reloading_a_partition_is_idempotent_and_keeps_the_last_values(engine: s
     third[5].update({"temperature_max": None, "readings": 0})
     n = len(first)
 
-    results = [load_hourly_stats(engine, DAY, REGION, rows) for rows in (first, second, third)]
+    results = [load_hourly_stats(warehouse_engine, DAY, REGION, rows) for rows in (first, second, third)]
 
     assert results == [LoadResult(upserted=n, deleted=0, rows_in_table=n)] * 3
-    assert count_rows(engine, DAY, REGION) == n
-    assert len(table_rows(engine)) == n  # asserts key uniqueness too
-    assert_holds(engine, third)
+    assert count_rows(warehouse_engine, DAY, REGION) == n
+    assert len(table_rows(warehouse_engine)) == n  # asserts key uniqueness too
+    assert_holds(warehouse_engine, third)
 
 
-def test_reload_with_fewer_rows_deletes_only_the_stale_rows(engine: sa.Engine) -> None:
+def test_reload_with_fewer_rows_deletes_only_the_stale_rows(warehouse_engine: sa.Engine) -> None:
     devices, hours = ["dev-a", "dev-b", "dev-c"], [10, 11, 12]
-    load_hourly_stats(engine, DAY, REGION, partition_rows(devices, hours, 1.0))
+    load_hourly_stats(warehouse_engine, DAY, REGION, partition_rows(devices, hours, 1.0))
     other_day = partition_rows(devices, hours, 5.0, ymd=OTHER_DAY)
     other_region = partition_rows(devices, hours, 6.0, region=OTHER_REGION)  # same devices: not the same rows
-    load_hourly_stats(engine, OTHER_DAY, REGION, other_day)
+    load_hourly_stats(warehouse_engine, OTHER_DAY, REGION, other_day)
     other_region = [dict(r, device_id=f"x-{r['device_id']}") for r in other_region]
-    load_hourly_stats(engine, DAY, OTHER_REGION, other_region)
+    load_hourly_stats(warehouse_engine, DAY, OTHER_REGION, other_region)
 
     # dev-c's data was removed by a rebuild and hour 12 is gone: 3 + 2 rows are stale.
     rebuilt = partition_rows(["dev-a", "dev-b"], [10, 11], 2.0)
-    result = load_hourly_stats(engine, DAY, REGION, rebuilt)
+    result = load_hourly_stats(warehouse_engine, DAY, REGION, rebuilt)
 
     assert result == LoadResult(upserted=4, deleted=5, rows_in_table=4)
-    assert_holds(engine, rebuilt)
-    assert_holds(engine, other_day, ymd=OTHER_DAY)
-    assert_holds(engine, other_region, region=OTHER_REGION)
-    assert count_rows(engine, OTHER_DAY, REGION) == 9
-    assert count_rows(engine, DAY, OTHER_REGION) == 9
-    assert len(table_rows(engine)) == 4 + 9 + 9
+    assert_holds(warehouse_engine, rebuilt)
+    assert_holds(warehouse_engine, other_day, ymd=OTHER_DAY)
+    assert_holds(warehouse_engine, other_region, region=OTHER_REGION)
+    assert count_rows(warehouse_engine, OTHER_DAY, REGION) == 9
+    assert count_rows(warehouse_engine, DAY, OTHER_REGION) == 9
+    assert len(table_rows(warehouse_engine)) == 4 + 9 + 9
 
 
-def test_more_than_one_chunk_of_stale_rows_is_deleted(engine: sa.Engine) -> None:
+def test_more_than_one_chunk_of_stale_rows_is_deleted(warehouse_engine: sa.Engine) -> None:
     assert warehouse.DELETE_CHUNK <= 500
     rows = partition_rows([f"dev-{n:03d}" for n in range(50)], list(range(24)), 1.0)  # 1,200 rows
     neighbour = partition_rows(["dev-000", "dev-001"], [0, 1], 9.0, ymd=OTHER_DAY)
-    load_hourly_stats(engine, OTHER_DAY, REGION, neighbour)
-    assert load_hourly_stats(engine, DAY, REGION, rows) == LoadResult(upserted=1200, deleted=0, rows_in_table=1200)
+    load_hourly_stats(warehouse_engine, OTHER_DAY, REGION, neighbour)
+    assert load_hourly_stats(warehouse_engine, DAY, REGION, rows) == LoadResult(
+        upserted=1200, deleted=0, rows_in_table=1200
+    )
 
     # Keep a few rows spread over the key order so the stale ones fall into several chunks with gaps.
     kept = rows[::300]
-    assert load_hourly_stats(engine, DAY, REGION, kept) == LoadResult(
+    assert load_hourly_stats(warehouse_engine, DAY, REGION, kept) == LoadResult(
         upserted=len(kept), deleted=1200 - len(kept), rows_in_table=len(kept)
     )
-    assert_holds(engine, kept)
+    assert_holds(warehouse_engine, kept)
 
-    assert load_hourly_stats(engine, DAY, REGION, []) == LoadResult(upserted=0, deleted=len(kept), rows_in_table=0)
-    assert count_rows(engine, DAY, REGION) == 0
-    assert_holds(engine, neighbour, ymd=OTHER_DAY)
+    assert load_hourly_stats(warehouse_engine, DAY, REGION, []) == LoadResult(
+        upserted=0, deleted=len(kept), rows_in_table=0
+    )
+    assert count_rows(warehouse_engine, DAY, REGION) == 0
+    assert_holds(warehouse_engine, neighbour, ymd=OTHER_DAY)
 
 
-def test_failed_load_leaves_the_partition_unchanged(engine: sa.Engine) -> None:
+def test_failed_load_leaves_the_partition_unchanged(warehouse_engine: sa.Engine) -> None:
     rows = partition_rows(["dev-a", "dev-b"], [1, 2], 1.0)
-    load_hourly_stats(engine, DAY, REGION, rows)
+    load_hourly_stats(warehouse_engine, DAY, REGION, rows)
     # The first row would upsert and dev-b would be deleted, but readings is NOT NULL: all rolls back.
     bad = [make_row("dev-a", 1, 7.0), dict(make_row("dev-a", 2, 7.0), readings=None)]
 
     with pytest.raises(sa.exc.IntegrityError):
-        load_hourly_stats(engine, DAY, REGION, bad)
+        load_hourly_stats(warehouse_engine, DAY, REGION, bad)
 
-    assert_holds(engine, rows)
+    assert_holds(warehouse_engine, rows)
 
 
-def test_rows_of_another_partition_are_refused(engine: sa.Engine) -> None:
+def test_rows_of_another_partition_are_refused(warehouse_engine: sa.Engine) -> None:
     with pytest.raises(ValueError, match="not the partition"):
-        load_hourly_stats(engine, DAY, REGION, [make_row("dev-a", 1, 1.0, region=OTHER_REGION)])
+        load_hourly_stats(warehouse_engine, DAY, REGION, [make_row("dev-a", 1, 1.0, region=OTHER_REGION)])
     with pytest.raises(ValueError, match="repeat"):
-        load_hourly_stats(engine, DAY, REGION, [make_row("dev-a", 1, 1.0), make_row("dev-a", 1, 2.0)])
-    assert count_rows(engine, DAY, REGION) == 0
+        load_hourly_stats(warehouse_engine, DAY, REGION, [make_row("dev-a", 1, 1.0), make_row("dev-a", 1, 2.0)])
+    assert count_rows(warehouse_engine, DAY, REGION) == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,7 +200,7 @@ def test_rows_of_another_partition_are_refused(engine: sa.Engine) -> None:
 
 
 def pymssql_dialect() -> sa.Dialect:
-    """The dialect (and paramstyle) the warehouse uses on MSSQL; creating the engine does not connect."""
+    """The dialect (and paramstyle) the warehouse uses on MSSQL; creating the warehouse_engine does not connect."""
     return sa.create_engine("mssql+pymssql://user:pw@127.0.0.1/warehouse").dialect
 
 

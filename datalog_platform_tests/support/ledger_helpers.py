@@ -34,6 +34,12 @@ def postgres_url() -> str:
     return url
 
 
+def schema_url(url: str, schema: str) -> str:
+    """`url` with `schema` as its search_path, in the URL itself (for settings and resources that take a URL)."""
+    with_path = sa.make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+    return with_path.render_as_string(hide_password=False)
+
+
 def schema_engine(url: str, schema: str) -> sa.Engine:
     """An engine whose connections see only `schema` (via search_path)."""
     return sa.create_engine(url, connect_args={"options": f"-csearch_path={schema}"})
