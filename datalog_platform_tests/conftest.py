@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import dagster as dg
 import duckdb
 import pytest
@@ -38,31 +35,18 @@ from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.store import LocalStore, ObjectStore, S3Access, S3Store
 from datalog_platform.defs.resources import DiscoveryResource, LedgerResource, StoresResource
 from datalog_platform_tests.support import ledger_helpers
+from datalog_platform_tests.support.net import free_port
 from datalog_platform_tests.support.pipeline import Pipeline, duckdb_for
-
-REGION = "us-east-1"
-_FAKE_AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_SECURITY_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": REGION,
-}
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from datalog_platform_tests.support.s3 import FAKE_AWS_ENV, new_bucket, s3_access, s3_client_for
 
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """moto's S3 HTTP server in a background thread; yields its endpoint URL."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one INFO line per request otherwise
-    saved = {name: os.environ.get(name) for name in _FAKE_AWS_ENV}
-    os.environ.update(_FAKE_AWS_ENV)
-    port = _free_port()
+    saved = {name: os.environ.get(name) for name in FAKE_AWS_ENV}
+    os.environ.update(FAKE_AWS_ENV)
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
@@ -76,26 +60,10 @@ def moto_server() -> Iterator[str]:
                 os.environ[name] = value
 
 
-def s3_access(endpoint: str) -> S3Access:
-    return S3Access(region=REGION, endpoint_url=endpoint, access_key_id="testing", secret_access_key="testing")
-
-
 @pytest.fixture
 def s3_client(moto_server: str) -> Any:
     """A boto3 S3 client talking HTTP to the moto server."""
-    return boto3.client(
-        "s3",
-        region_name=REGION,
-        endpoint_url=moto_server,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-
-
-def new_bucket(s3_client: Any) -> str:
-    bucket = f"test-{uuid.uuid4().hex}"
-    s3_client.create_bucket(Bucket=bucket)
-    return bucket
+    return s3_client_for(moto_server)
 
 
 @pytest.fixture

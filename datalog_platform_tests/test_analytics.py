@@ -38,7 +38,9 @@ from datalog_platform.defs.quality.assets import data_quality_report
 from datalog_platform.defs.quality.checks import datalog_parquet_checks
 from datalog_platform.defs.registry.assets import device_registry
 from datalog_platform.settings import Settings
+from datalog_platform_tests.support.lake import partition_dir
 from datalog_platform_tests.support.ledger_helpers import postgres_schema, postgres_url, schema_url
+from datalog_platform_tests.support.raw_data import ndjson
 
 DAY = "2026-11-01"
 REGION = "R1"
@@ -71,7 +73,7 @@ class Platform:
         instance.add_dynamic_partitions(REGION_PARTITIONS_NAME, [REGION])
 
     def upload(self, key: str, *lines: str) -> None:
-        self.raw.write_bytes(key, ("\n".join(lines) + "\n").encode())
+        self.raw.write_bytes(key, ndjson(*lines))
 
     def run(
         self, selection: Any, run_config: dict[str, Any] | None = None, tags: dict[str, str] | None = None
@@ -194,7 +196,7 @@ def test_stray_and_missing_files_break_the_orphan_check(platform: Platform) -> N
     clean_partition(platform)
     lake = Path(platform.settings.lake_url)
     (first,) = swap.live_files(platform.engine, "datalog_v2", DAY, REGION)
-    stray = lake / f"datalog_v2/hiveperiod={DAY}/dstrct_code={REGION}/part-stray-0.parquet"
+    stray = partition_dir(lake, DAY, REGION) / "part-stray-0.parquet"
     shutil.copy(lake / first.path, stray)
     checks = platform.checks()
     assert not checks["no_orphan_files"].passed
@@ -228,7 +230,7 @@ def test_checks_without_a_partition_check_every_partition_with_keys(platform: Pl
 
     lake = Path(platform.settings.lake_url)
     (first,) = swap.live_files(platform.engine, "datalog_v2", DAY, REGION)
-    shutil.copy(lake / first.path, lake / f"datalog_v2/hiveperiod={DAY}/dstrct_code={REGION}/part-stray-0.parquet")
+    shutil.copy(lake / first.path, partition_dir(lake, DAY, REGION) / "part-stray-0.parquet")
     checks = platform.checks(partition=False)
     assert set(checks) == {"reconciliation", "no_duplicate_records", "no_orphan_files", "quarantine_rate", "freshness"}
     orphans = {k: v.value for k, v in checks["no_orphan_files"].metadata.items()}

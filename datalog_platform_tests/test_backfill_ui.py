@@ -21,16 +21,9 @@ import sqlalchemy as sa
 
 from datalog_platform.core.ledger.schema import COMMITTED, REBUILD, batches
 from datalog_platform_tests.support.cli_helpers import ingest_two_days
-from datalog_platform_tests.support.daemon_helpers import (
-    BIN,
-    WORKSPACE,
-    free_port,
-    graphql,
-    partition_dir,
-    partition_row_ids,
-    poll,
-    webserver_and_daemon,
-)
+from datalog_platform_tests.support.daemon_helpers import BIN, WORKSPACE, graphql, poll, webserver_and_daemon
+from datalog_platform_tests.support.lake import partition_dir, partition_row_ids
+from datalog_platform_tests.support.net import free_port
 
 LAUNCH = """
 mutation Launch($params: LaunchBackfillParams!) {

@@ -50,6 +50,9 @@ from datalog_platform.core.store import LocalStore, S3Access, S3Store
 from datalog_platform.settings import Settings, SettingsError, record_home_setting
 from datalog_platform_tests.support import cli_helpers, ledger_helpers
 from datalog_platform_tests.support.cli_helpers import run_cli, run_json, run_ok
+from datalog_platform_tests.support.lake import lake_rows, local_files, row_ids, s3_lake_keys
+from datalog_platform_tests.support.ledger_helpers import key_table
+from datalog_platform_tests.support.raw_data import ndjson, raw_log_keys, raw_records
 
 DAY = "2026-11-01"
 
@@ -106,7 +109,7 @@ def test_local_ingest_records_runs_and_is_idempotent(tmp_path: Path) -> None:
     files, generated_rows, bad_lines = cli_helpers.generated_counts(gen.stdout)
     assert files == 32
     assert (home / "devices.csv").is_file()
-    expected = sorted(cli_helpers.raw_records(LocalStore(home / "raw")))
+    expected = sorted(raw_records(LocalStore(home / "raw")))
     assert len(expected) == generated_rows
 
     loaded = run_ok(env, "devices", "load", str(home / "devices.csv"))
@@ -133,8 +136,8 @@ def test_local_ingest_records_runs_and_is_idempotent(tmp_path: Path) -> None:
     assert sorted(claimed) == [(4, COMMITTED)] * 2 + [(12, COMMITTED)] * 2  # DATALOG_KEY_LIMIT_PER_RUN=12
 
     lake = home / "lake"
-    rows = cli_helpers.lake_rows(str(lake))
-    assert cli_helpers.row_ids(rows) == expected
+    rows = lake_rows(str(lake))
+    assert row_ids(rows) == expected
     assert {f"{r['hiveperiod']}|{r['dstrct_code']}" for r in rows} == set(partitions)
 
     dagster_home = home / "dagster_home"
@@ -154,12 +157,12 @@ def test_local_ingest_records_runs_and_is_idempotent(tmp_path: Path) -> None:
         assert set(instance.get_dynamic_partitions("region")) == set(regions)
 
     # Nothing new: no run, no file touched.
-    before = cli_helpers.local_files(lake)
+    before = local_files(lake)
     assert before
     again = run_json(env, "ingest", "--json")
     assert again["failed_runs"] == []
     assert (again["registered"], again["runs"], again["rows"], again["keys"]) == (0, 0, 0, 0)
-    assert cli_helpers.local_files(lake) == before
+    assert local_files(lake) == before
     with dagster_instance(dagster_home) as instance:
         assert len(instance.get_runs()) == summary["runs"]
 
@@ -185,7 +188,7 @@ def test_keys_that_cannot_be_ingested_yet_wait(tmp_path: Path) -> None:
     def upload(device: str, hour: datetime, seed: int) -> str:
         key = f"{device}/{hour:%Y%m%d%H}/log.json"
         lines = log_lines(device, hour, 10, random.Random(seed), bad=False)
-        raw.write_bytes(key, ("\n".join(lines) + "\n").encode())
+        raw.write_bytes(key, ndjson(*lines))
         return key
 
     stranger, new_region = "edge,07", "NEWR"
@@ -193,7 +196,7 @@ def test_keys_that_cannot_be_ingested_yet_wait(tmp_path: Path) -> None:
     future = (datetime.now(UTC) + timedelta(days=30)).replace(tzinfo=None, minute=0, second=0, microsecond=0)
     odd_keys = [upload("dev00000", future, 7), upload("dev00000", datetime(2019, 6, 1, 0), 8)]
     future_date = protocol.local_date(future, cli_helpers.TZ_OFFSET_HOURS)
-    expected = cli_helpers.raw_records(raw)
+    expected = raw_records(raw)
     stranger_rows = sorted(r for r in expected if r[0] in stranger_keys)
     known_rows = sorted(r for r in expected if r[0] not in stranger_keys and r[0] not in odd_keys)
     assert len(stranger_rows) == 20 and len(known_rows) == known.rows
@@ -211,12 +214,12 @@ def test_keys_that_cannot_be_ingested_yet_wait(tmp_path: Path) -> None:
     # The operator is told about the out-of-range keys: the summary counts them, or names the date.
     reported = first.get("out_of_range_keys") == len(odd_keys) or future_date in proc.stdout + proc.stderr
     assert reported, cli_helpers.describe(proc)
-    table = cli_helpers.key_table(sqlite_url(home))
+    table = key_table(sqlite_url(home))
     assert {k: (r["status"], r["dstrct_code"]) for k, r in table.items() if k in stranger_keys} == {
         k: (UNROUTED, None) for k in stranger_keys
     }
     assert {k: table[k]["status"] for k in odd_keys} == {k: PENDING for k in odd_keys}
-    assert cli_helpers.row_ids(cli_helpers.lake_rows(str(home / "lake"))) == known_rows
+    assert row_ids(lake_rows(str(home / "lake"))) == known_rows
 
     full = cli_helpers.write_csv(
         tmp_path / "full.csv",
@@ -231,12 +234,12 @@ def test_keys_that_cannot_be_ingested_yet_wait(tmp_path: Path) -> None:
     assert second["unrouted"] == 0
     assert (second["registered"], second["keys"], second["rows"]) == (0, 2, 20)
     assert second["partitions"] == [f"{DAY}|{new_region}"]
-    rows = cli_helpers.lake_rows(str(home / "lake"))
-    assert cli_helpers.row_ids(rows) == sorted(known_rows + stranger_rows)
+    rows = lake_rows(str(home / "lake"))
+    assert row_ids(rows) == sorted(known_rows + stranger_rows)
     assert {(r["device_id"], r["dstrct_code"]) for r in rows if r["source_file"] in stranger_keys} == {
         (stranger, new_region)
     }
-    table = cli_helpers.key_table(sqlite_url(home))
+    table = key_table(sqlite_url(home))
     assert {k: r["status"] for k, r in table.items()} == {k: PENDING if k in odd_keys else SUCCESS for k in table}
 
 
@@ -343,8 +346,8 @@ def test_s3_end_to_end(
     outputs += [gen.stdout, gen.stderr]
     files, generated_rows, bad_lines = cli_helpers.generated_counts(gen.stdout)
     raw = S3Store(s3_bucket, "raw/", s3_client, access)
-    expected = sorted(cli_helpers.raw_records(raw))
-    assert len(cli_helpers.raw_log_keys(raw)) == files == 4
+    expected = sorted(raw_records(raw))
+    assert len(raw_log_keys(raw)) == files == 4
     assert len(expected) == generated_rows
 
     loaded = run_ok(env, "devices", "load", str(home / "devices.csv"))
@@ -357,13 +360,13 @@ def test_s3_end_to_end(
     assert (summary["keys"], summary["rows"], summary["quarantined_lines"]) == (files, generated_rows, bad_lines)
     assert summary["partitions"] == [f"{DAY}|{r}" for r in ("BRCB", "KPCS")]
 
-    rows = cli_helpers.lake_rows(f"s3://{s3_bucket}/lake", access)
-    assert cli_helpers.row_ids(rows) == expected
-    lake_objects = cli_helpers.s3_lake_keys(S3Store(s3_bucket, "lake/", s3_client, access))
+    rows = lake_rows(f"s3://{s3_bucket}/lake", access)
+    assert row_ids(rows) == expected
+    lake_objects = s3_lake_keys(S3Store(s3_bucket, "lake/", s3_client, access))
     assert lake_objects
     assert all(k.endswith(".parquet") and "/part-" in k for k in lake_objects), sorted(lake_objects)
 
-    table = cli_helpers.key_table(postgres_else_sqlite_url)
+    table = key_table(postgres_else_sqlite_url)
     assert len(table) == files
     assert {r["status"] for r in table.values()} == {SUCCESS}
     assert sum(int(r["rows"]) for r in table.values()) == generated_rows
@@ -409,7 +412,7 @@ def test_failed_run_exits_nonzero_and_hands_keys_back(tmp_path: Path, blocked: s
         assert [f.split(" ")[0] for f in result["failed_runs"]] == partitions, result
         assert (result["runs"], result["rows"], result["keys"]) == (2, 0, 0)
 
-    table = cli_helpers.key_table(sqlite_url(home))
+    table = key_table(sqlite_url(home))
     engine = sa.create_engine(sqlite_url(home))
     try:
         with engine.connect() as conn:
@@ -422,7 +425,7 @@ def test_failed_run_exits_nonzero_and_hands_keys_back(tmp_path: Path, blocked: s
         assert {r["attempts"] for r in table.values()} == {1}
         assert all("datalog_v2" in (r["error"] or "") for r in table.values())
         assert sorted(batch_statuses) == [ABORTED, ABORTED]
-        assert cli_helpers.local_files(lake) == {"datalog_v2": (lake / "datalog_v2").stat().st_mtime_ns}
+        assert local_files(lake) == {"datalog_v2": (lake / "datalog_v2").stat().st_mtime_ns}
     else:
         # The lake could not even be opened: nothing was claimed, or what was claimed was released.
         assert {r["attempts"] for r in table.values()} <= {0, 1}
@@ -450,7 +453,7 @@ def test_demo_in_an_empty_directory(tmp_path: Path) -> None:
     assert f"{lake}/datalog_v2" in out
     assert "Next:" in out and "ledger status" in out
     _files, generated_rows, _bad = cli_helpers.generated_counts(out)
-    rows = cli_helpers.lake_rows(str(lake))
+    rows = lake_rows(str(lake))
     assert len(rows) == generated_rows
     listed = [line.strip() for line in out.splitlines() if line.strip().startswith("hiveperiod=")]
     assert listed, out

@@ -37,6 +37,7 @@ from datalog_platform.defs.discovery.sensors import raw_logs_sensor
 from datalog_platform.defs.resources import DiscoveryResource, LedgerResource, StoresResource
 from datalog_platform_tests.support import ledger_helpers
 from datalog_platform_tests.support.cli_helpers import cli_env, describe, run_cli
+from datalog_platform_tests.support.net import free_port
 
 CONFIG_ERROR = 2
 MAX_STDERR_LINES = 5
@@ -46,18 +47,11 @@ AWS_SECRET = "s3cr3t-key"
 SECRETS = (PASSWORD, AWS_KEY_ID, AWS_SECRET)
 
 
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (bound, then closed): connecting is refused."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def moto_auth_server() -> Iterator[str]:
     """A moto S3 server in a child process that checks credentials (it knows no access keys, so
     every signed request is refused with InvalidAccessKeyId); yields its endpoint URL."""
-    port = closed_port()
+    port = free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -219,7 +213,7 @@ def test_misconfiguration_is_one_clear_line(
     home = tmp_path / "home"
 
     def fill(text: str) -> str:
-        return text.format(tmp=tmp_path, home=home, closed=closed_port(), moto=moto_server, moto_auth=moto_auth_server)
+        return text.format(tmp=tmp_path, home=home, closed=free_port(), moto=moto_server, moto_auth=moto_auth_server)
 
     env = scenario_env(home, **{name: None if value is None else fill(value) for name, value in overrides.items()})
     started = time.monotonic()

@@ -56,26 +56,24 @@ from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import ABORTED, SUCCESS, WRITING
 from datalog_platform.core.store import LocalStore
 from datalog_platform.settings import Settings
-from datalog_platform_tests.support.cli_helpers import RowId, is_raw_log, raw_records, run_ok, write_csv
+from datalog_platform_tests.support.cli_helpers import run_ok, write_csv
 from datalog_platform_tests.support.daemon_helpers import (
     BIN,
     WORKSPACE,
     Daemon,
-    batch_files,
-    batch_row,
-    batch_rows,
-    key_rows,
     kill_tree,
-    partition_dir,
-    partition_row_ids,
     partition_runs,
     poll,
     run_worker_pid,
     sensor_states,
     sensor_ticks,
+    service_env,
     start_daemon,
     wait_gone,
 )
+from datalog_platform_tests.support.lake import batch_files, partition_dir, partition_row_ids
+from datalog_platform_tests.support.ledger_helpers import batch_row, batch_rows, key_rows
+from datalog_platform_tests.support.raw_data import RowId, is_raw_log, ndjson, raw_records
 
 log = logging.getLogger(__name__)
 
@@ -144,16 +142,7 @@ class Platform:
 
 def clean_env(home: Path, dagster_home: Path) -> dict[str, str]:
     """Exactly what the daemon and the CLI get: nothing of the test process's DATALOG_*/DAGSTER_*."""
-    return {
-        "PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(home),
-        "LANG": "C.UTF-8",
-        "PYTHONUNBUFFERED": "1",
-        "DATALOG_HOME": str(home),
-        "DAGSTER_HOME": str(dagster_home),
-        "DATALOG_TZ_OFFSET_HOURS": str(TZ_OFFSET_HOURS),
-        "DATALOG_LEASE_SECONDS": str(LEASE_SECONDS),
-    }
+    return service_env(home, dagster_home, TZ_OFFSET_HOURS, DATALOG_LEASE_SECONDS=str(LEASE_SECONDS))
 
 
 def local_date(hour: datetime) -> str:
@@ -186,7 +175,7 @@ def stage_dead_writer(
     def write() -> None:
         for hour in (day, day + timedelta(hours=1)):
             lines = log_lines(DEAD_DEVICE, hour, 20, random.Random(hour.hour), bad=False)
-            raw.write_bytes(f"{DEAD_DEVICE}/{hour:%Y%m%d%H}/log.json", ("\n".join(lines) + "\n").encode())
+            raw.write_bytes(f"{DEAD_DEVICE}/{hour:%Y%m%d%H}/log.json", ndjson(*lines))
 
     keys = upload(raw, write)
     data = dataset("dead writer", raw, keys, regions)

@@ -39,6 +39,9 @@ from datalog_platform.defs.registry.assets import device_registry
 from datalog_platform.defs.resources import LedgerResource, StoresResource
 from datalog_platform.settings import Settings
 from datalog_platform_tests.support import cli_helpers
+from datalog_platform_tests.support.lake import lake_rows, local_files, partition_dir, row_ids
+from datalog_platform_tests.support.ledger_helpers import key_table
+from datalog_platform_tests.support.raw_data import ndjson, raw_log_keys, raw_records
 
 DAY = "2026-11-01"
 NEXT_DAY = "2026-11-02"
@@ -189,7 +192,7 @@ def test_partition_materializes_as_the_sensor_launches_it(
     assert protocol.local_date(protocol.parse_raw_key(LATE_KEY).hour, tz) == DAY, "test data assumes UTC+8"  # type: ignore[union-attr]
     raw = LocalStore(settings.raw_url)
     summary = generate(raw, devices=3, hours=2, rows=20, seed=1)
-    raw.write_bytes(LATE_KEY, ("\n".join(LATE_LINES) + "\n").encode())
+    raw.write_bytes(LATE_KEY, ndjson(*LATE_LINES))
     engine = ledger_engine(settings.ledger_url)
     registration.upsert_devices(engine, summary.devices)
     registration.register_keys(engine, raw.list(), tz)
@@ -197,8 +200,8 @@ def test_partition_materializes_as_the_sensor_launches_it(
     instance.add_dynamic_partitions(REGION_PARTITIONS_NAME, regions)
     resources = dict(build_definitions(settings).resources)
 
-    expected_all = cli_helpers.raw_records(raw)
-    brcb_keys = {k for k in cli_helpers.raw_log_keys(raw) if k.startswith("dev00000/")}
+    expected_all = raw_records(raw)
+    brcb_keys = {k for k in raw_log_keys(raw) if k.startswith("dev00000/")}
     expected = sorted(r for r in expected_all if r[0] in brcb_keys)
     expected_late = sorted(r for r in expected if r[0] == LATE_KEY)
     assert len(brcb_keys) == 3 and len(expected_late) == 3
@@ -217,7 +220,7 @@ def test_partition_materializes_as_the_sensor_launches_it(
     assert meta["rows_to_own_date"] == len(expected) - len(expected_late)
     assert meta["keys"] == len(brcb_keys)
     assert meta["quarantined_lines"] == 0
-    lake_dir = Path(settings.lake_url) / "datalog_v2" / f"hiveperiod={DAY}" / f"dstrct_code={REGION}"
+    lake_dir = partition_dir(Path(settings.lake_url), DAY, REGION)
     assert Path(str(meta["path"])) == lake_dir
     assert any(lake_dir.glob("*.parquet"))
     neighbour = mats[("datalog_parquet", f"{NEXT_DAY}|{REGION}")]
@@ -230,14 +233,14 @@ def test_partition_materializes_as_the_sensor_launches_it(
     }
 
     # The lake holds exactly the partition's generated records, each in its own local date.
-    rows = cli_helpers.lake_rows(settings.lake_url)
-    assert cli_helpers.row_ids(rows) == expected
+    rows = lake_rows(settings.lake_url)
+    assert row_ids(rows) == expected
     by_day = {str(r["hiveperiod"]) for r in rows if r["source_file"] == LATE_KEY}
     assert by_day == {NEXT_DAY}
     assert {r["dstrct_code"] for r in rows} == {REGION}
 
     # The ledger: this partition's keys SUCCESS with their batch committed, every other key pending.
-    table = cli_helpers.key_table(settings.ledger_url)
+    table = key_table(settings.ledger_url)
     assert {k for k, r in table.items() if r["status"] == SUCCESS} == brcb_keys
     assert {r["status"] for k, r in table.items() if k not in brcb_keys} == {PENDING}
     with engine.connect() as conn:
@@ -245,14 +248,14 @@ def test_partition_materializes_as_the_sensor_launches_it(
     assert [(b.status, b.run_id) for b in batch_rows] == [(COMMITTED, result.run_id)]
 
     # Nothing pending any more: the run succeeds, claims nothing, writes nothing.
-    before = cli_helpers.local_files(Path(settings.lake_url))
+    before = local_files(Path(settings.lake_url))
     again = materialize(instance, resources, DAY, REGION)
     assert again.success
     assert again.get_asset_materialization_events() == []
-    assert cli_helpers.local_files(Path(settings.lake_url)) == before
+    assert local_files(Path(settings.lake_url)) == before
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(batches)).scalar_one() == 1
-    assert cli_helpers.key_table(settings.ledger_url) == table
+    assert key_table(settings.ledger_url) == table
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,12 +275,12 @@ def one_file_per_key(tmp_path: Path, instance: dg.DagsterInstance) -> tuple[Sett
     resources = dict(build_definitions(settings).resources)
     for _ in range(3):
         assert materialize(instance, resources, DAY, REGION, key_limit=1).success
-    expected = sorted(r for r in cli_helpers.raw_records(raw) if r[0].startswith("dev00000/"))
+    expected = sorted(r for r in raw_records(raw) if r[0].startswith("dev00000/"))
     return settings, resources, expected
 
 
 def day_files(settings: Settings) -> set[str]:
-    lake_dir = Path(settings.lake_url) / "datalog_v2" / f"hiveperiod={DAY}" / f"dstrct_code={REGION}"
+    lake_dir = partition_dir(Path(settings.lake_url), DAY, REGION)
     return {p.name for p in lake_dir.glob("*.parquet")}
 
 
@@ -300,7 +303,7 @@ def test_a_backfill_run_rebuilds_its_partition(tmp_path: Path, instance: dg.Dags
     assert meta["keys"] == 3 and meta["files_replaced"] == 3
     new = day_files(settings)
     assert new.isdisjoint(old) and new == {f"part-{meta['batch_id']}-0.parquet"}
-    assert cli_helpers.row_ids(cli_helpers.lake_rows(settings.lake_url)) == expected
+    assert row_ids(lake_rows(settings.lake_url)) == expected
 
     # an ordinary run of the same partition claims nothing: the rebuild held no pending key back
     again = materialize(instance, resources, DAY, REGION)
@@ -329,7 +332,7 @@ def test_compaction_job_merges_crowded_directories(tmp_path: Path, instance: dg.
     assert seen.asset_key == dg.AssetKey("datalog_parquet") and seen.partition == f"{DAY}|{REGION}"
     assert (seen.metadata["files_before"].value, seen.metadata["files_after"].value) == (3, 1)
     assert merged == f"part-{seen.metadata['compacted_by'].value}-0.parquet"
-    assert cli_helpers.row_ids(cli_helpers.lake_rows(settings.lake_url)) == expected
+    assert row_ids(lake_rows(settings.lake_url)) == expected
 
 
 def test_daily_compaction_schedule_requests_the_compaction_job() -> None:
@@ -349,7 +352,7 @@ def test_one_asset_of_the_pair_cannot_run_without_the_other(tmp_path: Path, inst
         with pytest.raises(dg.DagsterInvalidDefinitionError) as refused:
             materialize(instance, resources, DAY, REGION, tags={}, selection=[alone])
         assert "subset" in str(refused.value.__cause__)
-    assert cli_helpers.row_ids(cli_helpers.lake_rows(settings.lake_url)) == expected
+    assert row_ids(lake_rows(settings.lake_url)) == expected
 
 
 def test_a_person_materializing_a_partition_rebuilds_it_complete(tmp_path: Path, instance: dg.DagsterInstance) -> None:
@@ -358,7 +361,7 @@ def test_a_person_materializing_a_partition_rebuilds_it_complete(tmp_path: Path,
     partition holds every raw record of its keys exactly once."""
     settings, resources, _ = one_file_per_key(tmp_path, instance)
     raw = LocalStore(settings.raw_url)
-    raw.write_bytes(LATE_KEY, ("\n".join(LATE_LINES) + "\n").encode())  # uploaded, never discovered
+    raw.write_bytes(LATE_KEY, ndjson(*LATE_LINES))  # uploaded, never discovered
     old = day_files(settings)
 
     result = materialize(instance, resources, DAY, REGION, tags={})
@@ -378,16 +381,16 @@ def test_a_person_materializing_a_partition_rebuilds_it_complete(tmp_path: Path,
     own = {k: v.value for k, v in mats[("datalog_parquet", f"{DAY}|{REGION}")].items()}
     assert own["run_kind"] == "rebuild" and own["files_replaced"] == 3
     assert day_files(settings).isdisjoint(old)
-    expected = sorted(r for r in cli_helpers.raw_records(raw) if r[0].startswith("dev00000/"))
-    rows = cli_helpers.lake_rows(settings.lake_url)
-    assert cli_helpers.row_ids(rows) == expected
+    expected = sorted(r for r in raw_records(raw) if r[0].startswith("dev00000/"))
+    rows = lake_rows(settings.lake_url)
+    assert row_ids(rows) == expected
     assert own["dagster/row_count"] == sum(1 for r in rows if str(r["hiveperiod"]) == DAY)
     late = mats[("datalog_parquet", f"{NEXT_DAY}|{REGION}")]
     assert late["dagster/row_count"].value == len(LATE_LINES)
 
     # a second Materialize rebuilds again and changes nothing in what the partition holds
     assert materialize(instance, resources, DAY, REGION, tags={}).success
-    assert cli_helpers.row_ids(cli_helpers.lake_rows(settings.lake_url)) == expected
+    assert row_ids(lake_rows(settings.lake_url)) == expected
 
 
 def test_date_partitions_run_from_the_start_date_to_todays_local_date(tmp_path: Path) -> None:

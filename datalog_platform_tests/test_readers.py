@@ -34,7 +34,7 @@ from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import keys
 from datalog_platform.core.store import LocalStore
 from datalog_platform.core.transform.timestamps import install_macros
-from datalog_platform_tests.support.cli_helpers import good_records
+from datalog_platform_tests.support.raw_data import good_records
 
 DATASET = "datalog_v2"
 QUARANTINE = "quarantine"

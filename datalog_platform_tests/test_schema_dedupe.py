@@ -18,6 +18,7 @@ from datalog_platform.core.ledger import fields
 from datalog_platform.core.ledger.schema import create_schema, keys, schema_fields
 from datalog_platform.core.transform.convert import DATASET
 from datalog_platform_tests.support.ledger_helpers import postgres_schema, postgres_url
+from datalog_platform_tests.support.raw_data import epoch_seconds, ndjson
 
 if TYPE_CHECKING:
     from datalog_platform_tests.support.pipeline import Pipeline
@@ -28,14 +29,14 @@ BASE = datetime(2026, 11, 1, 0, 0, 0)  # UTC; local date 2026-11-01 at +8
 
 def line(seq: int, heartbeat: Any = None, device: str = "dev1", **values: Any) -> str:
     instant = BASE + timedelta(minutes=seq)
-    record = {"device_id": device, "heartbeat": heartbeat or int((instant - datetime(1970, 1, 1)).total_seconds())}
+    record = {"device_id": device, "heartbeat": heartbeat or epoch_seconds(instant)}
     record.update({"seq": seq, **values})
     return json.dumps(record, separators=(",", ":"))
 
 
 def upload(pipeline: Pipeline, name: str, *lines: str, hour: str = "2026110100") -> str:
     key = f"dev1/{hour}/{name}.json"
-    pipeline.raw.write_bytes(key, ("\n".join(lines) + "\n").encode())
+    pipeline.raw.write_bytes(key, ndjson(*lines))
     return key
 
 

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import boto3
 import duckdb
 import pytest
 
@@ -27,6 +26,7 @@ from datalog_platform.core.store import (
     is_s3_url,
     split_s3_url,
 )
+from datalog_platform_tests.support.s3 import s3_client_for
 
 # Deliberately includes keys whose lexicographic order differs from a per-directory walk:
 # "a/b" < "a-c" is False ('/' 0x2F > '-' 0x2D) and "a/b" < "a0" is True.
@@ -170,13 +170,7 @@ def test_s3_store_pagination_and_request_count(
     exercised without writing thousands of objects.
     """
     bucket = s3_bucket
-    paged = boto3.client(
-        "s3",
-        region_name="us-east-1",
-        endpoint_url=moto_server,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    paged = s3_client_for(moto_server)  # a client of its own: the hook below must not reach `s3_client`
 
     def small_pages(params: dict[str, Any], **_: Any) -> None:
         params.setdefault("MaxKeys", 2)

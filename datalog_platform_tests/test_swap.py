@@ -49,6 +49,7 @@ from datalog_platform.core.ledger.schema import (
 )
 from datalog_platform.core.store import LocalStore, ObjectInfo, ObjectStore
 from datalog_platform_tests.support.pipeline import LEASE_SECONDS, MAX_ATTEMPTS, TZ_OFFSET_HOURS
+from datalog_platform_tests.support.raw_data import epoch_seconds, ndjson
 
 if TYPE_CHECKING:
     from datalog_platform_tests.support.pipeline import Pipeline
@@ -60,14 +61,14 @@ DATA = "datalog_v2"
 
 
 def record(device: str, seq: int, step: timedelta = timedelta(minutes=1), **extra: object) -> str:
-    epoch = int((BASE + seq * step - datetime(1970, 1, 1)).total_seconds())
+    epoch = epoch_seconds(BASE + seq * step)
     return json.dumps({"device_id": device, "heartbeat": epoch, "seq": seq, "temperature": 20.0 + seq, **extra})
 
 
 def upload(pipeline: Pipeline, device: str, hour: int, seqs: range, bad: int = 0) -> str:
     key = f"{device}/2026110{1 if hour < 24 else 2}{hour % 24:02d}/log.json"
     lines = [record(device, s) for s in seqs] + [f"not json {device} {hour} {i}" for i in range(bad)]
-    pipeline.raw.write_bytes(key, ("\n".join(lines) + "\n").encode())
+    pipeline.raw.write_bytes(key, ndjson(*lines))
     return key
 
 
@@ -142,7 +143,7 @@ def test_rebuild_moves_rows_crossing_midnight_out_of_the_next_date_too(pipeline:
     pipeline.devices([("dev1", REGION)])
     late = "dev1/2026110115/log.json"  # 15:00 UTC = 23:00 local on DAY; rows run past midnight
     lines = [record("dev1", 900 + m) for m in range(0, 120, 30)]
-    pipeline.raw.write_bytes(late, ("\n".join(lines) + "\n").encode())
+    pipeline.raw.write_bytes(late, ndjson(*lines))
     upload(pipeline, "dev1", 17, range(2000, 2003))  # 17:00 UTC = 01:00 local on DAY+1
     pipeline.run()
     next_day = {k for k in parquet_keys(pipeline) if "hiveperiod=2026-11-02" in k}
@@ -239,7 +240,7 @@ def test_compaction_splits_by_target_size_and_keeps_rescued_values(pipeline: Pip
     for hour in range(2):
         seqs = range(hour * 130_000, (hour + 1) * 130_000)
         lines = [record("dev1", s, step=timedelta(milliseconds=100)) for s in seqs]
-        pipeline.raw.write_bytes(f"dev1/20261101{hour:02d}/log.json", ("\n".join(lines) + "\n").encode())
+        pipeline.raw.write_bytes(f"dev1/20261101{hour:02d}/log.json", ndjson(*lines))
         pipeline.run()
     # a field that is a number in one batch and text in another: the text is rescued
     pipeline.raw.write_bytes(

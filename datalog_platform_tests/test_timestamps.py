@@ -21,6 +21,7 @@ import pytest
 
 from datalog_platform.core.transform.convert import INVALID_TIMESTAMP
 from datalog_platform.core.transform.timestamps import install_macros, with_instant
+from datalog_platform_tests.support.raw_data import ndjson
 
 if TYPE_CHECKING:
     from datalog_platform_tests.support.pipeline import Pipeline
@@ -166,7 +167,7 @@ def test_pipeline_mixed_file(pipeline: Pipeline) -> None:
     """All formats in one file: the file takes the line path and every line is judged alone."""
     pipeline.devices([("dev1", "RG")])
     lines = [record(name, heartbeat) for name, heartbeat, _ in CASES]
-    pipeline.raw.write_bytes("dev1/2026110100/log.json", ("\n".join(lines) + "\n").encode())
+    pipeline.raw.write_bytes("dev1/2026110100/log.json", ndjson(*lines))
     (report,) = pipeline.run()
     assert report.line_path_files == 1
     _check_lake(pipeline, CASES)

@@ -26,6 +26,7 @@ import pytest
 from datalog_platform.core.ledger.schema import QUARANTINED, SUCCESS
 from datalog_platform.core.store import LocalStore, S3Store
 from datalog_platform.core.transform.convert import INVALID_TIMESTAMP, MALFORMED_JSON
+from datalog_platform_tests.support.raw_data import epoch_seconds, ndjson
 
 if TYPE_CHECKING:
     from datalog_platform_tests.support.pipeline import Pipeline
@@ -38,14 +39,10 @@ BASE = datetime(2026, 11, 1, 0, 0, 0)  # UTC
 def good(device: str, seq: int, at: datetime | None = None, **extra: Any) -> str:
     """One valid record whose heartbeat is `at` (UTC) as epoch seconds."""
     instant = at if at is not None else BASE + timedelta(minutes=seq)
-    epoch = int((instant - datetime(1970, 1, 1)).total_seconds())
+    epoch = epoch_seconds(instant)
     rec = {"device_id": device, "heartbeat": epoch, "seq": seq, "temperature": 20.5 + seq}
     rec.update(extra)
     return json.dumps(rec, separators=(",", ":"))
-
-
-def ndjson(*lines: str) -> bytes:
-    return ("\n".join(lines) + "\n").encode()
 
 
 def lake_keys(pipeline: Pipeline) -> list[str]:

@@ -34,18 +34,11 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from datalog_platform.definitions import defs
-from datalog_platform_tests.support.cli_helpers import TWO_DAYS, IngestedLake, ingest_two_days, raw_records
-from datalog_platform_tests.support.daemon_helpers import (
-    BIN,
-    WORKSPACE,
-    Daemon,
-    free_port,
-    graphql,
-    partition_dir,
-    partition_row_ids,
-    poll,
-    webserver_and_daemon,
-)
+from datalog_platform_tests.support.cli_helpers import TWO_DAYS, IngestedLake, ingest_two_days
+from datalog_platform_tests.support.daemon_helpers import BIN, WORKSPACE, Daemon, graphql, poll, webserver_and_daemon
+from datalog_platform_tests.support.lake import partition_dir, partition_row_ids
+from datalog_platform_tests.support.net import free_port
+from datalog_platform_tests.support.raw_data import raw_records
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless as root on a closed network: no sandbox, no GPU, and none of Chromium's own outbound

@@ -1,39 +1,31 @@
-"""Helpers for the CLI and Dagster tests: run `datalog` in a subprocess, read raw data and the lake back.
+"""Helpers for the CLI tests: run `datalog` in a subprocess and read what it printed; a lake filled
+by `datalog ingest` for the webserver and browser tests.
 
 Everything here talks to real parts: the `datalog` command in a child Python process, local
-directories, the moto S3 server (through the platform's own S3Store), DuckDB reading Parquet, and
-the Dagster instance the CLI records its runs in.
+directories, and the Dagster instance the CLI records its runs in.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
-import sqlalchemy as sa
-
-from datalog_platform.core.duckdb_setup import enable_s3
 from datalog_platform.core.generate import device_registry, generate, registry_csv
-from datalog_platform.core.ledger.schema import keys
-from datalog_platform.core.store import LocalStore, ObjectStore, S3Access, S3Store
-from datalog_platform.core.transform.convert import DATASET
+from datalog_platform.core.store import LocalStore
 from datalog_platform.settings import Settings
+from datalog_platform_tests.support.daemon_helpers import service_env
 
 TZ_OFFSET_HOURS = 8
 # Variables the platform or boto3 read; the test process's own values must not leak into a scenario.
 _SCRUBBED_PREFIXES = ("DATALOG_", "DAGSTER_", "AWS_")
-
-RowId = tuple[str, int]  # (source_file, seq): one generated record
 
 TWO_DAYS_START = datetime(2026, 10, 5, 0, 0)  # UTC; at +8 the 26 hours cover 2026-10-05 08:00 to 2026-10-06 09:00
 TWO_DAYS = ("2026-10-05", "2026-10-06")
@@ -112,82 +104,6 @@ def generated_counts(stdout: str) -> tuple[int, int, int]:
     return files, rows, bad
 
 
-def is_raw_log(key: str) -> bool:
-    return key.endswith((".json", ".json.gz")) and not key.startswith("_")
-
-
-def good_records(store: ObjectStore, key: str) -> Iterator[dict[str, Any]]:
-    """The records of one raw file that should reach the lake: lines that are valid JSON with a
-    usable heartbeat (the generator's two kinds of bad line are left out)."""
-    data = store.read_bytes(key)
-    if key.endswith(".gz"):
-        data = gzip.decompress(data)
-    for line in data.decode().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("heartbeat") != "not a time":
-            yield record
-
-
-def raw_records(store: ObjectStore) -> set[RowId]:
-    """(source key, seq) of every record of the raw store that should reach the lake."""
-    return {
-        (obj.key, int(record["seq"]))
-        for obj in store.list()
-        if is_raw_log(obj.key)
-        for record in good_records(store, obj.key)
-    }
-
-
-def raw_log_keys(store: ObjectStore) -> list[str]:
-    return [o.key for o in store.list() if is_raw_log(o.key)]
-
-
-def lake_rows(lake_uri: str, access: S3Access | None = None) -> list[dict[str, Any]]:
-    """Every row of the lake's dataset (hive columns included), read with DuckDB."""
-    conn = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False})
-    try:
-        if access is not None:
-            enable_s3(conn, access)
-        cursor = conn.execute(
-            "SELECT * FROM read_parquet(?, hive_partitioning = true, union_by_name = true)",
-            [f"{lake_uri.rstrip('/')}/{DATASET}/**/*.parquet"],
-        )
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-    finally:
-        conn.close()
-
-
-def row_ids(rows: Iterable[Mapping[str, Any]]) -> list[RowId]:
-    """(source_file, seq) of each lake row, as a list so duplicates stay visible."""
-    return sorted((str(r["source_file"]), int(r["seq"])) for r in rows)
-
-
-def local_files(root: Path) -> dict[str, int]:
-    """Every file under `root` (relative path -> mtime in ns); {} if `root` does not exist."""
-    if not root.is_dir():
-        return {}
-    return {p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
-
-
-def key_table(url: str) -> dict[str, dict[str, Any]]:
-    """The ledger's keys table by key, read with a short-lived engine of its own."""
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return {r.key: dict(r._mapping) for r in conn.execute(sa.select(keys)).all()}
-    finally:
-        engine.dispose()
-
-
-def s3_lake_keys(store: S3Store) -> dict[str, str | None]:
-    """Every object of an S3 store (key -> etag)."""
-    return {o.key: o.etag for o in store.list()}
-
-
 def write_csv(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
@@ -218,17 +134,7 @@ def ingest_two_days(tmp_path: Path, **extra_env: str) -> IngestedLake:
     """Two devices in two regions, 26 hours of clean logs from TWO_DAYS_START (two local dates, four
     partitions), loaded and ingested with the `datalog` command under tmp_path/home; DAGSTER_HOME is
     tmp_path/dagster_home, prepared by `datalog dagster-home`. `extra_env` adds variables."""
-    home = tmp_path / "home"
-    env = {
-        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(home),
-        "LANG": "C.UTF-8",
-        "PYTHONUNBUFFERED": "1",
-        "DATALOG_HOME": str(home),
-        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
-        "DATALOG_TZ_OFFSET_HOURS": str(TZ_OFFSET_HOURS),
-        **extra_env,
-    }
+    env = service_env(tmp_path / "home", tmp_path / "dagster_home", TZ_OFFSET_HOURS, **extra_env)
     settings = Settings.from_env(env)
     run_ok(env, "dagster-home")
     registry = device_registry(2)

@@ -1,10 +1,10 @@
-"""Helpers for the daemon tests: start and stop `dagster-daemon` (and `dagster-webserver`) in their
-own process groups, speak to the webserver's GraphQL API, find and kill the processes of one run,
-read sensor ticks and runs from the instance, read lake partitions.
+"""Helpers for the daemon tests: the environment the services get, start and stop `dagster-daemon`
+(and `dagster-webserver`) in their own process groups, speak to the webserver's GraphQL API, find and
+kill the processes of one run, read sensor ticks and runs from the instance.
 
 Real parts only: the `dagster-daemon` and `dagster-webserver` executables of the virtualenv as child
-process groups, HTTP to the webserver on 127.0.0.1, /proc for the process tree, the Dagster instance
-in DAGSTER_HOME, the SQLite ledger and DuckDB over the lake's Parquet files.
+process groups, HTTP to the webserver on 127.0.0.1, /proc for the process tree and the Dagster
+instance in DAGSTER_HOME.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,16 +24,27 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import dagster as dg
-import duckdb
-import sqlalchemy as sa
-
-from datalog_platform.core.ledger.schema import batches, keys
 
 T = TypeVar("T")
 
 WORKSPACE = Path(__file__).resolve().parents[2] / "workspace.yaml"
 BIN = Path(sys.executable).parent  # the virtualenv's bin: dagster-daemon, dagster-webserver, datalog
-RowId = tuple[str, int]  # (source_file, seq)
+
+
+def service_env(home: Path, dagster_home: Path, tz_offset_hours: int, **extra: str) -> dict[str, str]:
+    """Exactly what a Dagster service, and the `datalog` command beside it, get: the virtualenv's
+    bin on PATH, DATALOG_HOME, DAGSTER_HOME and the UTC offset, plus `extra`; nothing of the test
+    process's own DATALOG_*/DAGSTER_*/AWS_* variables."""
+    return {
+        "PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "DATALOG_HOME": str(home),
+        "DAGSTER_HOME": str(dagster_home),
+        "DATALOG_TZ_OFFSET_HOURS": str(tz_offset_hours),
+        **extra,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,12 +237,6 @@ def start_webserver(bin_dir: Path, workspace: Path, env: Mapping[str, str], log_
     return start_process(argv, workspace.parent, env, log_path)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def graphql(port: int, query: str, variables: dict[str, Any]) -> dict[str, Any]:
     """POST one query to the webserver's /graphql (the API the UI speaks); its `data`, no `errors`."""
     request = urllib.request.Request(
@@ -326,57 +330,3 @@ def run_worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
         if entry.dagster_event is not None and entry.dagster_event.pid is not None:
             return int(entry.dagster_event.pid)
     return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Ledger and lake
-
-
-def key_rows(engine: sa.Engine, key_names: Iterable[str]) -> dict[str, dict[str, Any]]:
-    wanted = sorted(key_names)
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(keys).where(keys.c.key.in_(wanted))).all()
-    return {r.key: dict(r._mapping) for r in rows}
-
-
-def batch_rows(engine: sa.Engine, part_date: str | None = None, region: str | None = None) -> list[dict[str, Any]]:
-    stmt = sa.select(batches).order_by(batches.c.created_at)
-    if part_date is not None:
-        stmt = stmt.where(batches.c.part_date == part_date)
-    if region is not None:
-        stmt = stmt.where(batches.c.dstrct_code == region)
-    with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(stmt).all()]
-
-
-def batch_row(engine: sa.Engine, batch_id: str) -> dict[str, Any]:
-    with engine.connect() as conn:
-        return dict(conn.execute(sa.select(batches).where(batches.c.batch_id == batch_id)).one()._mapping)
-
-
-def partition_dir(lake: Path, part_date: str, region: str, dataset: str = "datalog_v2") -> Path:
-    return lake / dataset / f"hiveperiod={part_date}" / f"dstrct_code={region}"
-
-
-def partition_row_ids(lake: Path, part_date: str, region: str) -> list[RowId]:
-    """(source_file, seq) of every row in one hive partition of the lake, duplicates kept, sorted.
-
-    Reads one partition only, so that files other runs are writing elsewhere are never opened.
-    """
-    directory = partition_dir(lake, part_date, region)
-    if not any(directory.glob("*.parquet")):
-        return []
-    conn = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False})
-    try:
-        rows = conn.execute(
-            "SELECT source_file, seq FROM read_parquet(?, hive_partitioning = true, union_by_name = true)",
-            [f"{directory}/*.parquet"],
-        ).fetchall()
-    finally:
-        conn.close()
-    return sorted((str(f), int(s)) for f, s in rows)
-
-
-def batch_files(lake: Path, batch_id: str) -> list[str]:
-    """Every lake file a batch wrote (`part-{batch_id}-*`), as paths relative to the lake."""
-    return sorted(p.relative_to(lake).as_posix() for p in lake.rglob(f"part-{batch_id}-*"))

@@ -1,4 +1,5 @@
-"""Helpers for the ledger tests: isolated PostgreSQL schemas and a claim worker for spawned processes.
+"""Helpers for the ledger tests: isolated PostgreSQL schemas, a claim worker for spawned processes,
+and the ledger's keys and batches read back as dicts.
 
 The worker lives here (an importable module, not the test module) so that the multiprocessing
 'spawn' start method can pickle it by reference.
@@ -9,15 +10,16 @@ from __future__ import annotations
 import multiprocessing
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from multiprocessing.synchronize import Barrier
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from datalog_platform.core.ledger import protocol, registration
-from datalog_platform.core.ledger.schema import create_schema
+from datalog_platform.core.ledger.schema import batches, create_schema, keys
 from datalog_platform.core.store import ObjectInfo
 
 POSTGRES_URL_ENV = "DATALOG_TEST_POSTGRES_URL"
@@ -133,3 +135,40 @@ def register_same_objects(url: str, schema: str, count: int, worker: int, barrie
         results.put((worker, result.registered))  # type: ignore[attr-defined]
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the test
         results.put((worker, f"ERROR: {type(exc).__name__}: {exc}"))  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the ledger back
+
+
+def key_rows(engine: sa.Engine, key_names: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The ledger's keys table by key (only `key_names`, when given), each row as a dict."""
+    stmt = sa.select(keys)
+    if key_names is not None:
+        stmt = stmt.where(keys.c.key.in_(sorted(key_names)))
+    with engine.connect() as conn:
+        return {r.key: dict(r._mapping) for r in conn.execute(stmt).all()}
+
+
+def key_table(url: str) -> dict[str, dict[str, Any]]:
+    """The ledger's keys table by key, read with a short-lived engine of its own."""
+    engine = sa.create_engine(url)
+    try:
+        return key_rows(engine)
+    finally:
+        engine.dispose()
+
+
+def batch_rows(engine: sa.Engine, part_date: str | None = None, region: str | None = None) -> list[dict[str, Any]]:
+    stmt = sa.select(batches).order_by(batches.c.created_at)
+    if part_date is not None:
+        stmt = stmt.where(batches.c.part_date == part_date)
+    if region is not None:
+        stmt = stmt.where(batches.c.dstrct_code == region)
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(stmt).all()]
+
+
+def batch_row(engine: sa.Engine, batch_id: str) -> dict[str, Any]:
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.select(batches).where(batches.c.batch_id == batch_id)).one()._mapping)

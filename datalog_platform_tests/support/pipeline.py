@@ -16,9 +16,9 @@ import sqlalchemy as sa
 from datalog_platform.core.duckdb_setup import enable_s3
 from datalog_platform.core.ingest import BatchReport, ingest_batch
 from datalog_platform.core.ledger import protocol, registration, swap
-from datalog_platform.core.ledger.schema import keys
 from datalog_platform.core.store import ObjectStore, S3Store
 from datalog_platform.core.transform.timestamps import install_macros
+from datalog_platform_tests.support.ledger_helpers import key_rows
 
 TZ_OFFSET_HOURS = 8
 LEASE_SECONDS = 60
@@ -108,5 +108,4 @@ class Pipeline:
 
     def key_rows(self) -> dict[str, dict[str, Any]]:
         """The ledger's keys table by key."""
-        with self.engine.connect() as conn:
-            return {r.key: dict(r._mapping) for r in conn.execute(sa.select(keys)).all()}
+        return key_rows(self.engine)
