@@ -1,16 +1,20 @@
-"""The pending-keys sensor, the hourly schedule and the batch-recovery (run failure) sensor.
+"""The ingest sensor and schedule (defs/ingest) and the maintenance sensors (defs/maintenance):
+`pending_keys_sensor`, `hourly_ingest_schedule`, `batch_recovery_sensor` (run failure) and
+`expired_lease_sensor`.
 
 Covers run keys (stable for the same backlog; new after new keys or keys handed back by a failed
 batch), partitions with a queued/running run or an already-run backlog skipped, region dynamic
 partitions requested with the runs, the per-tick cap, SkipReason texts, out-of-range dates, the
-schedule producing the same requests (and its default STOPPED, the sensors' default RUNNING), and
-the recovery sensor aborting a WRITING batch of a really failed run: files deleted, keys PENDING
-with attempts + 1, or FAILED at the limit.
+schedule producing the same requests (and its default STOPPED, the sensors' default RUNNING), the
+recovery sensor aborting a WRITING batch of a really failed run (files deleted, keys PENDING with
+attempts + 1, or FAILED at the limit), and the lease sensor taking over a crashed writer's batch
+once its lease lapsed while leaving a live one alone.
 
 Real parts only: real Dagster instances (`dg.instance_for_test`), sensors and schedules evaluated
 with Dagster's own context builders, a real `ingest_partition_job` run that fails in process, a
-SQLite ledger in a temp file and the running PostgreSQL named by DATALOG_TEST_POSTGRES_URL (a fresh
-schema per test, skipped with a visible reason when unset), and a local directory as the lake.
+SQLite ledger in a temp file and the running PostgreSQL named by DATALOG_TEST_POSTGRES_URL
+(conftest's `ledger_url` and `engine`: a fresh schema per test, skipped with a visible reason when
+unset), and a local directory as the lake.
 """
 
 from __future__ import annotations

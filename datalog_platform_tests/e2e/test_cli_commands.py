@@ -1,12 +1,13 @@
 """The `datalog` command end to end, each scenario in child processes as a user runs it.
 
-Covers `generate`, `devices load` (standard CSV quoting, clear errors and exit code 2 for a bad
-file), `ingest --json` (rows, runs, failures, idempotence of a second run with nothing new), runs
+Covers `generate`, `devices load` (a quoted id with a comma, exit code 2 and one clear line for a bad
+header), `ingest --json` (rows, runs, failures, idempotence of a second run with nothing new), runs
 recorded in DAGSTER_HOME with their partition tags, keys of unknown devices waiting as UNROUTED
 until the registry names them, keys dated outside the date partitions (skipped and reported, not a
 crash), `ledger status --json`, a run that cannot write the lake (exit 1, the failed partitions
 named, keys handed back), raw store and lake on S3 with the ledger on PostgreSQL, and `datalog
-demo` in an empty directory.
+demo` in an empty directory. The commands called in this process (`cli.main`) are in
+unit/test_cli_in_process.py.
 
 Real parts only: `python -m datalog_platform.cli` in subprocesses with a prepared environment,
 local directories, SQLite ledger files, moto's S3 HTTP server on 127.0.0.1 (read back with DuckDB's
@@ -17,8 +18,6 @@ Nothing is mocked.
 
 from __future__ import annotations
 
-import codecs
-import json
 import os
 import random
 import uuid
@@ -33,9 +32,8 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from datalog_platform import cli
 from datalog_platform.core.generate import generate, log_lines, registry_csv
-from datalog_platform.core.ledger import protocol, registration
+from datalog_platform.core.ledger import protocol
 from datalog_platform.core.ledger.schema import (
     ABORTED,
     COMMITTED,
@@ -43,22 +41,15 @@ from datalog_platform.core.ledger.schema import (
     SUCCESS,
     UNROUTED,
     batches,
-    create_schema,
-    devices,
 )
 from datalog_platform.core.store import LocalStore, S3Access, S3Store
-from datalog_platform.settings import Settings, SettingsError, record_home_setting
 from datalog_platform_tests.support import cli_helpers, ledger_helpers
-from datalog_platform_tests.support.cli_helpers import run_cli, run_json, run_ok
+from datalog_platform_tests.support.cli_helpers import run_cli, run_json, run_ok, sqlite_url
 from datalog_platform_tests.support.lake import lake_rows, local_files, row_ids, s3_lake_keys
-from datalog_platform_tests.support.ledger_helpers import key_table
+from datalog_platform_tests.support.ledger_helpers import device_table, key_table, seed_registry
 from datalog_platform_tests.support.raw_data import ndjson, raw_log_keys, raw_records
 
 DAY = "2026-11-01"
-
-
-def sqlite_url(home: Path) -> str:
-    return f"sqlite:///{home / 'ledger.db'}"
 
 
 @contextmanager
@@ -71,28 +62,6 @@ def dagster_instance(dagster_home: Path) -> Iterator[dg.DagsterInstance]:
 
 def partition_tags(runs: list[dg.DagsterRun]) -> Counter[str]:
     return Counter(run.tags.get("dagster/partition", "<none>") for run in runs)
-
-
-def seed_registry(url: str, rows: list[tuple[str, str]]) -> None:
-    """Load devices straight into the ledger (scenarios whose subject is not `devices load`)."""
-    database = sa.make_url(url).database
-    if url.startswith("sqlite") and database:
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url)
-    try:
-        create_schema(engine)
-        registration.upsert_devices(engine, rows)
-    finally:
-        engine.dispose()
-
-
-def device_table(url: str) -> dict[str, str]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return dict(conn.execute(sa.select(devices.c.device_id, devices.c.dstrct_code)).all())
-    finally:
-        engine.dispose()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,17 +212,6 @@ def test_keys_that_cannot_be_ingested_yet_wait(tmp_path: Path) -> None:
     assert {k: r["status"] for k, r in table.items()} == {k: PENDING if k in odd_keys else SUCCESS for k in table}
 
 
-@pytest.fixture
-def inproc_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """For `cli.main([...])` in this process: DATALOG_HOME in tmp_path, no other DATALOG_*/DAGSTER_*."""
-    for name in list(os.environ):
-        if name.startswith(("DATALOG_", "DAGSTER_")):
-            monkeypatch.delenv(name)
-    home = tmp_path / "home"
-    monkeypatch.setenv("DATALOG_HOME", str(home))
-    return home
-
-
 def test_devices_load_rejects_a_wrong_header(tmp_path: Path) -> None:
     """The console script exits 2 with one clear line on stderr and loads nothing."""
     home = tmp_path / "home"
@@ -267,44 +225,6 @@ def test_devices_load_rejects_a_wrong_header(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
     assert device_table(sqlite_url(home)) == {"old": "BRCB"}
-
-
-def test_devices_load_reads_standard_csv_quoting(
-    inproc_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    csv_file = cli_helpers.write_csv(
-        tmp_path / "devices.csv",
-        'device_id,dstrct_code\r\n"dev,1",BRCB\r\n"say ""hi""",KPCS\r\nplain,SMRD\r\n',
-    )
-    # `ledger status` on a ledger that does not exist yet: an empty report, not an error.
-    assert cli.main(["ledger", "status", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"by_status": {}, "by_region": {}, "rows": 0}
-
-    assert cli.main(["devices", "load", str(csv_file)]) == 0
-    assert "3 new" in capsys.readouterr().out
-    assert device_table(sqlite_url(inproc_home)) == {"dev,1": "BRCB", 'say "hi"': "KPCS", "plain": "SMRD"}
-
-
-def test_devices_load_rejects_an_empty_value_and_loads_nothing(
-    inproc_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    seed_registry(sqlite_url(inproc_home), [("old", "BRCB")])
-    bad = cli_helpers.write_csv(tmp_path / "bad.csv", "device_id,dstrct_code\nnew1,BRCB\nnew2,\n")
-    assert cli.main(["devices", "load", str(bad)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("datalog: ") and "line 3" in err, err
-    assert device_table(sqlite_url(inproc_home)) == {"old": "BRCB"}
-
-
-def test_devices_load_accepts_a_utf8_bom(inproc_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Excel's "CSV UTF-8" export starts the file with a byte-order mark; the header is still
-    device_id,dstrct_code and must be read as such."""
-    csv_file = tmp_path / "excel.csv"
-    csv_file.write_bytes(codecs.BOM_UTF8 + b"device_id,dstrct_code\r\nd1,BRCB\r\n")
-    code = cli.main(["devices", "load", str(csv_file)])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    assert device_table(sqlite_url(inproc_home)) == {"d1": "BRCB"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,37 +391,3 @@ def test_demo_in_an_empty_directory(tmp_path: Path) -> None:
     first_date = min(line.split("hiveperiod=")[1][:10] for line in listed)
     settings_file = (cwd / ".datalog" / "datalog.env").read_text()
     assert f"DATALOG_PARTITIONS_START_DATE={first_date}" in settings_file.splitlines()
-
-
-def test_dagster_home_gets_one_event_log_and_one_run_per_partition(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`datalog dagster-home` prepares the instance the CLI and `make ui` share: a consolidated
-    event log, and a run queue that never runs two runs of one partition at once. An existing
-    dagster.yaml is left as it is."""
-    monkeypatch.setenv("DATALOG_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    assert cli.main(["dagster-home"]) == 0
-    home = tmp_path / "home" / "dagster"
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        queue = instance.get_concurrency_config().run_queue_config
-        assert queue.max_concurrent_runs == 2
-        assert queue.tag_concurrency_limits == [
-            {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
-        ]
-        assert type(instance.event_log_storage).__name__ == "ConsolidatedSqliteEventLogStorage"
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    assert cli.main(["dagster-home"]) == 0
-    assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
-
-
-def test_settings_recorded_in_the_home_apply_under_the_environment(tmp_path: Path) -> None:
-    """`datalog.env` in DATALOG_HOME supplies settings the environment does not set."""
-    home = tmp_path / "home"
-    record_home_setting(home, "DATALOG_PARTITIONS_START_DATE", "2026-11-30")
-    record_home_setting(home, "DATALOG_KEY_LIMIT_PER_RUN", "7")
-    settings = Settings.from_env({"DATALOG_HOME": str(home), "DATALOG_KEY_LIMIT_PER_RUN": "9"})
-    assert (settings.partitions_start_date, settings.key_limit_per_run) == ("2026-11-30", 9)
-    record_home_setting(home, "DATALOG_KEY_LIMIT_PER_RUN", "many")
-    with pytest.raises(SettingsError, match="DATALOG_KEY_LIMIT_PER_RUN"):
-        Settings.from_env({"DATALOG_HOME": str(home)})

@@ -7,14 +7,14 @@ creates it), a ledger database that cannot be reached or does not exist, a ledge
 unknown scheme or that does not parse, integer and float settings that are not numbers or out of
 range, a DuckDB memory size that is not one, and a registry CSV that is not there. Each exits 2
 with at most a few lines on stderr that name the setting, never a traceback (unless `--debug` or
-DATALOG_DEBUG=1 asks for one) and never a password or an AWS key. Also: the discovery sensor fails
-with the same clear error when the raw directory is missing, instead of finding nothing.
+DATALOG_DEBUG=1 asks for one) and never a password or an AWS key. (The discovery sensor's own error
+for a missing raw directory is in defs/test_discovery_sensor.py.)
 
 Real parts only: `python -m datalog_platform.cli` in subprocesses with a prepared environment,
 local directories, a closed TCP port on 127.0.0.1 (connection refused), moto's S3 server on
 127.0.0.1 (the shared one, and one started here that checks credentials), PostgreSQL on 127.0.0.1
 (a closed port, and the running server named by DATALOG_TEST_POSTGRES_URL, skipped when unset),
-SQLite, and a Dagster test instance for the sensor. Nothing is mocked.
+and SQLite. Nothing is mocked.
 """
 
 from __future__ import annotations
@@ -27,14 +27,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import dagster as dg
 import pytest
 import sqlalchemy as sa
-from dagster_aws.s3 import S3Resource
 
-from datalog_platform.core.store import StoreNotFoundError
-from datalog_platform.defs.discovery.sensors import raw_logs_sensor
-from datalog_platform.defs.resources import DiscoveryResource, LedgerResource, StoresResource
 from datalog_platform_tests.support import ledger_helpers
 from datalog_platform_tests.support.cli_helpers import cli_env, describe, run_cli
 from datalog_platform_tests.support.net import free_port
@@ -263,19 +258,3 @@ def test_debug_shows_the_traceback(tmp_path: Path, args: tuple[str, ...], debug_
     assert "Traceback (most recent call last)" in proc.stderr, describe(proc)
     assert "SettingsError" in proc.stderr, describe(proc)
     assert proc.stderr.strip().splitlines()[-1].startswith("datalog: DATALOG_KEY_LIMIT_PER_RUN="), describe(proc)
-
-
-def test_discovery_sensor_fails_clearly_when_the_raw_directory_is_missing(
-    tmp_path: Path, instance: dg.DagsterInstance
-) -> None:
-    """The sensor lists the raw store too: a missing directory is an error there, not "nothing new"."""
-    raw = tmp_path / "raw-typo"
-    resources = {
-        "ledger": LedgerResource(url=f"sqlite:///{tmp_path / 'ledger.db'}"),
-        "stores": StoresResource(raw_url=str(raw), lake_url=str(tmp_path / "lake"), s3=S3Resource()),
-        "discovery": DiscoveryResource(),
-    }
-    with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
-        with pytest.raises(StoreNotFoundError, match="raw-typo"):
-            raw_logs_sensor(ctx)
-    assert not raw.exists()

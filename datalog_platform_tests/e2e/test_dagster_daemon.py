@@ -22,10 +22,11 @@ minute after the upload); each also passes on its own.
 
 `test_run_orphaned_by_a_daemon_crash_does_not_block_its_partition` runs two daemons of its own, one
 after the other: the first is SIGKILLed with its whole process group (code server, run worker, steps)
-while a run's batch is WRITING, the second must get the partition ingested again. It fails today: the
-orphaned run stays STARTED forever (DefaultRunLauncher has no worker health check and DAGSTER_HOME has
-no run monitoring), and `pending_keys_sensor` counts it as a run in progress, so the keys that
-`expired_lease_sensor` hands back are never requested again.
+while a run's batch is WRITING, the second must get the partition ingested again. Left alone, the
+orphaned run would stay STARTED forever (DefaultRunLauncher has no worker health check and
+DAGSTER_HOME has no run monitoring) and `pending_keys_sensor` would count it as a run in progress,
+so the keys that `expired_lease_sensor` hands back would never be requested again; the sensor marks
+such a run failed when it takes its batch over.
 
 Real parts only: `dagster-daemon run -w workspace.yaml` in its own process group (its code server,
 run workers and step processes included), the `datalog` command in child processes, a local raw
@@ -202,7 +203,7 @@ def stage_dead_writer(
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+def daemon_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     home = tmp_path_factory.mktemp("daemon")
     dagster_home = home / "dagster_home"
     env = clean_env(home, dagster_home)
@@ -271,65 +272,69 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         assert not survivors, f"processes of the daemon's group survived SIGKILL: {survivors}"
 
 
-def lake_ids(platform: Platform, data: Dataset) -> list[RowId] | None:
+def lake_ids(daemon_platform: Platform, data: Dataset) -> list[RowId] | None:
     """The lake's rows of a dataset's partitions that come from its keys; None while a file is
     half written (another run may be writing the same partition)."""
     try:
-        ids = [i for d, r in sorted(data.partitions) for i in partition_row_ids(platform.lake, d, r)]
+        ids = [i for d, r in sorted(data.partitions) for i in partition_row_ids(daemon_platform.lake, d, r)]
     except duckdb.Error:
         return None
     return sorted(i for i in ids if i[0] in data.keys)
 
 
-def all_success(platform: Platform, data: Dataset) -> dict[str, dict[str, Any]] | None:
+def all_success(daemon_platform: Platform, data: Dataset) -> dict[str, dict[str, Any]] | None:
     """The dataset's ledger rows once every key is SUCCESS and no run of its partitions is still
     going (a run commits its batch a moment before it ends), else None."""
-    rows = key_rows(platform.engine, data.keys)
+    rows = key_rows(daemon_platform.engine, data.keys)
     if len(rows) != len(data.keys) or any(r["status"] != SUCCESS for r in rows.values()):
         return None
     for partition in data.partition_keys:
-        if not all(r.is_finished for r in partition_runs(platform.instance, partition)):
+        if not all(r.is_finished for r in partition_runs(daemon_platform.instance, partition)):
             return None
     return rows
 
 
-def test_dead_writer_is_taken_over_by_expired_lease_sensor(platform: Platform) -> None:
-    dead = platform.dead
+def test_dead_writer_is_taken_over_by_expired_lease_sensor(daemon_platform: Platform) -> None:
+    dead = daemon_platform.dead
     batch_id = dead.batch.batch_id
     ((part_date, region),) = dead.dataset.partitions
     rows = poll(
-        lambda: all_success(platform, dead.dataset),
+        lambda: all_success(daemon_platform, dead.dataset),
         timeout=150,
         what="the dead writer's keys to be taken over and ingested",
-        daemon=platform.daemon,
-        detail=platform.state,
+        daemon=daemon_platform.daemon,
+        detail=daemon_platform.state,
     )
-    batch = batch_row(platform.engine, batch_id)
+    batch = batch_row(daemon_platform.engine, batch_id)
     assert batch["status"] == ABORTED, batch
     assert batch["error"].startswith("lease expired"), batch
     assert not dead.stray_file.exists(), "the dead writer's stray file is still in the lake"
-    assert batch_files(platform.lake, batch_id) == []
+    assert batch_files(daemon_platform.lake, batch_id) == []
     for key, row in rows.items():
         assert row["batch_id"] != batch_id and row["attempts"] == 1, (key, row)
     # Only the sensor can have taken it over: no run existed before its keys were PENDING again.
-    reasons = [t.skip_reason or "" for t in sensor_ticks(platform.instance, "expired_lease_sensor")]
+    reasons = [t.skip_reason or "" for t in sensor_ticks(daemon_platform.instance, "expired_lease_sensor")]
     assert any(r.startswith("recovered 1 batch") for r in reasons), reasons
-    runs = partition_runs(platform.instance, f"{part_date}|{region}")
-    assert runs, platform.state()
-    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), platform.state()
+    runs = partition_runs(daemon_platform.instance, f"{part_date}|{region}")
+    assert runs, daemon_platform.state()
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), daemon_platform.state()
     assert all(r.tags.get("datalog/trigger") == TRIGGER for r in runs), [r.tags for r in runs]
-    assert lake_ids(platform, dead.dataset) == list(dead.dataset.expected)
+    assert lake_ids(daemon_platform, dead.dataset) == list(dead.dataset.expected)
 
 
 def test_killed_run_is_recovered_exactly_once(
-    platform: Platform, record_property: Callable[[str, object], None]
+    daemon_platform: Platform, record_property: Callable[[str, object], None]
 ) -> None:
-    data = platform.crash
+    data = daemon_platform.crash
     ((part_date, region),) = data.partitions
 
     def writing() -> dict[str, Any] | None:
         return next(
-            (b for b in batch_rows(platform.engine, part_date, region) if b["status"] == WRITING and b["run_id"]),
+            (
+                b
+                for b in batch_rows(daemon_platform.engine, part_date, region)
+                if b["status"] == WRITING and b["run_id"]
+            ),
             None,
         )
 
@@ -338,42 +343,44 @@ def test_killed_run_is_recovered_exactly_once(
         timeout=200,
         interval=0.1,
         what=f"a run of {part_date}|{region} to claim a batch (WRITING)",
-        daemon=platform.daemon,
-        detail=platform.state,
+        daemon=daemon_platform.daemon,
+        detail=daemon_platform.state,
     )
     batch_id, run_id = victim["batch_id"], victim["run_id"]
-    worker = poll(lambda: run_worker_pid(platform.instance, run_id), timeout=10, interval=0.1, what="RUN_START's pid")
-    killed = kill_tree(worker, platform.daemon.pgid)
-    at_kill = batch_row(platform.engine, batch_id)
+    worker = poll(
+        lambda: run_worker_pid(daemon_platform.instance, run_id), timeout=10, interval=0.1, what="RUN_START's pid"
+    )
+    killed = kill_tree(worker, daemon_platform.daemon.pgid)
+    at_kill = batch_row(daemon_platform.engine, batch_id)
     assert at_kill["status"] == WRITING, f"the run finished its batch before the kill: {at_kill}"
-    files_at_kill = batch_files(platform.lake, batch_id)
+    files_at_kill = batch_files(daemon_platform.lake, batch_id)
     assert wait_gone(killed, timeout=10) == [], f"killed processes still alive: {killed}"
 
     def recovered() -> dict[str, dict[str, Any]] | None:
-        if batch_row(platform.engine, batch_id)["status"] != ABORTED:
+        if batch_row(daemon_platform.engine, batch_id)["status"] != ABORTED:
             return None
-        return all_success(platform, data)
+        return all_success(daemon_platform, data)
 
     rows = poll(
         recovered,
         timeout=180,
         what=f"batch {batch_id} to be aborted and its keys ingested by a later run",
-        daemon=platform.daemon,
-        detail=platform.state,
+        daemon=daemon_platform.daemon,
+        detail=daemon_platform.state,
     )
-    run = platform.instance.get_run_by_id(run_id)
+    run = daemon_platform.instance.get_run_by_id(run_id)
     assert run is not None and run.status == dg.DagsterRunStatus.FAILURE, run
-    batch = batch_row(platform.engine, batch_id)
+    batch = batch_row(daemon_platform.engine, batch_id)
     # batch_recovery_sensor (run failed) or expired_lease_sensor (lease lapsed), whichever came first
     assert batch["error"].startswith((f"run {run_id} failed", "lease expired")), batch
-    assert batch_files(platform.lake, batch_id) == [], "files of the aborted batch are still in the lake"
+    assert batch_files(daemon_platform.lake, batch_id) == [], "files of the aborted batch are still in the lake"
     for key, row in rows.items():
         assert row["batch_id"] != batch_id and row["attempts"] == 1, (key, row)
-    runs = partition_runs(platform.instance, f"{part_date}|{region}")
+    runs = partition_runs(daemon_platform.instance, f"{part_date}|{region}")
     later = runs[[r.run_id for r in runs].index(run_id) + 1 :]
-    assert any(r.status == dg.DagsterRunStatus.SUCCESS for r in later), platform.state()
+    assert any(r.status == dg.DagsterRunStatus.SUCCESS for r in later), daemon_platform.state()
     assert all(r.tags.get("datalog/trigger") == TRIGGER for r in runs), [r.tags for r in runs]
-    assert lake_ids(platform, data) == list(data.expected)
+    assert lake_ids(daemon_platform, data) == list(data.expected)
     record_property("killed_pids", len(killed))
     record_property("batch_files_at_kill", len(files_at_kill))
     record_property("target_dirs_at_kill", str(at_kill["target_dirs"]))
@@ -384,44 +391,44 @@ def test_killed_run_is_recovered_exactly_once(
 
 
 def test_new_uploads_reach_the_lake_without_a_manual_trigger(
-    platform: Platform, record_property: Callable[[str, object], None]
+    daemon_platform: Platform, record_property: Callable[[str, object], None]
 ) -> None:
-    data = platform.upload
-    remaining = LATENCY_BOUND_SECONDS - (time.monotonic() - platform.uploaded_monotonic)
+    data = daemon_platform.upload
+    remaining = LATENCY_BOUND_SECONDS - (time.monotonic() - daemon_platform.uploaded_monotonic)
     rows = poll(
-        lambda: all_success(platform, data) if lake_ids(platform, data) == list(data.expected) else None,
+        lambda: all_success(daemon_platform, data) if lake_ids(daemon_platform, data) == list(data.expected) else None,
         timeout=max(remaining, 1),
         what=f"every uploaded row in the lake within {LATENCY_BOUND_SECONDS:.0f}s of the upload",
-        daemon=platform.daemon,
-        detail=platform.state,
+        daemon=daemon_platform.daemon,
+        detail=daemon_platform.state,
     )
     assert len(data.expected) == 3 * 2 * 20 and len(data.partitions) == 3
 
     # Latency: upload -> committed Parquet (the commit makes the files part of the dataset).
     committed = max(r["done_at"] for r in rows.values())
     discovered = max(r["discovered_at"] for r in rows.values())
-    latency = (committed - platform.uploaded_at).total_seconds()
-    assert 0 < latency < LATENCY_BOUND_SECONDS, (latency, platform.state())
+    latency = (committed - daemon_platform.uploaded_at).total_seconds()
+    assert 0 < latency < LATENCY_BOUND_SECONDS, (latency, daemon_platform.state())
 
-    runs = [r for p in sorted(data.partition_keys) for r in partition_runs(platform.instance, p)]
+    runs = [r for p in sorted(data.partition_keys) for r in partition_runs(daemon_platform.instance, p)]
     assert {r.tags["dagster/partition"] for r in runs} == data.partition_keys
     for run in runs:
-        assert run.status == dg.DagsterRunStatus.SUCCESS, platform.state()
+        assert run.status == dg.DagsterRunStatus.SUCCESS, daemon_platform.state()
         assert run.tags.get("datalog/trigger") == TRIGGER, run.tags
         assert run.tags.get("dagster/sensor_name") == TRIGGER, run.tags
         date, region = run.tags["dagster/partition"].split("|")
         assert run.tags.get("dagster/partition/date") == date and run.tags.get("dagster/partition/region") == region
     # Nothing was launched by hand: every run of the instance came from the sensor.
-    all_runs = platform.instance.get_runs()
+    all_runs = daemon_platform.instance.get_runs()
     assert all(r.tags.get("datalog/trigger") == TRIGGER for r in all_runs), [r.tags for r in all_runs]
     # Sensors were never toggled: their stored state is the one declared in code (RUNNING).
-    states = sensor_states(platform.instance)
+    states = sensor_states(daemon_platform.instance)
     assert all(states.get(name) == "DECLARED_IN_CODE" for name in SENSORS), states
 
-    first_created = min(platform.instance.get_run_record_by_id(r.run_id).create_timestamp for r in runs)
+    first_created = min(daemon_platform.instance.get_run_record_by_id(r.run_id).create_timestamp for r in runs)
     breakdown = {
-        "upload_to_discovered_s": round((discovered - platform.uploaded_at).total_seconds(), 1),
-        "upload_to_first_run_created_s": round(first_created.timestamp() - _epoch(platform.uploaded_at), 1),
+        "upload_to_discovered_s": round((discovered - daemon_platform.uploaded_at).total_seconds(), 1),
+        "upload_to_first_run_created_s": round(first_created.timestamp() - _epoch(daemon_platform.uploaded_at), 1),
         "upload_to_committed_s": round(latency, 1),
     }
     for name, value in breakdown.items():

@@ -49,6 +49,11 @@ def cli_env(home: Path, **overrides: str) -> dict[str, str]:
     return env
 
 
+def sqlite_url(home: Path) -> str:
+    """The ledger `datalog` uses under DATALOG_HOME `home` when DATALOG_LEDGER_URL is not set."""
+    return f"sqlite:///{home / 'ledger.db'}"
+
+
 def run_cli(
     env: Mapping[str, str], *args: str, cwd: Path | None = None, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:

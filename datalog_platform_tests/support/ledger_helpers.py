@@ -1,5 +1,5 @@
 """Helpers for the ledger tests: isolated PostgreSQL schemas, a claim worker for spawned processes,
-and the ledger's keys and batches read back as dicts.
+the ledger's keys, batches and devices read back as dicts, and devices loaded straight into it.
 
 The worker lives here (an importable module, not the test module) so that the multiprocessing
 'spawn' start method can pickle it by reference.
@@ -13,13 +13,23 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from multiprocessing.synchronize import Barrier
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from datalog_platform.core.ledger import protocol, registration
-from datalog_platform.core.ledger.schema import batches, create_schema, keys
+from datalog_platform.core.ledger.schema import (
+    FAILED,
+    PENDING,
+    QUARANTINED,
+    SUCCESS,
+    batches,
+    create_schema,
+    devices,
+    keys,
+)
 from datalog_platform.core.store import ObjectInfo
 
 POSTGRES_URL_ENV = "DATALOG_TEST_POSTGRES_URL"
@@ -172,3 +182,78 @@ def batch_rows(engine: sa.Engine, part_date: str | None = None, region: str | No
 def batch_row(engine: sa.Engine, batch_id: str) -> dict[str, Any]:
     with engine.connect() as conn:
         return dict(conn.execute(sa.select(batches).where(batches.c.batch_id == batch_id)).one()._mapping)
+
+
+def key_statuses(engine: sa.Engine) -> dict[str, str]:
+    """The ledger's keys: key -> status."""
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.select(keys.c.key, keys.c.status)).all())
+
+
+def seed_registry(url: str, rows: list[tuple[str, str]]) -> None:
+    """Load devices straight into the ledger at `url`, creating its tables (and a SQLite file's
+    directory) first: for scenarios whose subject is not `devices load`."""
+    database = sa.make_url(url).database
+    if url.startswith("sqlite") and database:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url)
+    try:
+        create_schema(engine)
+        registration.upsert_devices(engine, rows)
+    finally:
+        engine.dispose()
+
+
+def device_table(url: str) -> dict[str, str]:
+    """The ledger's device registry (device_id -> dstrct_code), read with a short-lived engine."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return dict(conn.execute(sa.select(devices.c.device_id, devices.c.dstrct_code)).all())
+    finally:
+        engine.dispose()
+
+
+# ---------------------------------------------------------------------------------------------
+# A ledger holding keys in every status, for the requeue tests
+
+REQUEUE_DEVICES = [("dev001", "BRCB"), ("dev002", "KPCS")]
+# key -> (status it is put in, attempts); local dates at UTC+8: 2026110100 -> 2026-11-01, 2026110300 -> 2026-11-03
+REQUEUE_LAYOUT = {
+    "dev001/2026110100/a.json": (FAILED, 3),
+    "dev001/2026110300/b.json": (FAILED, 3),
+    "dev002/2026110300/c.json": (FAILED, 3),
+    "dev001/2026110300/d.json": (QUARANTINED, 0),
+    "dev002/2026110100/e.json": (QUARANTINED, 0),
+    "dev001/2026110300/f.json": (SUCCESS, 0),
+    "dev001/2026110300/g.json": (PENDING, 1),
+}
+
+
+def fill_requeue_layout(engine: sa.Engine) -> None:
+    """Put REQUEUE_LAYOUT (and one key of an unknown device: UNROUTED) into the ledger of `engine`."""
+    registration.upsert_devices(engine, REQUEUE_DEVICES)
+    objects = [ObjectInfo(key, 10, "etag") for key in [*REQUEUE_LAYOUT, "unknown/2026110300/u.json"]]
+    registration.register_keys(engine, objects, 8)  # UTC+8
+    with engine.begin() as conn:
+        for key, (status, attempts) in REQUEUE_LAYOUT.items():
+            conn.execute(
+                sa.update(keys)
+                .where(keys.c.key == key)
+                .values(
+                    status=status,
+                    attempts=attempts,
+                    error=None if status in (PENDING, SUCCESS) else f"{status.lower()}: boom",
+                    batch_id="b" * 36 if status != PENDING else None,
+                    rows=5 if status == SUCCESS else 0,
+                )
+            )
+
+
+def requeue_states(engine: sa.Engine) -> dict[str, tuple[str, int, str | None, str | None]]:
+    """key -> (status, attempts, error, batch_id) of every key of the ledger."""
+    with engine.connect() as conn:
+        return {
+            r.key: (r.status, r.attempts, r.error, r.batch_id)
+            for r in conn.execute(sa.select(keys.c.key, keys.c.status, keys.c.attempts, keys.c.error, keys.c.batch_id))
+        }

@@ -9,9 +9,10 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from datalog_platform.core.ledger import protocol
 from datalog_platform.core.store import ObjectStore
 
 RowId = tuple[str, int]  # (source_file, seq): one generated record
@@ -20,6 +21,17 @@ RowId = tuple[str, int]  # (source_file, seq): one generated record
 def ndjson(*lines: str) -> bytes:
     """The bytes of a raw log file holding `lines`, one a line, the last one ended too."""
     return ("\n".join(lines) + "\n").encode()
+
+
+def raw_key(device: str, hour: datetime, name: str = "log") -> str:
+    """The key a device uploads a log file under: `{device}/{YYYYMMDDHH}/{name}.json` (UTC hour)."""
+    return f"{device}/{hour:%Y%m%d%H}/{name}.json"
+
+
+def hour_ago(hours: int, now: datetime | None = None) -> datetime:
+    """The start of the UTC hour `hours` before `now` (naive UTC, as the ledger keeps times)."""
+    now = now or protocol.utcnow()
+    return (now - timedelta(hours=hours)).replace(minute=0, second=0, microsecond=0)
 
 
 def epoch_seconds(naive_utc: datetime) -> int:

@@ -1,55 +1,33 @@
-"""Discovery of new raw objects: the bounded tick, `raw_logs_sensor`, reconciliation, and scale on S3.
+"""Discovery of new raw objects in `datalog_platform.core.discovery`: the bounded tick and its scale on S3.
 
 Covers the stores' delimiter and single-page listings (local and S3), a tick capped by list requests
-and by keys that continues from its cursor, idempotent re-ticks, a late key under an older hour
-inside the trailing window found by the next tick, a key older than the window missed by the sensor
-but registered by `reconcile_raw_keys_job`, silent (cold) devices visited round-robin, the
-observation on `raw_datalog_logs` (keys and bytes found, pending backlog, age of the oldest pending
-key), and discovery at scale: 100,000 existing keys under 1,000 devices plus 1,000 new ones on
-moto's S3 server, where one tick registers every new key with a handful of list requests.
+and by keys that continues from its cursor, silent (cold) devices visited round-robin, and discovery
+at scale: 100,000 existing keys under 1,000 devices plus 1,000 new ones on moto's S3 server, where
+one tick registers every new key with a handful of list requests. The sensor and the
+reconciliation job that run it are in defs/test_discovery_sensor.py.
 
-Real parts only: local directories, moto's S3 HTTP server on 127.0.0.1 (boto3), a SQLite ledger
-file, a real ephemeral Dagster instance (`dg.instance_for_test`) for the sensor and the job.
-The scale test seeds its 100,000 existing objects straight into the moto server's storage (moto
-accepts only about 100 PUTs per second over HTTP); everything discovery does goes over HTTP.
+Real parts only: local directories, moto's S3 HTTP server on 127.0.0.1 (boto3) and a SQLite ledger
+file. The scale test seeds its 100,000 existing objects straight into the moto server's storage
+(moto accepts only about 100 PUTs per second over HTTP); everything discovery does goes over HTTP.
 """
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import dagster as dg
 import sqlalchemy as sa
 
-from datalog_platform.core.discovery import DiscoveryCursor, DiscoveryLimits, discover, reconcile, window_start
+from datalog_platform.core.discovery import DiscoveryCursor, DiscoveryLimits, discover, reconcile
 from datalog_platform.core.ledger import protocol, registration
 from datalog_platform.core.ledger.engine import ledger_engine
-from datalog_platform.core.ledger.schema import PENDING, SUCCESS, keys
 from datalog_platform.core.store import LocalStore, ObjectInfo, ObjectStore, S3Access, S3Store
-from datalog_platform.defs.discovery.jobs import reconcile_raw_keys_job
-from datalog_platform.defs.discovery.schedules import daily_reconciliation_schedule
-from datalog_platform.defs.discovery.sensors import raw_logs_sensor
+from datalog_platform_tests.support.ledger_helpers import key_statuses
+from datalog_platform_tests.support.raw_data import hour_ago, raw_key
 
 TZ = 8
-
-
-def hour_ago(hours: int, now: datetime | None = None) -> datetime:
-    now = now or protocol.utcnow()
-    return (now - timedelta(hours=hours)).replace(minute=0, second=0, microsecond=0)
-
-
-def raw_key(device: str, hour: datetime, name: str = "log") -> str:
-    return f"{device}/{hour:%Y%m%d%H}/{name}.json"
-
-
-def ledger_keys(engine: sa.Engine) -> dict[str, str]:
-    """key -> status."""
-    with engine.connect() as conn:
-        return dict(conn.execute(sa.select(keys.c.key, keys.c.status)).all())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,7 +76,7 @@ def test_tick_is_capped_by_requests_and_continues(tmp_path: Path, sqlite_engine:
     second = discover(raw, sqlite_engine, DiscoveryCursor.from_json(first.cursor.to_json()), now, limits, TZ)
     assert second.registered == 6 and not second.more
     assert second.list_requests == 3
-    assert new <= set(ledger_keys(sqlite_engine))
+    assert new <= set(key_statuses(sqlite_engine))
 
 
 def test_tick_is_capped_by_keys_and_resumes_mid_device(tmp_path: Path, sqlite_engine: sa.Engine) -> None:
@@ -118,7 +96,7 @@ def test_tick_is_capped_by_keys_and_resumes_mid_device(tmp_path: Path, sqlite_en
         cursor = result.cursor
     assert counts == [1000, 1000, 500]
     assert cursor.resume_prefix is None
-    assert set(ledger_keys(sqlite_engine)) == set(written)
+    assert set(key_statuses(sqlite_engine)) == set(written)
     again = discover(raw, sqlite_engine, cursor, now, limits, TZ)
     assert again.registered == 0
 
@@ -141,108 +119,6 @@ def test_cold_devices_are_visited_round_robin(tmp_path: Path, sqlite_engine: sa.
         found.append(result.registered)
         cursor = result.cursor
     assert found == [0, 0, 1]
-
-
-# ---------------------------------------------------------------------------------------------
-# The sensor and the reconciliation job, with Dagster resources
-
-
-def tick(instance: dg.DagsterInstance, resources: dict[str, Any], cursor: str | None) -> dg.SensorResult:
-    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
-        result = raw_logs_sensor(context)
-    assert isinstance(result, dg.SensorResult)
-    return result
-
-
-def observed(result: dg.SensorResult) -> dict[str, Any]:
-    (event,) = result.asset_events
-    assert isinstance(event, dg.AssetObservation)
-    assert event.asset_key == dg.AssetKey("raw_datalog_logs")
-    return {k: v.value for k, v in event.metadata.items()}
-
-
-def test_sensor_registers_reports_and_is_idempotent(
-    tmp_path: Path, instance: dg.DagsterInstance, resources: dict[str, Any]
-) -> None:
-    assert raw_logs_sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    raw = LocalStore(tmp_path / "raw")
-    engine = ledger_engine(resources["ledger"].url)
-    registration.upsert_devices(engine, [("devA", "R1"), ("devB", "R2")])
-    now = protocol.utcnow()
-    written = {raw_key("devA", hour_ago(h, now)): b"{}\n" * (h + 1) for h in range(3)}
-    written[raw_key("devB", hour_ago(0, now))] = b"{}\n"
-    written[raw_key("devC", hour_ago(0, now))] = b"{}\n"  # not in the registry: UNROUTED
-    for key, data in written.items():
-        raw.write_bytes(key, data)
-    raw.write_bytes("_registry/devices.csv", b"device_id,dstrct_code\n")
-
-    first = tick(instance, resources, None)
-    meta = observed(first)
-    assert first.skip_reason is None
-    assert meta["keys_found"] == 5
-    assert meta["bytes_found"] == sum(len(d) for d in written.values())
-    assert meta["keys_unrouted"] == 1 and meta["unrouted_backlog"] == 1
-    assert meta["new_devices"] == 3
-    assert meta["pending_backlog"] == 4
-    assert 0 <= meta["oldest_pending_age_seconds"] < 60
-    assert set(ledger_keys(engine)) == set(written)
-
-    # Nothing new and the same backlog: a skip with a reason, and no observation.
-    second = tick(instance, resources, first.cursor)
-    assert second.skip_reason is not None and "no new raw objects" in (second.skip_reason.skip_message or "")
-    assert second.asset_events == []
-    assert set(ledger_keys(engine)) == set(written)
-
-    # Nothing new but the backlog moved (a key was ingested): the backlog is reported again.
-    with engine.begin() as conn:
-        conn.execute(sa.update(keys).where(keys.c.key == raw_key("devA", hour_ago(0, now))).values(status=SUCCESS))
-        conn.execute(
-            sa.update(keys)
-            .where(keys.c.key == raw_key("devA", hour_ago(2, now)))
-            .values(discovered_at=protocol.utcnow() - timedelta(hours=2))
-        )
-    third = tick(instance, resources, second.cursor)
-    meta = observed(third)
-    assert third.skip_reason is not None and "no new raw objects" in (third.skip_reason.skip_message or "")
-    assert meta["keys_found"] == 0 and meta["bytes_found"] == 0
-    assert meta["new_devices"] == 0 and meta["hot_devices"] == 3
-    assert meta["pending_backlog"] == 3
-    assert 7200 <= meta["oldest_pending_age_seconds"] < 7200 + 60
-    assert set(ledger_keys(engine)) == set(written)
-
-
-def test_late_keys_inside_the_window_and_reconciliation(
-    tmp_path: Path, instance: dg.DagsterInstance, resources: dict[str, Any]
-) -> None:
-    """A late key under an older hour inside the window is found by the next tick; one older than
-    the window is not, and the reconciliation job registers it."""
-    raw = LocalStore(tmp_path / "raw")
-    engine = ledger_engine(resources["ledger"].url)
-    registration.upsert_devices(engine, [("devA", "R1")])
-    now = protocol.utcnow()
-    raw.write_bytes(raw_key("devA", hour_ago(1, now)), b"{}")
-    cursor = tick(instance, resources, None).cursor
-
-    late = raw_key("devA", hour_ago(4, now), "late")
-    too_late = raw_key("devA", hour_ago(30, now), "too-late")
-    raw.write_bytes(late, b"{}")
-    raw.write_bytes(too_late, b"{}")
-    assert window_start(now, DiscoveryLimits().window_hours) <= hour_ago(4, now)
-    result = tick(instance, resources, cursor)
-    assert observed(result)["keys_found"] == 1
-    assert late in ledger_keys(engine) and too_late not in ledger_keys(engine)
-    assert tick(instance, resources, result.cursor).asset_events == []  # nothing found, nothing changed
-
-    run = reconcile_raw_keys_job.execute_in_process(instance=instance, resources=resources)
-    assert run.success
-    (event,) = [e for e in run.all_events if e.event_type == dg.DagsterEventType.ASSET_OBSERVATION]
-    meta = {k: v.value for k, v in event.asset_observation_data.asset_observation.metadata.items()}
-    assert meta["keys_found"] == 1 and meta["keys_listed"] == 3
-    assert ledger_keys(engine)[too_late] == PENDING
-    assert reconcile_raw_keys_job.execute_in_process(instance=instance, resources=resources).success
-    assert len(ledger_keys(engine)) == 3
-    assert daily_reconciliation_schedule.job_name == "reconcile_raw_keys_job"
-    assert daily_reconciliation_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +189,7 @@ def test_discovery_at_scale_on_s3(
     tick_seconds = time.perf_counter() - started
 
     assert raw.list_requests - before == result.list_requests
-    known = ledger_keys(engine)
+    known = key_statuses(engine)
     assert set(new) | {late} <= set(known)
     assert result.registered == len(new) + 1
     assert sorted(result.new_devices) == ["zz-new0", "zz-new1"]

@@ -85,7 +85,7 @@ class Lake:
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
+def readers_lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
     """A small lake written by the real pipeline, in-process, with its ledger's figures."""
     tmp = tmp_path_factory.mktemp("readers")
     raw, lake_store = LocalStore(tmp / "raw"), LocalStore(tmp / "lake")
@@ -237,13 +237,13 @@ def read_spark(session: SparkSession, path: Path) -> Read:
 
 
 @pytest.fixture(scope="module")
-def read(request: pytest.FixtureRequest, lake: Lake) -> Callable[[str, str], Read]:
+def read(request: pytest.FixtureRequest, readers_lake: Lake) -> Callable[[str, str], Read]:
     """read(reader, dataset): memoised, so each reader reads each dataset once per module."""
     cache: dict[tuple[str, str], Read] = {}
 
     def _read(reader: str, dataset: str) -> Read:
         if (reader, dataset) not in cache:
-            path = lake.path(dataset)
+            path = readers_lake.path(dataset)
             if reader == "spark":
                 cache[reader, dataset] = read_spark(request.getfixturevalue("spark"), path)
             else:
@@ -290,21 +290,21 @@ def expected_local_time(source_file: str, seq: int) -> datetime:
 # -- the lake the readers are given ---------------------------------------------------------------
 
 
-def test_pipeline_wrote_the_lake_the_tests_expect(lake: Lake) -> None:
-    assert set(lake.key_statuses) <= {"SUCCESS", "QUARANTINED"}, lake.key_statuses
-    assert sum(lake.rows_by_partition.values()) == lake.summary.rows
-    assert sum(lake.bad_by_partition.values()) == lake.summary.bad_lines > 0
-    assert {d for d, _ in lake.rows_by_partition} == {"2026-11-01", "2026-11-02"}
+def test_pipeline_wrote_the_lake_the_tests_expect(readers_lake: Lake) -> None:
+    assert set(readers_lake.key_statuses) <= {"SUCCESS", "QUARANTINED"}, readers_lake.key_statuses
+    assert sum(readers_lake.rows_by_partition.values()) == readers_lake.summary.rows
+    assert sum(readers_lake.bad_by_partition.values()) == readers_lake.summary.bad_lines > 0
+    assert {d for d, _ in readers_lake.rows_by_partition} == {"2026-11-01", "2026-11-02"}
     on_disk = {
         (f.parent.parent.name.removeprefix("hiveperiod="), f.parent.name.removeprefix("dstrct_code="))
-        for f in lake.files(DATASET)
+        for f in readers_lake.files(DATASET)
     }
-    assert on_disk == set(lake.rows_by_partition)
+    assert on_disk == set(readers_lake.rows_by_partition)
 
 
 @pytest.mark.parametrize("dataset", [DATASET, QUARANTINE])
-def test_files_are_zstd_compressed(lake: Lake, dataset: str) -> None:
-    files = lake.files(dataset)
+def test_files_are_zstd_compressed(readers_lake: Lake, dataset: str) -> None:
+    files = readers_lake.files(dataset)
     assert files
     for f in files:
         meta = pq.ParquetFile(f).metadata
@@ -316,9 +316,9 @@ def test_files_are_zstd_compressed(lake: Lake, dataset: str) -> None:
 
 
 @pytest.mark.parametrize("dataset", [DATASET, QUARANTINE])
-def test_files_of_a_dataset_share_one_schema(lake: Lake, dataset: str) -> None:
+def test_files_of_a_dataset_share_one_schema(readers_lake: Lake, dataset: str) -> None:
     """Spark (without mergeSchema) and pyarrow take the schema from one file: all must agree."""
-    schemas = {str(pq.read_schema(f).remove_metadata()) for f in lake.files(dataset)}
+    schemas = {str(pq.read_schema(f).remove_metadata()) for f in readers_lake.files(dataset)}
     assert len(schemas) == 1, schemas
 
 
@@ -326,10 +326,12 @@ def test_files_of_a_dataset_share_one_schema(lake: Lake, dataset: str) -> None:
 
 
 @pytest.mark.parametrize("reader", READERS)
-def test_reader_sees_every_row_in_its_partition(read: Callable[[str, str], Read], lake: Lake, reader: str) -> None:
+def test_reader_sees_every_row_in_its_partition(
+    read: Callable[[str, str], Read], readers_lake: Lake, reader: str
+) -> None:
     rows = read(reader, DATASET).rows
-    assert len(rows) == lake.summary.rows
-    assert partition_counts(rows) == lake.rows_by_partition
+    assert len(rows) == readers_lake.summary.rows
+    assert partition_counts(rows) == readers_lake.rows_by_partition
 
 
 @pytest.mark.parametrize("reader", READERS)
@@ -352,12 +354,12 @@ def test_reader_timestamps_and_partition_dates(read: Callable[[str, str], Read],
 
 
 @pytest.fixture(scope="module")
-def known_row(lake: Lake) -> tuple[str, int, datetime]:
+def known_row(readers_lake: Lake) -> tuple[str, int, datetime]:
     """(source_file, seq, expected datetime_wita) of the first good line of dev00000's first hour,
     found in the raw store."""
     prefix = f"dev00000/{START:%Y%m%d%H}/"
-    (obj,) = [o for o in lake.raw.list(prefix)]
-    for record in good_records(lake.raw, obj.key):
+    (obj,) = [o for o in readers_lake.raw.list(prefix)]
+    for record in good_records(readers_lake.raw, obj.key):
         if "seq" in record:
             return (
                 obj.key,
@@ -389,10 +391,10 @@ def test_readers_return_identical_rows(read: Callable[[str, str], Read]) -> None
 
 
 @pytest.mark.parametrize("reader", READERS)
-def test_reader_reads_the_quarantine(read: Callable[[str, str], Read], lake: Lake, reader: str) -> None:
+def test_reader_reads_the_quarantine(read: Callable[[str, str], Read], readers_lake: Lake, reader: str) -> None:
     got = read(reader, QUARANTINE)
-    assert len(got.rows) == lake.summary.bad_lines
-    assert partition_counts(got.rows) == lake.bad_by_partition
+    assert len(got.rows) == readers_lake.summary.bad_lines
+    assert partition_counts(got.rows) == readers_lake.bad_by_partition
     found = {name: got.kinds.get(name) for name in QUARANTINE_KINDS}
     assert all(found[name] in QUARANTINE_KINDS[name] for name in QUARANTINE_KINDS), (found, got.kinds)
 

@@ -3,7 +3,12 @@
 Type conflicts and new fields across files and batches (cast where lossless, `_rescued`
 otherwise, numeric widening, `schema_fields`), and the same record uploaded twice in one file,
 in two files of a batch and in two batches (kept once), next to records that only share the
-device and instant (kept, conflicts). `schema_fields` on PostgreSQL: the first batch's type wins.
+device and instant (kept, conflicts), and a rebuild keeping each record once. `schema_fields` on
+PostgreSQL: the first batch's type wins.
+
+Real parts: conftest's `pipeline` (the local and the moto S3 stores, a SQLite ledger, DuckDB writing
+and reading Parquet) and the running PostgreSQL named by DATALOG_TEST_POSTGRES_URL (a fresh schema,
+skipped with a visible reason when unset).
 """
 
 from __future__ import annotations
