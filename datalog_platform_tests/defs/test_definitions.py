@@ -24,9 +24,10 @@ import pytest
 from datalog_platform.core.ledger import registration
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.store import ObjectInfo
-from datalog_platform.definitions import build_definitions, defs
+from datalog_platform.definitions import defs
 from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME, date_range, date_region_partitions
 from datalog_platform.defs.resources import LedgerResource, StoresResource
+from datalog_platform.defs.wiring import build_definitions
 from datalog_platform.settings import Settings
 
 DAY = "2026-11-01"
@@ -158,3 +159,20 @@ def test_daily_analytics_schedule_runs_at_local_half_past_one_for_the_day_that_e
     ) as context:
         (request,) = schedule.evaluate_tick(context).run_requests
     assert request.partition_key == f"{DAY}|{REGION}" and request.run_key == f"analytics:{DAY}:{REGION}"
+
+
+def test_credentials_from_the_environment_reach_dagster_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger URL read from the process environment reaches Dagster as an EnvVar (the UI shows its
+    name, never the password), and so does the warehouse URL that defaults to it."""
+    monkeypatch.setenv("DATALOG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DATALOG_LEDGER_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
+    monkeypatch.delenv("DATALOG_WAREHOUSE_URL", raising=False)
+    built = build_definitions(Settings.from_env())
+    assert built.resources["ledger"].url == dg.EnvVar("DATALOG_LEDGER_URL")
+    assert built.resources["warehouse"].url == dg.EnvVar("DATALOG_LEDGER_URL")
+    assert isinstance(built.resources["warehouse"].url, dg.EnvVar)
+
+    monkeypatch.setenv("DATALOG_WAREHOUSE_URL", f"sqlite:///{tmp_path / 'warehouse.db'}")
+    assert build_definitions(Settings.from_env()).resources["warehouse"].url == dg.EnvVar("DATALOG_WAREHOUSE_URL")

@@ -32,13 +32,13 @@ from datalog_platform.core.backlog import ingestible_backlog
 from datalog_platform.core.ledger import protocol, registration
 from datalog_platform.core.ledger.schema import ABORTED, CLAIMED, FAILED, PENDING, WRITING, batches, keys
 from datalog_platform.core.store import LocalStore, ObjectInfo
-from datalog_platform.definitions import build_definitions
 from datalog_platform.defs.constants import TRIGGER_TAG
 from datalog_platform.defs.ingest.schedules import hourly_ingest_schedule
 from datalog_platform.defs.ingest.sensors import BACKLOG_TAG, backlog_runs, pending_keys_sensor
 from datalog_platform.defs.maintenance.sensors import batch_recovery_sensor, expired_lease_sensor
 from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME
 from datalog_platform.defs.resources import LedgerResource, StoresResource
+from datalog_platform.defs.wiring import build_definitions
 from datalog_platform.settings import Settings
 
 TZ = 8

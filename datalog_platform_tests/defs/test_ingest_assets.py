@@ -26,12 +26,12 @@ from datalog_platform.core.ledger import protocol, registration
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import COMMITTED, PENDING, SUCCESS, batches
 from datalog_platform.core.store import LocalStore
-from datalog_platform.definitions import build_definitions
 from datalog_platform.defs.constants import TRIGGER_TAG
 from datalog_platform.defs.discovery.assets import raw_datalog_logs
 from datalog_platform.defs.ingest.assets import claimed_key_batches, datalog_parquet, ingest_partition
 from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME, partition_key
 from datalog_platform.defs.registry.assets import device_registry
+from datalog_platform.defs.wiring import build_definitions
 from datalog_platform.settings import Settings
 from datalog_platform_tests.support.lake import lake_rows, local_files, partition_dir, row_ids
 from datalog_platform_tests.support.ledger_helpers import key_table

@@ -28,7 +28,6 @@ from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import PENDING, keys, lake_files
 from datalog_platform.core.store import LocalStore
 from datalog_platform.core.warehouse import hourly_device_stats as stats_table
-from datalog_platform.definitions import build_definitions
 from datalog_platform.defs.analytics.assets import device_anomalies, hourly_device_stats
 from datalog_platform.defs.constants import TRIGGER_TAG
 from datalog_platform.defs.discovery.assets import raw_datalog_logs
@@ -37,6 +36,7 @@ from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME, partition_k
 from datalog_platform.defs.quality.assets import data_quality_report
 from datalog_platform.defs.quality.checks import datalog_parquet_checks
 from datalog_platform.defs.registry.assets import device_registry
+from datalog_platform.defs.wiring import build_definitions
 from datalog_platform.settings import Settings
 from datalog_platform_tests.support.lake import partition_dir
 from datalog_platform_tests.support.ledger_helpers import postgres_schema, postgres_url, schema_url
