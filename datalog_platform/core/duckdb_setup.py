@@ -27,7 +27,11 @@ def httpfs_extension_path() -> Path:
 
 
 def connection_config(memory_limit: str, threads: int, spill_dir: Path) -> dict[str, object]:
-    """DuckDB settings for one run: bounded memory that spills to disk, no extension downloads."""
+    """DuckDB settings for one run: bounded memory that spills to disk, no extension downloads.
+
+    DuckDB creates only the last level of its temp directory, and only once it has to spill: on a
+    new DATALOG_HOME the first spill would fail. The directory is made here, with its parents."""
+    spill_dir.mkdir(parents=True, exist_ok=True)
     return {
         "memory_limit": memory_limit,
         "threads": threads,
