@@ -263,20 +263,23 @@ def materialize_registry(settings: Settings) -> None:
     )
 
 
-def record_demo_start_date(settings: Settings, start: datetime) -> None:
+def record_demo_start_date(settings: Settings, start: datetime) -> str:
     """The date partitions begin at the demo's first local date (the earliest, if run again), so
-    the UI lists the dates that have data rather than every date since the default start."""
+    the UI lists the dates that have data rather than every date since the default start; returns
+    the date recorded."""
     from datalog_platform.core.ledger.protocol import local_date
 
     first = local_date(start, settings.tz_offset_hours)
     recorded = read_home_settings(settings.home).get(START_DATE_SETTING)
-    record_home_setting(settings.home, START_DATE_SETTING, min(first, recorded or first))
+    start_date = min(first, recorded or first)
+    record_home_setting(settings.home, START_DATE_SETTING, start_date)
+    return start_date
 
 
 def cmd_demo(settings: Settings) -> int:
     # The 30 hours before the current one, so the demo's dates end today.
     start = datetime.now(UTC).replace(tzinfo=None, minute=0, second=0, microsecond=0) - timedelta(hours=DEMO_HOURS)
-    record_demo_start_date(settings, start)
+    start_date = record_demo_start_date(settings, start)
     cmd_generate(settings, devices=12, hours=DEMO_HOURS, rows=120, seed=7, start=start)
     materialize_registry(settings)
     code = cmd_ingest(settings)
@@ -301,7 +304,6 @@ def cmd_demo(settings: Settings) -> int:
             [quarantine],
         ).fetchall():
             print(f"  quarantine: {n} line(s) {reason}")
-    start_date = read_home_settings(settings.home)[START_DATE_SETTING]
     print(
         f"\nDate partitions start at {start_date}, the demo's first local date "
         f"({START_DATE_SETTING} in {settings.home / HOME_SETTINGS_FILE}; the environment overrides it)."
