@@ -63,6 +63,8 @@ class Settings:
     discovery_window_hours: int = 6
     discovery_cold_requests: int = 10
     discovery_prefixes_per_tick: int = 10_000
+    # An SQS queue receiving the raw bucket's ObjectCreated events; None: discovery by listing only.
+    s3_events_queue_url: str | None = None
     # The variables these settings were read from that the process environment holds: the
     # definitions pass those that may carry credentials to Dagster by name (EnvVar), never by value.
     environ_names: frozenset[str] = frozenset()
@@ -84,9 +86,10 @@ class Settings:
         read = _Reader({**read_home_settings(home), **environ})
         ledger_url = read.database_url("DATALOG_LEDGER_URL", f"sqlite:///{home / 'ledger.db'}")
         warn_rate = read.number("DATALOG_QUARANTINE_WARN_RATE", 0.01, 0.0, 1.0)
+        raw_url = read.store_url("DATALOG_RAW_URL", str(home / "raw"))
         return cls(
             home=home,
-            raw_url=read.store_url("DATALOG_RAW_URL", str(home / "raw")),
+            raw_url=raw_url,
             lake_url=read.store_url("DATALOG_LAKE_URL", str(home / "lake")),
             ledger_url=ledger_url,
             s3_endpoint_url=read.endpoint_url("DATALOG_S3_ENDPOINT_URL"),
@@ -111,6 +114,7 @@ class Settings:
             discovery_window_hours=read.integer("DATALOG_DISCOVERY_WINDOW_HOURS", 6, 1),
             discovery_cold_requests=read.integer("DATALOG_DISCOVERY_COLD_REQUESTS", 10, 0),
             discovery_prefixes_per_tick=read.integer("DATALOG_DISCOVERY_PREFIXES_PER_TICK", 10_000, 1),
+            s3_events_queue_url=read.queue_url("DATALOG_S3_EVENTS_QUEUE_URL", raw_url),
             environ_names=frozenset(n for n, v in environ.items() if env is None and n.startswith("DATALOG_") and v),
         )
 
@@ -209,6 +213,24 @@ class _Reader:
             port_ok = False
         if parsed.scheme not in ("http", "https") or not parsed.hostname or not port_ok:
             raise self._error(name, repr(text), "an http:// or https:// URL such as http://127.0.0.1:9000")
+        return text
+
+    def queue_url(self, name: str, raw_url: str) -> str | None:
+        """An SQS queue URL (`https://sqs.REGION.amazonaws.com/ACCOUNT/NAME`, or an emulator's
+        `http://host:port/ACCOUNT/NAME`); it carries events of S3 objects, so the raw store must be on S3."""
+        text = self.env.get(name)
+        if not text:
+            return None
+        parsed = urlparse(text)
+        segments = [s for s in parsed.path.split("/") if s]
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or len(segments) != 2:
+            expected = "an SQS queue URL such as https://sqs.us-east-1.amazonaws.com/123456789012/raw-events"
+            raise self._error(name, repr(text), expected)
+        if not raw_url.startswith("s3://"):
+            raise SettingsError(
+                f"{name} is set, but DATALOG_RAW_URL={raw_url!r} is not on S3: S3 event notifications "
+                "need the raw store at s3://bucket/prefix (or unset the queue URL to discover by listing)"
+            )
         return text
 
     def database_url(self, name: str, default: str) -> str:

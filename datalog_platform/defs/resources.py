@@ -2,8 +2,10 @@
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import boto3
+import botocore.config
 import dagster as dg
 import duckdb
 import sqlalchemy as sa
@@ -13,6 +15,7 @@ from pydantic import Field
 
 from datalog_platform.core.discovery import DiscoveryLimits
 from datalog_platform.core.duckdb_setup import enable_s3
+from datalog_platform.core.events import MAX_WAIT_SECONDS, QueueLimits, queue_endpoint
 from datalog_platform.core.ledger.engine import database_engine, ledger_engine
 from datalog_platform.core.store import (
     LocalStore,
@@ -87,6 +90,41 @@ class DiscoveryResource(dg.ConfigurableResource):
             window_hours=self.window_hours,
             cold_requests=self.cold_requests,
             prefixes_per_tick=self.prefixes_per_tick,
+        )
+
+
+class S3EventsResource(dg.ConfigurableResource):
+    """The SQS queue that receives the raw bucket's ObjectCreated events, and how long one tick of
+    `s3_events_sensor` may poll it. The client reaches the queue at its URL's host, with boto3's
+    credential chain (the same as S3's), and gives up quickly when the queue cannot be reached.
+
+    Example:
+        S3EventsResource(queue_url="https://sqs.us-east-1.amazonaws.com/123456789012/raw-events")
+    """
+
+    queue_url: str = Field(description="SQS queue URL (DATALOG_S3_EVENTS_QUEUE_URL)")
+    region_name: str = Field(
+        default="us-east-1", description="Region when the queue URL does not name one (AWS_REGION)"
+    )
+    wait_seconds: int = Field(
+        default=5, description=f"Long poll of a tick's first receive while the queue is empty (0 to {MAX_WAIT_SECONDS})"
+    )
+    max_messages: int = Field(default=1000, description="Most messages one tick receives")
+    max_seconds: float = Field(default=20.0, description="No receive starts after this long in one tick")
+
+    def limits(self) -> QueueLimits:
+        return QueueLimits(wait_seconds=self.wait_seconds, max_messages=self.max_messages, max_seconds=self.max_seconds)
+
+    def get_client(self) -> Any:
+        endpoint, region = queue_endpoint(self.queue_url)
+        config = botocore.config.Config(
+            connect_timeout=5,
+            # a long poll holds the response for up to wait_seconds
+            read_timeout=self.wait_seconds + 10,
+            retries={"mode": "standard", "max_attempts": 2},
+        )
+        return boto3.session.Session().client(
+            "sqs", region_name=region or self.region_name, endpoint_url=endpoint, config=config
         )
 
 

@@ -15,6 +15,7 @@ from datalog_platform.defs.analytics.jobs import analytics_job
 from datalog_platform.defs.analytics.schedules import daily_analytics_schedule
 from datalog_platform.defs.discovery.assets import raw_datalog_logs
 from datalog_platform.defs.discovery.jobs import reconcile_raw_keys_job
+from datalog_platform.defs.discovery.s3_events import s3_events_sensor
 from datalog_platform.defs.discovery.schedules import daily_reconciliation_schedule
 from datalog_platform.defs.discovery.sensors import raw_logs_sensor
 from datalog_platform.defs.ingest.assets import ingest_partition
@@ -33,6 +34,7 @@ from datalog_platform.defs.resources import (
     DiscoveryResource,
     LedgerResource,
     QualityResource,
+    S3EventsResource,
     StoresResource,
     WarehouseResource,
 )
@@ -66,7 +68,17 @@ def _warehouse_variable(settings: Settings) -> str:
     return "DATALOG_LEDGER_URL" if defaulted else "DATALOG_WAREHOUSE_URL"
 
 
+def _s3_events(settings: Settings) -> tuple[list[dg.SensorDefinition], dict[str, S3EventsResource]]:
+    """The notification sensor and its queue, when a queue is configured: without one the sensor
+    could only fail, so it is left out rather than offered stopped."""
+    if settings.s3_events_queue_url is None:
+        return [], {}
+    queue = S3EventsResource(queue_url=settings.s3_events_queue_url, region_name=settings.aws_region)
+    return [s3_events_sensor], {"s3_events": queue}
+
+
 def build_definitions(settings: Settings) -> dg.Definitions:
+    event_sensors, event_resources = _s3_events(settings)
     return dg.Definitions(
         assets=_with_code_references(
             with_partitions(
@@ -83,7 +95,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         ),
         asset_checks=[datalog_parquet_checks],
         jobs=[ingest_partition_job, reconcile_raw_keys_job, compact_lake_job, analytics_job],
-        sensors=[raw_logs_sensor, pending_keys_sensor, batch_recovery_sensor, expired_lease_sensor],
+        sensors=[raw_logs_sensor, pending_keys_sensor, batch_recovery_sensor, expired_lease_sensor, *event_sensors],
         schedules=[
             hourly_ingest_schedule,
             daily_reconciliation_schedule,
@@ -127,5 +139,6 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 database=":memory:",
                 connection_config=connection_config(settings.ram_limit, settings.threads, settings.spill_dir),
             ),
+            **event_resources,
         },
     )
