@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from datalog_platform.core.ledger.engine import CHUNK, chunks
 from datalog_platform.core.ledger.protocol import RawKey, local_date, parse_raw_key, utcnow
@@ -18,7 +19,9 @@ from datalog_platform.core.ledger.schema import (
     QUARANTINED,
     SUCCESS,
     UNROUTED,
+    counts_maintained,
     devices,
+    key_counts,
     keys,
 )
 
@@ -71,42 +74,56 @@ class RegisterResult:
     bytes: int
 
 
+# Keys per registration transaction. PostgreSQL and SQLite insert with ON CONFLICT DO NOTHING,
+# sent as multi-row INSERTs of 1,000 rows (SQLAlchemy's insertmanyvalues); MSSQL looks the keys up
+# first, in statements under its 2,100-parameter limit.
+_UPSERT_BATCH = 10 * CHUNK
+_UPSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+def insert_new_keys(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Insert the rows of `keys` whose key is not in the ledger yet; returns those inserted."""
+    insert = _UPSERTS.get(conn.dialect.name)
+    if insert is not None:
+        stmt = insert(keys).on_conflict_do_nothing(index_elements=[keys.c.key]).returning(keys.c.key)
+        inserted = set(conn.execute(stmt, rows).scalars())
+        return [row for row in rows if row["key"] in inserted]
+    known = set(conn.execute(sa.select(keys.c.key).where(keys.c.key.in_([r["key"] for r in rows]))).scalars())
+    new_rows = [row for row in rows if row["key"] not in known]
+    if new_rows:
+        conn.execute(sa.insert(keys), new_rows)
+    return new_rows
+
+
 def register_keys(engine: sa.Engine, objects: Iterable[Any], tz_offset_hours: int) -> RegisterResult:
     """Record new raw objects in the ledger (idempotent): PENDING if the device is known, else UNROUTED.
 
     `objects` are ObjectInfo-like (key, size, etag); keys that are not raw log keys are ignored.
     """
     seen = registered = unrouted = ignored = total_bytes = 0
-    with engine.connect() as conn:
-        regions = dict(conn.execute(sa.select(devices.c.device_id, devices.c.dstrct_code)).all())
-    batch: list[tuple[Any, RawKey]] = []
+    batch_size = _UPSERT_BATCH if engine.dialect.name in _UPSERTS else CHUNK
+    batch: dict[str, tuple[Any, RawKey]] = {}
 
-    def insert_new(conn: sa.Connection, now: datetime) -> list[dict[str, Any]]:
-        names = [obj.key for obj, _ in batch]
-        known = set(conn.execute(sa.select(keys.c.key).where(keys.c.key.in_(names))).scalars())
-        new_rows = []
-        for obj, raw in batch:
-            if obj.key in known:
-                continue
-            known.add(obj.key)
-            region = regions.get(raw.device_id)
-            new_rows.append(
-                {
-                    "key": obj.key,
-                    "etag": obj.etag,
-                    "size": obj.size,
-                    "device_id": raw.device_id,
-                    "key_hour": raw.hour,
-                    "dstrct_code": region,
-                    "part_date": local_date(raw.hour, tz_offset_hours),
-                    "status": PENDING if region else UNROUTED,
-                    "attempts": 0,
-                    "discovered_at": now,
-                }
-            )
-        if new_rows:
-            conn.execute(sa.insert(keys), new_rows)
-        return new_rows
+    def rows_of_batch(conn: sa.Connection, now: datetime) -> list[dict[str, Any]]:
+        regions: dict[str, str] = {}
+        for chunk in chunks(sorted({raw.device_id for _, raw in batch.values()})):
+            stmt = sa.select(devices.c.device_id, devices.c.dstrct_code).where(devices.c.device_id.in_(chunk))
+            regions.update(conn.execute(stmt).tuples().all())
+        return [
+            {
+                "key": obj.key,
+                "etag": obj.etag,
+                "size": obj.size,
+                "device_id": raw.device_id,
+                "key_hour": raw.hour,
+                "dstrct_code": regions.get(raw.device_id),
+                "part_date": local_date(raw.hour, tz_offset_hours),
+                "status": PENDING if regions.get(raw.device_id) else UNROUTED,
+                "attempts": 0,
+                "discovered_at": now,
+            }
+            for obj, raw in batch.values()
+        ]
 
     def flush() -> None:
         nonlocal registered, unrouted, total_bytes
@@ -115,7 +132,7 @@ def register_keys(engine: sa.Engine, objects: Iterable[Any], tz_offset_hours: in
         for attempt in range(_REGISTER_ATTEMPTS):
             try:
                 with engine.begin() as conn:
-                    new_rows = insert_new(conn, utcnow())
+                    new_rows = insert_new_keys(conn, rows_of_batch(conn, utcnow()))
                 break
             except sa.exc.IntegrityError:
                 # another registrar inserted some of these keys first: look again
@@ -132,8 +149,8 @@ def register_keys(engine: sa.Engine, objects: Iterable[Any], tz_offset_hours: in
         if raw is None:
             ignored += 1
             continue
-        batch.append((obj, raw))
-        if len(batch) >= CHUNK:
+        batch.setdefault(obj.key, (obj, raw))
+        if len(batch) >= batch_size:
             flush()
     flush()
     return RegisterResult(seen, registered, unrouted, ignored, total_bytes)
@@ -166,19 +183,35 @@ def backlog_fingerprint(pending: int, max_key_id: int, attempts: int) -> str:
 
 
 def pending_partitions(engine: sa.Engine) -> list[PartitionBacklog]:
-    """Every (part_date, region) with PENDING keys: how many, and the fingerprint of that backlog."""
-    stmt = (
-        sa.select(
-            keys.c.part_date,
-            keys.c.dstrct_code,
-            sa.func.count(),
-            sa.func.max(keys.c.key_id),
-            sa.func.coalesce(sa.func.sum(keys.c.attempts), 0),
+    """Every (part_date, region) with PENDING keys: how many, and the fingerprint of that backlog.
+
+    Where the ledger keeps `key_counts`, the counts come from there and each partition's highest
+    PENDING key id from one seek in the claim index; elsewhere all PENDING keys are aggregated."""
+    if counts_maintained(engine.dialect.name):
+        c = key_counts.c
+        top = (
+            sa.select(sa.func.max(keys.c.key_id))
+            .where(keys.c.status == PENDING, keys.c.dstrct_code == c.dstrct_code, keys.c.part_date == c.part_date)
+            .scalar_subquery()
         )
-        .where(keys.c.status == PENDING)
-        .group_by(keys.c.part_date, keys.c.dstrct_code)
-        .order_by(keys.c.part_date, keys.c.dstrct_code)
-    )
+        stmt = (
+            sa.select(c.part_date, c.dstrct_code, c["keys"], top, c.attempts)
+            .where(c.status == PENDING, c["keys"] > 0)
+            .order_by(c.part_date, c.dstrct_code)
+        )
+    else:
+        stmt = (
+            sa.select(
+                keys.c.part_date,
+                keys.c.dstrct_code,
+                sa.func.count(),
+                sa.func.max(keys.c.key_id),
+                sa.func.coalesce(sa.func.sum(keys.c.attempts), 0),
+            )
+            .where(keys.c.status == PENDING)
+            .group_by(keys.c.part_date, keys.c.dstrct_code)
+            .order_by(keys.c.part_date, keys.c.dstrct_code)
+        )
     with engine.connect() as conn:
         return [
             PartitionBacklog(d, r, int(n), backlog_fingerprint(int(n), int(top), int(attempts)))
@@ -196,9 +229,22 @@ def partition_fingerprints(engine: sa.Engine) -> dict[tuple[str, str], str]:
 
 
 def status_counts(engine: sa.Engine) -> dict[str, Any]:
+    """Keys by status, by region and status, and the rows ingested in all."""
+    if counts_maintained(engine.dialect.name):
+        c = key_counts.c
+        stmt = sa.select(c.dstrct_code, c.status, c["keys"], c.rows).where(c["keys"] > 0)
+        with engine.connect() as conn:
+            counted = conn.execute(stmt).all()
+        by_status: dict[str, int] = {}
+        by_region: dict[str, dict[str, int]] = {}
+        for region, status, count, _ in counted:
+            by_status[status] = by_status.get(status, 0) + int(count)
+            of_region = by_region.setdefault(region or "(unrouted)", {})
+            of_region[status] = of_region.get(status, 0) + int(count)
+        return {"by_status": by_status, "by_region": by_region, "rows": sum(int(r) for *_, r in counted)}
     with engine.connect() as conn:
         by_status = dict(conn.execute(sa.select(keys.c.status, sa.func.count()).group_by(keys.c.status)).all())
-        by_region: dict[str, dict[str, int]] = {}
+        by_region = {}
         for region, status, count in conn.execute(
             sa.select(keys.c.dstrct_code, keys.c.status, sa.func.count()).group_by(keys.c.dstrct_code, keys.c.status)
         ).all():

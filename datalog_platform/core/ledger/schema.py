@@ -75,6 +75,23 @@ keys = sa.Table(
     sa.Index("ix_keys_device", "device_id", "status"),
     # discovery asks, every tick, for each device's latest hour
     sa.Index("ix_keys_device_hour", "device_id", "key_hour"),
+    # the discovery sensor reports, every tick, how long the oldest PENDING key has waited: a seek
+    sa.Index("ix_keys_status_age", "status", "discovered_at"),
+)
+
+# How many keys each (part_date, region, status) holds, with their attempts and rows: what the
+# sensors and `datalog ledger status` read instead of counting millions of keys on every tick.
+# Triggers on `keys` keep it exact in the transaction that changes a key (PostgreSQL and SQLite;
+# see `create_schema`). UNROUTED keys have no region: their row has the region ''.
+key_counts = sa.Table(
+    "key_counts",
+    metadata,
+    sa.Column("part_date", sa.String(10), primary_key=True),
+    sa.Column("dstrct_code", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(16), primary_key=True),
+    sa.Column("keys", sa.BigInteger, nullable=False),
+    sa.Column("attempts", sa.BigInteger, nullable=False),
+    sa.Column("rows", sa.BigInteger, nullable=False),
 )
 
 batches = sa.Table(
@@ -179,9 +196,17 @@ _ADDED_COLUMNS = (
 
 
 def create_schema(engine: sa.Engine) -> None:
-    """Create missing tables; upgrade a ledger from before batch kinds and the file manifest."""
-    fresh = not sa.inspect(engine).has_table("lake_files")
+    """Create missing tables and indexes; upgrade a ledger from before batch kinds, the file
+    manifest, the key counts and the indexes added since."""
+    inspector = sa.inspect(engine)
+    fresh = not inspector.has_table("lake_files")
+    existing = {name: {i["name"] for i in inspector.get_indexes(name)} for name in inspector.get_table_names()}
     metadata.create_all(engine)
+    for table in metadata.sorted_tables:
+        for index in table.indexes:
+            if table.name in existing and index.name not in existing[table.name]:
+                with engine.begin() as conn:
+                    conn.execute(sa.schema.CreateIndex(index, if_not_exists=engine.dialect.name != "mssql"))
     for table, column in _ADDED_COLUMNS:
         if column.name not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
             kind = column.type.compile(engine.dialect)
@@ -189,6 +214,117 @@ def create_schema(engine: sa.Engine) -> None:
                 conn.execute(sa.text(f"ALTER TABLE {table.name} ADD {column.name} {kind}"))
     if fresh:
         _fill_manifest(engine)
+    if counts_maintained(engine.dialect.name):
+        _install_counts(engine)
+
+
+# The dialects whose ledgers keep `key_counts`. MSSQL refuses a trigger on `keys`: its claim
+# (`UPDATE ... OUTPUT inserted...` without INTO) cannot target a table with enabled triggers, so an
+# MSSQL ledger counts its keys with aggregate queries.
+COUNTED_DIALECTS = ("postgresql", "sqlite")
+
+
+def counts_maintained(dialect_name: str) -> bool:
+    return dialect_name in COUNTED_DIALECTS
+
+
+_COUNT_COLUMNS = "part_date, dstrct_code, status, keys, attempts, rows"
+_COUNT_GROUP = "part_date, coalesce(dstrct_code, ''), status"
+_COUNT_FILL = (
+    f"INSERT INTO key_counts ({_COUNT_COLUMNS}) "
+    f"SELECT {_COUNT_GROUP}, count(*), sum(attempts), sum(coalesce(rows, 0)) FROM keys GROUP BY {_COUNT_GROUP}"
+)
+
+# PostgreSQL: one statement-level trigger per event; the rows a statement inserted, changed or
+# deleted are summed per group and added in group order (so two writers lock shared rows in the
+# same order and cannot deadlock on them).
+_PG_NEW = f"SELECT {_COUNT_GROUP}, 1, attempts, coalesce(rows, 0) FROM new_keys"
+_PG_OLD = f"SELECT {_COUNT_GROUP}, -1, -attempts, -coalesce(rows, 0) FROM old_keys"
+
+
+def _pg_add(source: str) -> str:
+    return f"""
+    INSERT INTO key_counts AS c ({_COUNT_COLUMNS})
+    SELECT part_date, dstrct_code, status, sum(n), sum(a), sum(r)
+    FROM ({source}) AS d (part_date, dstrct_code, status, n, a, r)
+    GROUP BY part_date, dstrct_code, status
+    HAVING sum(n) <> 0 OR sum(a) <> 0 OR sum(r) <> 0
+    ORDER BY part_date, dstrct_code, status
+    ON CONFLICT (part_date, dstrct_code, status) DO UPDATE
+    SET keys = c.keys + excluded.keys, attempts = c.attempts + excluded.attempts, rows = c.rows + excluded.rows;"""
+
+
+_PG_COUNT_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION key_counts_apply() RETURNS trigger LANGUAGE plpgsql AS $body$
+BEGIN
+    IF TG_OP = 'INSERT' THEN{_pg_add(_PG_NEW)}
+    ELSIF TG_OP = 'DELETE' THEN{_pg_add(_PG_OLD)}
+    ELSE{_pg_add(f"{_PG_NEW} UNION ALL {_PG_OLD}")}
+    END IF;
+    RETURN NULL;
+END
+$body$
+"""
+_PG_COUNT_TRIGGERS = {
+    "key_counts_insert": "AFTER INSERT ON keys REFERENCING NEW TABLE AS new_keys",
+    "key_counts_update": "AFTER UPDATE ON keys REFERENCING OLD TABLE AS old_keys NEW TABLE AS new_keys",
+    "key_counts_delete": "AFTER DELETE ON keys REFERENCING OLD TABLE AS old_keys",
+}
+
+
+def _sqlite_add(row: str, sign: str) -> str:
+    return (
+        f"INSERT INTO key_counts ({_COUNT_COLUMNS}) VALUES ({row}.part_date, coalesce({row}.dstrct_code, ''), "
+        f"{row}.status, {sign}1, {sign}{row}.attempts, {sign}coalesce({row}.rows, 0)) "
+        "ON CONFLICT (part_date, dstrct_code, status) DO UPDATE SET keys = keys + excluded.keys, "
+        "attempts = attempts + excluded.attempts, rows = rows + excluded.rows;"
+    )
+
+
+# SQLite: row-level triggers (its only kind); writers are serialised, so no order is needed.
+_SQLITE_COUNT_TRIGGERS = {
+    "key_counts_insert": f"AFTER INSERT ON keys BEGIN {_sqlite_add('NEW', '')} END",
+    "key_counts_update": (
+        "AFTER UPDATE OF part_date, dstrct_code, status, attempts, rows ON keys "
+        f"BEGIN {_sqlite_add('OLD', '-')} {_sqlite_add('NEW', '')} END"
+    ),
+    "key_counts_delete": f"AFTER DELETE ON keys BEGIN {_sqlite_add('OLD', '-')} END",
+}
+
+
+def _counts_installed(conn: sa.Connection) -> bool:
+    if conn.dialect.name == "postgresql":
+        found = sa.text("SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('keys') AND tgname = ANY(:names)")
+    else:
+        found = sa.text("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name IN :names").bindparams(
+            sa.bindparam("names", expanding=True)
+        )
+    return conn.execute(found, {"names": list(_PG_COUNT_TRIGGERS)}).scalar_one() == len(_PG_COUNT_TRIGGERS)
+
+
+def _install_counts(engine: sa.Engine) -> None:
+    """Fill `key_counts` from the keys and create the triggers that keep it, in one transaction
+    that no write to `keys` can interleave with (a lock on PostgreSQL, the single writer on SQLite)."""
+    with engine.connect() as conn:
+        if _counts_installed(conn):
+            return
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("LOCK TABLE keys IN SHARE ROW EXCLUSIVE MODE"))
+        if _counts_installed(conn):
+            return
+        conn.execute(sa.delete(key_counts))
+        conn.execute(sa.text(_COUNT_FILL))
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text(_PG_COUNT_FUNCTION))
+            for name, when in _PG_COUNT_TRIGGERS.items():
+                conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {name} ON keys"))
+                conn.execute(
+                    sa.text(f"CREATE TRIGGER {name} {when} FOR EACH STATEMENT EXECUTE FUNCTION key_counts_apply()")
+                )
+        else:
+            for name, body in _SQLITE_COUNT_TRIGGERS.items():
+                conn.execute(sa.text(f"CREATE TRIGGER IF NOT EXISTS {name} {body}"))
 
 
 def _fill_manifest(engine: sa.Engine) -> None:

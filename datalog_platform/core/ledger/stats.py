@@ -7,14 +7,28 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from datalog_platform.core.ledger.schema import PENDING, UNROUTED, devices, keys
+from datalog_platform.core.ledger.schema import PENDING, UNROUTED, counts_maintained, devices, key_counts, keys
 
 
 def latest_hour_by_device(engine: sa.Engine) -> dict[str, datetime]:
-    """Every device with a registered key -> the newest hour among its keys."""
-    stmt = sa.select(keys.c.device_id, sa.func.max(keys.c.key_hour)).group_by(keys.c.device_id)
+    """Every device with a registered key -> the newest hour among its keys.
+
+    A key of a device outside the registry is UNROUTED (it gets a region only once its device is
+    registered, and devices are never removed), so the registry's devices, one index seek each,
+    and the devices of UNROUTED keys are all the devices with keys."""
+    newest = sa.select(sa.func.max(keys.c.key_hour)).where(keys.c.device_id == devices.c.device_id).scalar_subquery()
+    registered = sa.select(devices.c.device_id, newest)
+    unrouted = (
+        sa.select(keys.c.device_id, sa.func.max(keys.c.key_hour))
+        .where(keys.c.status == UNROUTED)
+        .group_by(keys.c.device_id)
+    )
+    latest: dict[str, datetime] = {}
     with engine.connect() as conn:
-        return {device: hour for device, hour in conn.execute(stmt).all()}
+        for device, hour in [*conn.execute(registered).all(), *conn.execute(unrouted).all()]:
+            if hour is not None and (device not in latest or hour > latest[device]):
+                latest[device] = hour
+    return latest
 
 
 @dataclass(frozen=True)
@@ -26,22 +40,35 @@ class Backlog:
 
 def backlog(engine: sa.Engine) -> Backlog:
     """PENDING keys (how many, the oldest discovery time) and UNROUTED keys waiting for the registry."""
+    oldest = sa.select(sa.func.min(keys.c.discovered_at)).where(keys.c.status == PENDING)
     with engine.connect() as conn:
-        pending, oldest = conn.execute(
-            sa.select(sa.func.count(), sa.func.min(keys.c.discovered_at)).where(keys.c.status == PENDING)
-        ).one()
-        unrouted = conn.execute(sa.select(sa.func.count()).where(keys.c.status == UNROUTED)).scalar_one()
-    return Backlog(pending=int(pending), oldest_pending_discovered_at=oldest, unrouted=int(unrouted))
+        if counts_maintained(engine.dialect.name):
+            counted = sa.select(key_counts.c.status, sa.func.sum(key_counts.c["keys"])).where(
+                key_counts.c.status.in_((PENDING, UNROUTED))
+            )
+            found = dict(conn.execute(counted.group_by(key_counts.c.status)).all())
+            pending, unrouted = found.get(PENDING, 0), found.get(UNROUTED, 0)
+        else:
+            pending = conn.execute(sa.select(sa.func.count()).where(keys.c.status == PENDING)).scalar_one()
+            unrouted = conn.execute(sa.select(sa.func.count()).where(keys.c.status == UNROUTED)).scalar_one()
+        first = conn.execute(oldest).scalar()
+    return Backlog(pending=int(pending), oldest_pending_discovered_at=first, unrouted=int(unrouted))
+
+
+def _routed_partitions() -> tuple[sa.ColumnElement[str], sa.ColumnElement[str], list[sa.ColumnElement[bool]]]:
+    """(part_date, region, conditions) of the partitions with routed keys in `key_counts`."""
+    c = key_counts.c
+    return c.part_date, c.dstrct_code, [c.dstrct_code != "", c["keys"] > 0]
 
 
 def regions_with_keys(engine: sa.Engine, part_date: str) -> list[str]:
     """The regions with registered keys of one local date."""
-    stmt = (
-        sa.select(keys.c.dstrct_code)
-        .where(keys.c.part_date == part_date, keys.c.dstrct_code.isnot(None))
-        .distinct()
-        .order_by(keys.c.dstrct_code)
+    day, region, routed = (
+        _routed_partitions()
+        if counts_maintained(engine.dialect.name)
+        else (keys.c.part_date, keys.c.dstrct_code, [keys.c.dstrct_code.isnot(None)])
     )
+    stmt = sa.select(region).where(day == part_date, *routed).distinct().order_by(region)
     with engine.connect() as conn:
         return list(conn.execute(stmt).scalars())
 
@@ -55,11 +82,11 @@ def devices_of_region(engine: sa.Engine, region: str) -> list[str]:
 
 def partitions_with_keys(engine: sa.Engine, first_date: str, last_date: str) -> list[tuple[str, str]]:
     """(date, region) of every routed key dated from `first_date` to `last_date`, in order."""
-    stmt = (
-        sa.select(keys.c.part_date, keys.c.dstrct_code)
-        .where(keys.c.dstrct_code.isnot(None), keys.c.part_date.between(first_date, last_date))
-        .distinct()
-        .order_by(keys.c.part_date, keys.c.dstrct_code)
+    day, region, routed = (
+        _routed_partitions()
+        if counts_maintained(engine.dialect.name)
+        else (keys.c.part_date, keys.c.dstrct_code, [keys.c.dstrct_code.isnot(None)])
     )
+    stmt = sa.select(day, region).where(day.between(first_date, last_date), *routed).distinct().order_by(day, region)
     with engine.connect() as conn:
         return [(day, region) for day, region in conn.execute(stmt).all()]

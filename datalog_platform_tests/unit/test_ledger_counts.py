@@ -1,0 +1,264 @@
+"""The ledger's key counts and the indexes the sensors read: `key_counts` stays equal to counting
+the keys through registration, routing, claims, commits, aborts, requeues and rebuilds; a ledger
+from before them is upgraded (counts filled, triggers and indexes created, twice harmlessly); the
+sensors' readers (backlog, fingerprints, status counts, devices' latest hours) agree with the keys;
+registration without ON CONFLICT (MSSQL's path) registers each key once; and the statements an
+MSSQL ledger runs instead render with bind parameters.
+
+Real parts only: SQLite files in tmp_path and the running PostgreSQL named by
+DATALOG_TEST_POSTGRES_URL (conftest's `engine`: a fresh schema per test, skipped with a visible
+reason when the variable is unset), a LocalStore directory as the lake.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects import mssql
+
+from datalog_platform.core.ledger import protocol, registration, schema, stats, swap
+from datalog_platform.core.ledger.engine import ledger_engine
+from datalog_platform.core.ledger.protocol import KeyOutcome
+from datalog_platform.core.ledger.schema import (
+    CLAIMED,
+    FAILED,
+    PENDING,
+    QUARANTINED,
+    SUCCESS,
+    UNROUTED,
+    create_schema,
+    key_counts,
+    keys,
+)
+from datalog_platform.core.store import LocalStore, ObjectInfo
+
+TZ = 8
+DAY = "2026-11-01"
+NEW_INDEXES = {"ix_keys_status_age"}
+COUNT_TRIGGERS = ("key_counts_insert", "key_counts_update", "key_counts_delete")
+
+
+def objects(*names: str) -> list[ObjectInfo]:
+    return [ObjectInfo(name, 10, "etag") for name in names]
+
+
+def counted(engine: sa.Engine) -> dict[tuple[str, str, str], tuple[int, int, int]]:
+    """key_counts' non-empty rows: (part_date, region, status) -> (keys, attempts, rows)."""
+    with engine.connect() as conn:
+        return {
+            (d, r, s): (int(n), int(a), int(rows))
+            for d, r, s, n, a, rows in conn.execute(sa.select(key_counts)).all()
+            if (n, a, rows) != (0, 0, 0)
+        }
+
+
+def recount(engine: sa.Engine) -> dict[tuple[str, str, str], tuple[int, int, int]]:
+    """The same figures counted from the keys themselves."""
+    stmt = sa.select(
+        keys.c.part_date,
+        keys.c.dstrct_code,
+        keys.c.status,
+        sa.func.count(),
+        sa.func.sum(keys.c.attempts),
+        sa.func.sum(sa.func.coalesce(keys.c.rows, 0)),
+    ).group_by(keys.c.part_date, keys.c.dstrct_code, keys.c.status)
+    with engine.connect() as conn:
+        return {(d, r or "", s): (int(n), int(a), int(rows)) for d, r, s, n, a, rows in conn.execute(stmt).all()}
+
+
+def test_counts_follow_every_change_of_a_key(engine: sa.Engine, tmp_path: Path) -> None:
+    lake = LocalStore(tmp_path / "lake")
+    registration.upsert_devices(engine, [("dev001", "BRCB"), ("dev002", "KPCS")])
+    names = [f"dev00{d}/202611010{h}/k{n}.json" for d in (1, 2) for h in range(4) for n in range(3)]
+    registration.register_keys(engine, objects(*names, "dev003/2026110100/u.json", "not-a-raw-key.txt"), TZ)
+    registration.register_keys(engine, objects(*names[:5]), TZ)  # already known: nothing changes
+    assert counted(engine) == recount(engine)
+    assert counted(engine)[(DAY, "", UNROUTED)] == (1, 0, 0)
+
+    registration.upsert_devices(engine, [("dev003", "BRCB")])
+    assert registration.route_unrouted(engine) == 1
+    assert counted(engine) == recount(engine)
+
+    committed = protocol.claim_batch(engine, DAY, "BRCB", 5, "run-1", 60)
+    aborted = protocol.claim_batch(engine, DAY, "BRCB", 4, "run-2", 60)
+    assert committed is not None and aborted is not None
+    assert counted(engine) == recount(engine)
+    outcomes = [KeyOutcome(k.key_id, SUCCESS, rows=7) for k in committed.keys[:-1]]
+    outcomes.append(KeyOutcome(committed.keys[-1].key_id, QUARANTINED, error="unreadable"))
+    protocol.commit_batch(engine, committed.batch_id, outcomes, [], 28, 0)
+    assert protocol.abort_batch(engine, lake, aborted.batch_id, "boom", max_attempts=1)
+    assert counted(engine) == recount(engine)
+    assert counted(engine)[(DAY, "BRCB", SUCCESS)] == (4, 0, 28)
+    assert counted(engine)[(DAY, "BRCB", FAILED)] == (4, 4, 0)
+
+    assert registration.requeue(engine, FAILED) == 4
+    assert counted(engine) == recount(engine)
+    rebuild = swap.claim_rebuild(engine, DAY, "BRCB", "run-3", 60)
+    assert rebuild is not None
+    assert counted(engine)[(DAY, "BRCB", CLAIMED)][0] == len(rebuild.keys)
+    assert protocol.abort_batch(engine, lake, rebuild.batch_id, "rebuild failed", max_attempts=3)
+    assert counted(engine) == recount(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.delete(keys).where(keys.c.dstrct_code == "KPCS"))
+    assert counted(engine) == recount(engine)
+    assert not any(region == "KPCS" for _, region, _ in counted(engine))
+
+
+def test_readers_agree_with_the_keys(engine: sa.Engine) -> None:
+    """Backlog, fingerprints, status counts and regions from the counts equal what the keys say."""
+    registration.upsert_devices(engine, [("dev001", "BRCB"), ("dev002", "KPCS")])
+    registration.register_keys(
+        engine,
+        objects(
+            "dev001/2026110100/a.json",
+            "dev001/2026110101/b.json",
+            "dev002/2026110100/c.json",
+            "dev002/2026110300/d.json",
+            "dev009/2026110105/u.json",
+        ),
+        TZ,
+    )
+    batch = protocol.claim_batch(engine, DAY, "KPCS", 10, "run", 60)
+    assert batch is not None
+    with engine.connect() as conn:
+        ids = dict(conn.execute(sa.select(keys.c.key, keys.c.key_id)).all())
+    assert [(p.part_date, p.dstrct_code, p.keys, p.fingerprint) for p in registration.pending_partitions(engine)] == [
+        (DAY, "BRCB", 2, f"n2-k{ids['dev001/2026110101/b.json']}-a0"),
+        ("2026-11-03", "KPCS", 1, f"n1-k{ids['dev002/2026110300/d.json']}-a0"),
+    ]
+    backlog = stats.backlog(engine)
+    assert (backlog.pending, backlog.unrouted) == (3, 1)
+    assert isinstance(backlog.oldest_pending_discovered_at, datetime)
+    assert registration.status_counts(engine) == {
+        "by_status": {PENDING: 3, CLAIMED: 1, UNROUTED: 1},
+        "by_region": {"BRCB": {PENDING: 2}, "KPCS": {PENDING: 1, CLAIMED: 1}, "(unrouted)": {UNROUTED: 1}},
+        "rows": 0,
+    }
+    assert stats.regions_with_keys(engine, DAY) == ["BRCB", "KPCS"]
+    assert stats.partitions_with_keys(engine, DAY, "2026-11-03") == [
+        (DAY, "BRCB"),
+        (DAY, "KPCS"),
+        ("2026-11-03", "KPCS"),
+    ]
+
+
+def test_latest_hours_cover_registered_and_unknown_devices(engine: sa.Engine) -> None:
+    registration.upsert_devices(engine, [("dev001", "BRCB"), ("dev002", "KPCS"), ("silent", "KPCS")])
+    registration.register_keys(
+        engine,
+        objects("dev001/2026110100/a.json", "dev001/2026110107/b.json", "stray/2026110203/u.json"),
+        TZ,
+    )
+    # a device registered after its keys were found, before routing: UNROUTED keys under a known device
+    registration.upsert_devices(engine, [("stray", "BRCB")])
+    registration.register_keys(engine, objects("stray/2026110101/v.json", "dev002/2026103123/c.json"), TZ)
+    assert stats.latest_hour_by_device(engine) == {
+        "dev001": datetime(2026, 11, 1, 7),
+        "dev002": datetime(2026, 10, 31, 23),
+        "stray": datetime(2026, 11, 2, 3),
+    }
+
+
+def _make_old(url: str, engine: sa.Engine) -> None:
+    """Take away what this version adds: the counts, their triggers and the new indexes."""
+    with engine.begin() as conn:
+        for name in COUNT_TRIGGERS:
+            conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {name}" + (" ON keys" if url.startswith("postgres") else "")))
+        conn.execute(sa.text("DROP TABLE key_counts"))
+        for name in NEW_INDEXES:
+            conn.execute(sa.text(f"DROP INDEX {name}"))
+
+
+def test_an_existing_ledger_is_upgraded(ledger_url: str) -> None:
+    """A ledger with keys but without the counts and the new indexes: create_schema fills the counts
+    from the keys, creates the triggers and indexes, and a second create_schema changes nothing."""
+    engine = ledger_engine(ledger_url)
+    registration.upsert_devices(engine, [("dev001", "BRCB")])
+    registration.register_keys(engine, objects("dev001/2026110100/a.json", "dev009/2026110100/u.json"), TZ)
+    _make_old(ledger_url, engine)
+    with engine.begin() as conn:  # a key written while the ledger had no triggers
+        conn.execute(
+            sa.insert(keys).values(
+                key="dev001/2026110101/b.json",
+                size=10,
+                device_id="dev001",
+                key_hour=datetime(2026, 11, 1, 1),
+                dstrct_code="BRCB",
+                part_date=DAY,
+                status=SUCCESS,
+                attempts=2,
+                rows=9,
+                discovered_at=datetime(2026, 11, 1, 2),
+            )
+        )
+    inspector = sa.inspect(engine)
+    assert not inspector.has_table("key_counts")
+    assert not NEW_INDEXES & {i["name"] for i in inspector.get_indexes("keys")}
+
+    for _ in range(2):
+        create_schema(engine)
+        inspector = sa.inspect(engine)
+        assert NEW_INDEXES <= {i["name"] for i in inspector.get_indexes("keys")}
+        assert (
+            counted(engine)
+            == recount(engine)
+            == {
+                (DAY, "BRCB", PENDING): (1, 0, 0),
+                (DAY, "", UNROUTED): (1, 0, 0),
+                (DAY, "BRCB", SUCCESS): (1, 2, 9),
+            }
+        )
+    with engine.connect() as conn:
+        assert schema._counts_installed(conn)
+    registration.register_keys(engine, objects("dev001/2026110102/c.json"), TZ)
+    assert counted(engine)[(DAY, "BRCB", PENDING)] == (2, 0, 0)
+
+
+def test_registration_without_on_conflict_registers_each_key_once(
+    sqlite_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MSSQL's path (look the keys up, insert the rest) on a real database: the same result."""
+    monkeypatch.setattr(registration, "_UPSERTS", {})
+    registration.upsert_devices(sqlite_engine, [("dev001", "BRCB")])
+    names = [f"dev001/20261101{h:02d}/k{n}.json" for h in range(24) for n in range(30)]
+    first = registration.register_keys(sqlite_engine, objects(*names, names[0], "dev009/2026110100/u.json"), TZ)
+    again = registration.register_keys(sqlite_engine, objects(*names), TZ)
+    assert (first.registered, first.unrouted, again.registered) == (len(names) + 1, 1, 0)
+    assert counted(sqlite_engine) == recount(sqlite_engine)
+
+
+def test_mssql_statements_render_with_bind_params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An MSSQL ledger keeps no counts: capture what the readers and registration run there (on a
+    SQLite ledger told it keeps none) and compile it for MSSQL. The new index renders plainly,
+    without IF NOT EXISTS, which MSSQL lacks."""
+    for module in (registration, stats):
+        monkeypatch.setattr(module, "counts_maintained", lambda _name: False)
+    monkeypatch.setattr(registration, "_UPSERTS", {})
+    engine = ledger_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    registration.upsert_devices(engine, [("dev001", "BRCB")])
+    executed: list[Any] = []
+    sa.event.listen(engine, "before_execute", lambda conn, stmt, *rest: executed.append(stmt))
+    registration.register_keys(engine, objects("dev001/2026110100/a.json"), TZ)
+    registration.pending_partitions(engine)
+    stats.backlog(engine)
+    stats.latest_hour_by_device(engine)
+    stats.regions_with_keys(engine, DAY)
+    registration.status_counts(engine)
+
+    rendered = [(s, s.compile(dialect=mssql.dialect())) for s in executed if isinstance(s, (sa.Select, sa.Insert))]
+    sql = "\n".join(str(c) for _, c in rendered)
+    for literal in (PENDING, UNROUTED, DAY, "dev001/2026110100/a.json"):
+        assert f"'{literal}'" not in sql
+    assert "WHERE keys.device_id = devices.device_id" in sql
+    assert "key_counts" not in sql
+    values = {v for _, c in rendered for p in c.params.values() for v in (p if isinstance(p, list) else [p])}
+    assert {PENDING, UNROUTED, DAY, "dev001/2026110100/a.json"} <= values
+    index = next(i for i in keys.indexes if i.name == "ix_keys_status_age")
+    assert str(sa.schema.CreateIndex(index).compile(dialect=mssql.dialect())) == (
+        "CREATE INDEX ix_keys_status_age ON keys (status, discovered_at)"
+    )
+    assert not schema.counts_maintained("mssql")
