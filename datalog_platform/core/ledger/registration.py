@@ -75,24 +75,28 @@ class RegisterResult:
 
 
 # Keys per registration transaction. PostgreSQL and SQLite insert with ON CONFLICT DO NOTHING,
-# sent as multi-row INSERTs of 1,000 rows (SQLAlchemy's insertmanyvalues); MSSQL looks the keys up
-# first, in statements under its 2,100-parameter limit.
+# sent as multi-row INSERTs of 1,000 rows (SQLAlchemy's insertmanyvalues); MSSQL's statements stay
+# under its 2,100-parameter limit.
 _UPSERT_BATCH = 10 * CHUNK
 _UPSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
 def insert_new_keys(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Insert the rows of `keys` whose key is not in the ledger yet; returns those inserted."""
-    insert = _UPSERTS.get(conn.dialect.name)
-    if insert is not None:
-        stmt = insert(keys).on_conflict_do_nothing(index_elements=[keys.c.key]).returning(keys.c.key)
-        inserted = set(conn.execute(stmt, rows).scalars())
-        return [row for row in rows if row["key"] in inserted]
+    """Insert the rows of `keys` whose key is not in the ledger yet; returns those inserted.
+
+    The keys already known are looked up first (a discovery tick re-lists mostly known keys, and a
+    look-up is cheaper than an INSERT that conflicts); where the dialect has ON CONFLICT, a key a
+    concurrent registrar inserts in between is skipped instead of failing the transaction."""
     known = set(conn.execute(sa.select(keys.c.key).where(keys.c.key.in_([r["key"] for r in rows]))).scalars())
     new_rows = [row for row in rows if row["key"] not in known]
-    if new_rows:
-        conn.execute(sa.insert(keys), new_rows)
-    return new_rows
+    insert = _UPSERTS.get(conn.dialect.name)
+    if not new_rows or insert is None:
+        if new_rows:
+            conn.execute(sa.insert(keys), new_rows)
+        return new_rows
+    stmt = insert(keys).on_conflict_do_nothing(index_elements=[keys.c.key]).returning(keys.c.key)
+    inserted = set(conn.execute(stmt, new_rows).scalars())
+    return [row for row in new_rows if row["key"] in inserted]
 
 
 def register_keys(engine: sa.Engine, objects: Iterable[Any], tz_offset_hours: int) -> RegisterResult:
