@@ -49,11 +49,11 @@ CODE_MODULE = "datalog_platform.definitions"
 
 
 @contextmanager
-def dagster_database() -> Iterator[str]:
-    """A new, empty database `datalog_dagster_<hex>` on the test server for Dagster's own storage;
-    yields its URL in the form DAGSTER_PG_URL takes, and drops the database afterwards."""
+def dagster_database(prefix: str = "datalog_dagster") -> Iterator[str]:
+    """A new, empty database `<prefix>_<hex>` on the test server (by default for Dagster's own
+    storage); yields its URL in the form DAGSTER_PG_URL takes, and drops the database afterwards."""
     server = sa.make_url(postgres_url())
-    name = f"datalog_dagster_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:

@@ -8,7 +8,8 @@
   values set are checked for the keys and values that chart reads.
 - deploy/dagster.yaml is accepted by Dagster's own instance config schema, and a DagsterInstance
   loaded from it on a fresh PostgreSQL database has the storage, run queue, launcher and daemon
-  settings the deployment relies on.
+  settings the deployment relies on; the ECS launcher block of deploy/README.md is accepted by
+  dagster-aws's EcsRunLauncher.
 
 Real parts: the files themselves, jsonschema/referencing, Dagster's config validation and, for
 the instance, the PostgreSQL server named by DATALOG_TEST_POSTGRES_URL (a database of its own,
@@ -29,10 +30,13 @@ import pytest
 import referencing
 import referencing.jsonschema
 import yaml
+from dagster._config import validate_config
 from dagster._core.instance.config import dagster_instance_config
+from dagster_aws.ecs import EcsRunLauncher
 
 from datalog_platform_tests.support.production import (
     DAGSTER_YAML,
+    DEPLOY,
     DOCKERFILE,
     HELM_VALUES,
     MAKEFILE,
@@ -309,3 +313,14 @@ def test_an_instance_loaded_from_dagster_yaml_keeps_everything_in_postgresql(
             assert instance.get_settings("sensors")["use_threads"] is True
             assert instance.get_settings("schedules")["use_threads"] is True
             assert instance.get_settings("telemetry") == {"enabled": False}
+
+
+def test_the_ecs_run_launcher_snippet_is_accepted_by_dagster_aws() -> None:
+    """The `run_launcher` block deploy/README.md gives for ECS, against EcsRunLauncher's own config schema."""
+    snippet = re.search(r"```yaml\n(run_launcher:.*?)```", (DEPLOY / "README.md").read_text(), re.DOTALL)
+    assert snippet, "deploy/README.md has no run_launcher snippet"
+    launcher = yaml.safe_load(snippet.group(1))["run_launcher"]
+    assert (launcher["module"], launcher["class"]) == ("dagster_aws.ecs", "EcsRunLauncher")
+    result = validate_config(EcsRunLauncher.config_type(), launcher["config"])
+    assert result.success, [error.message for error in result.errors or []]
+    assert not validate_config(EcsRunLauncher.config_type(), {**launcher["config"], "cpu": 1}).success
