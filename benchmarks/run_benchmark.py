@@ -1,12 +1,22 @@
-"""Throughput of `datalog ingest` against bare DuckDB on the same files, in one run.
+"""Throughput and memory of `datalog ingest` against bare DuckDB, pyarrow and Spark, in one run.
 
-    .venv/bin/python benchmarks/run_benchmark.py            # standard set, ~5 minutes on 2 cores
+    .venv/bin/python benchmarks/run_benchmark.py                      # everything (`make bench`)
+    .venv/bin/python benchmarks/run_benchmark.py --sets peers,growing  # some parts only
 
-Sets: (1) 50 devices x 24 hours x 2,000 rows (2.4 M rows, about 470 MB of NDJSON) in 3 regions;
-(2) 20,000 files of 5 rows. For each set, bare DuckDB converts every file to hive Parquet with one
-COPY (same columns, same timestamp rules, no ledger, no quarantine, no Dagster), then a fresh
-`datalog ingest` does the whole job end to end in a child process with DATALOG_RAM_LIMIT set.
-The figures go to benchmarks/results.json and between the markers of benchmarks/REPORT.md.
+Parts (`--sets`, default all):
+- standard: 50 devices x 24 hours x 2,000 rows (2.4 M rows, about 390 MB of NDJSON) in 3 regions.
+  Bare DuckDB converts every file to hive Parquet with one COPY (same columns, same timestamp
+  rules, no ledger, no quarantine, no Dagster), naive and schema-safe; then a fresh
+  `datalog ingest` does the whole job in a child process with DATALOG_RAM_LIMIT=--ram-limit.
+- peers: pyarrow file by file and Spark local[2] on the standard set (benchmarks/bench_peers.py).
+- small: 20,000 files of 5 rows, bare DuckDB and `datalog ingest`.
+- scaling: `datalog ingest` at 1, 2 and 4 times the standard set (copies under new device ids).
+- bigfile: one raw file of --bigfile-mb with DATALOG_RAM_LIMIT=--bigfile-ram-limit, fresh home.
+- growing: 24 hourly batches into one date x region partition, `datalog ingest` after each hour.
+
+Every child's peak RSS is its own (bench_measure.run_child). The figures go to benchmarks/results.json (a run
+of some parts keeps the other parts' figures of the last run there), benchmarks/scaling.png and
+between the figures markers of benchmarks/REPORT.md.
 """
 
 from __future__ import annotations
@@ -15,87 +25,29 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
-import subprocess
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import bench_data
+import bench_measure
 import duckdb
-
-from datalog_platform.core.generate import generate, registry_csv
-from datalog_platform.core.store import LocalStore
-from datalog_platform.core.transform.timestamps import install_macros, with_instant
+import pyarrow
+from bench_data import DataSet
+from bench_plot import plot_scaling
+from bench_report import render, replace_figures
 
 HERE = Path(__file__).resolve().parent
-BEGIN, END = "<!-- figures:begin -->", "<!-- figures:end -->"
+SETS = ("standard", "peers", "small", "scaling", "bigfile", "growing")
+SCALING_FACTORS = (1, 2, 4)
 
 
-def bare_copy(raw: Path, registry: list[tuple[str, str]], out: Path, ram_limit: str, schema_safe: bool) -> dict:
-    """One DuckDB COPY of every raw file to hive Parquet: the conversion without the platform.
-
-    schema_safe=False is what a hand-written COPY does (types from the first 32 files);
-    schema_safe=True infers from every line of every file, as the platform must so that no
-    field is silently dropped.
-    """
-    shutil.rmtree(out, ignore_errors=True)
-    files = sorted(str(p) for p in raw.rglob("*.json*") if "_registry" not in p.parts)
-    conn = duckdb.connect(
-        config={"memory_limit": ram_limit, "threads": os.cpu_count() or 2, "preserve_insertion_order": False}
-    )
-    install_macros(conn)
-    conn.execute(
-        "CREATE TABLE registry AS SELECT unnest(?) AS device_id, unnest(?) AS dstrct_code",
-        [[d for d, _ in registry], [r for _, r in registry]],
-    )
-    options = "union_by_name = true, sample_size = -1" if schema_safe else "union_by_name = false"
-    source = (
-        "SELECT * FROM read_json($files, format = 'newline_delimited', ignore_errors = true, "
-        f"filename = 'source_file', hive_partitioning = false, {options})"
-    )
-    rows = with_instant(source, "to_json(heartbeat)", "JSON", "__ts")
-    started = time.perf_counter()
-    (count,) = conn.execute(
-        f"""COPY (SELECT j.* EXCLUDE (__ts), j.__ts + INTERVAL 8 HOUR AS datetime_wita,
-                strftime(j.__ts + INTERVAL 8 HOUR, '%Y-%m-%d') AS hiveperiod, r.dstrct_code
-            FROM ({rows}) j JOIN registry r USING (device_id) WHERE j.__ts IS NOT NULL)
-        TO $target (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (hiveperiod, dstrct_code))""",
-        {"files": files, "target": str(out)},
-    ).fetchone()
-    seconds = time.perf_counter() - started
-    return {"rows": count, "files": len(files), "seconds": seconds}
-
-
-def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "datalog_platform.cli", *args], env=env, capture_output=True, text=True, check=True
-    )
-
-
-def datalog_ingest(home: Path, raw: Path, registry_path: Path, ram_limit: str) -> dict:
-    """A fresh `datalog ingest` (new ledger, lake and Dagster instance) timed end to end."""
-    shutil.rmtree(home, ignore_errors=True)
-    env = {
-        **os.environ,
-        "DATALOG_HOME": str(home),
-        "DATALOG_RAW_URL": str(raw),
-        "DATALOG_RAM_LIMIT": ram_limit,
-        "DAGSTER_HOME": str(home / "dagster"),
-    }
-    run_cli(["devices", "load", str(registry_path)], env)
-    started = time.perf_counter()
-    summary = json.loads(run_cli(["ingest", "--json"], env).stdout)
-    summary["wall_seconds"] = time.perf_counter() - started
-    return summary
-
-
-def warm_page_cache(raw: Path) -> None:
-    """Both contenders then read the files from memory, whichever goes first."""
-    for path in raw.rglob("*"):
-        if path.is_file():
-            path.read_bytes()
+def log(message: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
 
 
 def megabytes(size: str) -> int:
@@ -116,118 +68,246 @@ def machine() -> dict:
     mem_kb = int(
         next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
     )
+    try:
+        from importlib.metadata import version
+
+        pyspark = version("pyspark")
+    except ImportError:
+        pyspark = "not installed"
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "memory_gb": round(mem_kb / 1024 / 1024, 1),
         "python": platform.python_version(),
         "duckdb": duckdb.__version__,
+        "pyarrow": pyarrow.__version__,
+        "pyspark": pyspark,
     }
 
 
-def measure_set(name: str, work: Path, devices: int, hours: int, rows: int, ram_limit: str) -> dict:
-    raw = work / name / "raw"
-    shutil.rmtree(work / name, ignore_errors=True)
-    gen = generate(LocalStore(raw), devices=devices, hours=hours, rows=rows, seed=42, gzip_share=0.0)
-    registry_path = work / name / "devices.csv"
-    registry_path.write_bytes(registry_csv(gen.devices))
-    warm_page_cache(raw)
-    naive = bare_copy(raw, gen.devices, work / name / "bare", ram_limit, schema_safe=False)
-    safe = bare_copy(raw, gen.devices, work / name / "bare", ram_limit, schema_safe=True)
-    ingest = datalog_ingest(work / name / "home", raw, registry_path, ram_limit)
+def timed_set(make: Callable[[], DataSet]) -> DataSet:
+    started = time.perf_counter()
+    data = make()
+    data.seconds = time.perf_counter() - started
+    return data
+
+
+def bare_and_ingest(name: str, data: DataSet, work: Path, ram_limit: str) -> dict:
+    bench_measure.warm_page_cache(data.raw)
+    log(f"{name}: bare DuckDB COPY, naive and schema-safe")
+    naive = bench_measure.bare_copy(data.raw, data.devices, work / "bare", ram_limit, schema_safe=False)
+    safe = bench_measure.bare_copy(data.raw, data.devices, work / "bare", ram_limit, schema_safe=True)
+    shutil.rmtree(work / "bare", ignore_errors=True)
+    log(f"{name}: datalog ingest")
+    ingest = bench_measure.fresh_ingest(work / "home", data.raw, data.registry_path, ram_limit)
+    log(f"{name}: {ingest.get('rows', 0):,} rows in {ingest['wall_seconds']:.1f} s")
+    return {"generated": data.generated(), "bare_naive": naive, "bare_schema_safe": safe, "ingest": ingest}
+
+
+def peer(kind: str, data: DataSet, out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    bench_measure.warm_page_cache(data.raw)
+    log(f"peers: {kind}")
+    child = bench_measure.run_child(
+        [sys.executable, str(HERE / "bench_peers.py"), kind, str(data.raw), str(data.registry_path), str(out)]
+    )
+    if child.code:
+        log(f"peers: {kind} failed")
+        return {"error": bench_measure.first_error(child.stderr), "wall_seconds": child.seconds}
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    result.update(wall_seconds=child.seconds, peak_rss_mb=child.peak_rss_mb, rows=bench_measure.parquet_rows(out))
+    log(f"peers: {kind}: {result['rows']:,} rows in {child.seconds:.1f} s")
+    shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
+def scaling_point(data: DataSet, ingest: dict) -> dict:
+    rows = ingest.get("rows") or 0
     return {
-        "generated": {"files": gen.files, "rows": gen.rows, "bad_lines": gen.bad_lines, "bytes": gen.bytes},
-        "bare_naive": naive,
-        "bare_schema_safe": safe,
+        "rows": data.rows,
+        "rows_ingested": rows,
+        "files": data.files,
+        "runs": ingest.get("runs"),
+        "wall_seconds": ingest["wall_seconds"],
+        "step_seconds": ingest.get("step_seconds"),
+        "end_to_end_s_per_m": ingest["wall_seconds"] / (data.rows / 1e6),
+        "step_s_per_m": (ingest.get("step_seconds") or 0) / (data.rows / 1e6) or None,
+        "peak_rss_mb": ingest["peak_rss_mb"],
+        "phase_seconds": ingest.get("phase_seconds"),
+        "error": ingest.get("error"),
+    }
+
+
+def measure_scaling(std: DataSet, standard_ingest: dict | None, work: Path, ram_limit: str) -> dict:
+    log("scaling: copies of the standard set")
+    started = time.perf_counter()
+    sets = bench_data.scaled_sets(std, work / "scaling", [f for f in SCALING_FACTORS if f > 1])
+    copy_seconds = time.perf_counter() - started
+    points = []
+    for factor in SCALING_FACTORS:
+        if factor == 1 and standard_ingest is not None:
+            points.append(scaling_point(std, standard_ingest))
+            continue
+        data = std if factor == 1 else sets[factor]
+        bench_measure.warm_page_cache(data.raw)
+        log(f"scaling: datalog ingest of {data.rows:,} rows")
+        ingest = bench_measure.fresh_ingest(work / "scaling" / f"home{factor}", data.raw, data.registry_path, ram_limit)
+        points.append(scaling_point(data, ingest))
+        log(f"scaling: {data.rows:,} rows in {ingest['wall_seconds']:.1f} s, peak {ingest['peak_rss_mb']:,.0f} MB")
+        shutil.rmtree(work / "scaling" / f"home{factor}", ignore_errors=True)
+    shutil.rmtree(work / "scaling", ignore_errors=True)
+    return {
+        "ram_limit": ram_limit,
+        "ram_limit_mb": megabytes(ram_limit),
+        "copy_seconds": copy_seconds,
+        "points": points,
+    }
+
+
+def measure_bigfile(std: DataSet, work: Path, target_mb: int, ram_limit: str, timeout: float) -> dict:
+    log(f"bigfile: one raw file of {target_mb:,} MB")
+    data = timed_set(lambda: bench_data.big_file(std, work / "bigfile", target_mb * 1_000_000))
+    bench_measure.warm_page_cache(data.raw)
+    log(f"bigfile: datalog ingest of {data.rows:,} lines, DATALOG_RAM_LIMIT={ram_limit}")
+    ingest = bench_measure.fresh_ingest(work / "bigfile" / "home", data.raw, data.registry_path, ram_limit, timeout)
+    rows = ingest.get("rows") or 0
+    success = ingest["exit_code"] == 0 and not ingest.get("failed_runs") and rows == data.rows
+    log(f"bigfile: {'success' if success else 'failed'}, {rows:,} rows, peak {ingest['peak_rss_mb']:,.0f} MB")
+    shutil.rmtree(work / "bigfile", ignore_errors=True)
+    return {
+        "bytes": data.bytes,
+        "rows": data.rows,
+        "build_seconds": data.seconds,
+        "ram_limit": ram_limit,
+        "success": success,
+        "rows_ingested": rows,
+        "peak_rss_mb": ingest["peak_rss_mb"],
+        "wall_seconds": ingest["wall_seconds"],
+        "step_seconds": ingest.get("step_seconds"),
+        "error": ingest.get("error"),
         "ingest": ingest,
     }
 
 
-def render(results: dict) -> str:
-    std, small = results["standard"], results["small_files"]
-    ram_mb = results["ram_limit_mb"]
-    peak_mb = results["ingest_peak_rss_mb"]
+def measure_growing(work: Path, devices: int, hours: int, rows: int, ram_limit: str) -> dict:
+    log(f"growing: {devices} devices x {hours} hours x {rows:,} rows")
+    grown = bench_data.growing_partition(work / "growing", devices, hours, rows)
+    env = bench_measure.datalog_env(work / "growing" / "home", grown.raw, ram_limit)
+    bench_measure.load_devices(env, grown.registry_path)
+    batches = []
+    for hour in grown.hours:
+        grown.deliver(hour)
+        ingest = bench_measure.ingest(env)
+        batches.append(
+            {
+                "hour": f"{hour:%Y-%m-%d %H}:00 UTC",
+                "keys": ingest.get("keys"),
+                "rows": ingest.get("rows"),
+                "runs": ingest.get("runs"),
+                "step_seconds": ingest.get("step_seconds"),
+                "wall_seconds": ingest["wall_seconds"],
+                "peak_rss_mb": ingest["peak_rss_mb"],
+                "phase_seconds": ingest.get("phase_seconds"),
+                "error": ingest.get("error"),
+            }
+        )
+    steps = [b["step_seconds"] for b in batches]
+    ratio = steps[-1] / steps[0] if steps[0] and steps[-1] else None
+    first3, last3 = steps[:3], steps[-3:]
+    ratio_of_3 = statistics.mean(last3) / statistics.mean(first3) if all(first3) and all(last3) else None
+    log(f"growing: first step {steps[0]}, last {steps[-1]}")
+    shutil.rmtree(work / "growing", ignore_errors=True)
+    return {
+        "devices": devices,
+        "rows_per_file": rows,
+        "partition": f"{bench_data.GROWING_LOCAL_DATE} x {bench_data.GROWING_REGION}",
+        "rows_in_partition": sum(b["rows"] or 0 for b in batches),
+        "batches": batches,
+        "ratio": ratio,
+        "ratio_of_3": ratio_of_3,
+    }
 
-    def rate(part: dict, key: str = "rows", seconds: str = "seconds") -> float:
-        return part[key] / part[seconds] if part[seconds] else 0.0
 
-    bare = rate(std["bare_naive"])
-    bare_safe = rate(std["bare_schema_safe"])
-    step = std["ingest"]["rows"] / std["ingest"]["step_seconds"]
-    end = std["ingest"]["rows"] / std["ingest"]["wall_seconds"]
-    bare_files = rate(small["bare_naive"], "files")
-    end_files = small["ingest"]["keys"] / small["ingest"]["wall_seconds"]
-    m = results["machine"]
-    g = std["generated"]
-
-    def line(label: str, value: str, ratio: float | None = None, target: float | None = None) -> str:
-        verdict = "" if target is None else ("met" if ratio >= target else "missed")
-        shown = "" if ratio is None else f"{ratio:.2f} x"
-        return f"| {label} | {value} | {shown} | {'' if target is None else f'>= {target} x'} | {verdict} |"
-
-    rows = [
-        "| measure | value | ratio to bare DuckDB | target | |",
-        "|---|---|---|---|---|",
-        line("bare DuckDB COPY, types from the first 32 files", f"{bare:,.0f} rows/s"),
-        line("bare DuckDB COPY, types from every line (schema-safe)", f"{bare_safe:,.0f} rows/s", bare_safe / bare),
-        line("`datalog_parquet` step's own rows/s", f"{step:,.0f} rows/s", step / bare, 0.8),
-        line("... against the schema-safe bare COPY", f"{step:,.0f} rows/s", step / bare_safe, 0.8),
-        line(
-            "`datalog ingest` end to end", f"{end:,.0f} rows/s ({std['ingest']['wall_seconds']:.1f} s)", end / bare, 0.5
-        ),
-        line("20,000 files x 5 rows: bare DuckDB", f"{bare_files:,.0f} files/s"),
-        line(
-            "20,000 files x 5 rows: `datalog ingest` end to end",
-            f"{end_files:,.0f} files/s ({small['ingest']['wall_seconds']:.1f} s, {small['ingest']['runs']} runs)",
-            end_files / bare_files,
-            0.3,
-        ),
-        f"| peak memory of `datalog ingest` (limit {ram_mb} MB) | {peak_mb:,.0f} MB | | "
-        f"<= {ram_mb + 400} MB | {'met' if peak_mb <= ram_mb + 400 else 'missed'} |",
-    ]
-    return "\n".join(
-        [
-            BEGIN,
-            f"Measured {results['date']} with `{results['command']}`.",
-            f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; Python {m['python']}, "
-            f"DuckDB {m['duckdb']}.",
-            f"Standard set: {g['files']:,} files, {g['rows']:,} rows (+{g['bad_lines']} bad lines), "
-            f"{g['bytes'] / 1e6:,.0f} MB; {std['ingest']['runs']} runs, "
-            f"{std['ingest']['quarantined_lines']} lines quarantined.",
-            "",
-            *rows,
-            END,
-        ]
-    )
+def parse_sets(text: str) -> list[str]:
+    chosen = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SETS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(SETS)}")
+    return [s for s in SETS if s in chosen]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", type=parse_sets, default=list(SETS), help=f"comma-separated: {','.join(SETS)}")
     parser.add_argument("--workdir", type=Path, default=HERE / "data")
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--hours", type=int, default=24)
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--ram-limit", default="1GB")
-    parser.add_argument("--report", type=Path, default=HERE / "REPORT.md")
+    parser.add_argument("--small-devices", type=int, default=1000)
+    parser.add_argument("--small-hours", type=int, default=20)
+    parser.add_argument("--small-rows", type=int, default=5)
+    parser.add_argument("--bigfile-mb", type=int, default=1200)
+    parser.add_argument("--bigfile-ram-limit", default="512MB")
+    parser.add_argument(
+        "--bigfile-timeout", type=float, default=900, help="seconds before the big file's ingest is killed"
+    )
+    parser.add_argument("--growing-devices", type=int, default=10)
+    parser.add_argument("--growing-hours", type=int, default=24)
+    parser.add_argument("--growing-rows", type=int, default=5000)
+    parser.add_argument("--report", type=Path, default=HERE / "REPORT.md", help="scaling.png goes next to it")
+    parser.add_argument("--results", type=Path, default=HERE / "results.json")
     args = parser.parse_args()
+    started = time.perf_counter()
     work: Path = args.workdir.resolve()
-    results = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "machine": machine(),
-        "ram_limit_mb": megabytes(args.ram_limit),
-        "standard": measure_set("standard", work, args.devices, args.hours, args.rows, args.ram_limit),
-        "small_files": measure_set("small_files", work, 1000, 20, 5, args.ram_limit),
-    }
-    # ru_maxrss of waited-for children: the largest `datalog` process of the run, in KB on Linux.
-    results["ingest_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    (HERE / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    sets: list[str] = args.sets
+    results: dict = {}
+    if set(sets) != set(SETS) and args.results.exists():
+        results = json.loads(args.results.read_text())
+    results.setdefault("measured", {}).update({part: datetime.now(UTC).strftime("%Y-%m-%d %H:%M") for part in sets})
+    results.update(
+        {
+            "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+            "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+            "sets": sets,
+            "machine": machine(),
+            "ram_limit_mb": megabytes(args.ram_limit),
+        }
+    )
+    std = None
+    if {"standard", "peers", "scaling", "bigfile"} & set(sets):
+        log("standard: generating")
+        std = timed_set(lambda: bench_data.generated_set(work / "standard", args.devices, args.hours, args.rows))
+    if "standard" in sets:
+        results["standard"] = bare_and_ingest("standard", std, work / "standard", args.ram_limit)
+        results["startup"] = bench_measure.startup(bench_measure.datalog_env(work / "startup", std.raw, args.ram_limit))
+    if "peers" in sets:
+        results["peers"] = {kind: peer(kind, std, work / "peers" / kind) for kind in ("pyarrow", "spark")}
+    if "small" in sets:
+        log("small files: generating")
+        small = timed_set(
+            lambda: bench_data.generated_set(
+                work / "small_files", args.small_devices, args.small_hours, args.small_rows
+            )
+        )
+        results["small_files"] = bare_and_ingest("small files", small, work / "small_files", args.ram_limit)
+    if "scaling" in sets:
+        standard_ingest = results["standard"]["ingest"] if "standard" in sets else None
+        results["scaling"] = measure_scaling(std, standard_ingest, work, args.ram_limit)
+    if "bigfile" in sets:
+        results["bigfile"] = measure_bigfile(std, work, args.bigfile_mb, args.bigfile_ram_limit, args.bigfile_timeout)
+    if "growing" in sets:
+        results["growing"] = measure_growing(
+            work, args.growing_devices, args.growing_hours, args.growing_rows, args.ram_limit
+        )
+    results["total_seconds"] = time.perf_counter() - started
+    args.results.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    plot_scaling(results, args.report.parent / "scaling.png")
     figures = render(results)
     print(figures)
-    report = args.report.read_text() if args.report.exists() else f"# Benchmark report\n\n{BEGIN}\n{END}\n"
-    before, _, rest = report.partition(BEGIN)
-    _, _, after = rest.partition(END)
-    args.report.write_text(before + figures + after)
+    report = args.report.read_text() if args.report.exists() else "# Benchmark report\n"
+    args.report.write_text(replace_figures(report, figures))
+    log(f"done in {results['total_seconds'] / 60:.1f} min")
     return 0
 
 
