@@ -405,16 +405,57 @@ def test_abort_deletes_exactly_the_batch_files_and_releases_keys(engine: sa.Engi
 
 def test_keys_fail_once_attempts_reach_max(engine: sa.Engine, lake: LocalStore) -> None:
     seed(engine, 2)
-    first = claim(engine)
+    first = claim_batch(engine, DAY, REGION, 100, "run-test", 600, max_attempts=2)
+    assert first is not None and len(first.keys) == 2
     assert abort_batch(engine, lake, first.batch_id, "e1", max_attempts=2)
     assert {(r.status, r.attempts) for r in key_rows(engine).values()} == {(PENDING, 1)}
 
-    second = claim(engine)
-    assert {k.key_id for k in second.keys} == {k.key_id for k in first.keys}
-    assert abort_batch(engine, lake, second.batch_id, "e2", max_attempts=2)
+    # the last attempt of each key is a batch of its own
+    for n in (1, 2):
+        retry = claim_batch(engine, DAY, REGION, 100, "run-test", 600, max_attempts=2)
+        assert retry is not None and len(retry.keys) == 1
+        assert abort_batch(engine, lake, retry.batch_id, f"e2-{n}", max_attempts=2)
 
-    assert {(r.status, r.attempts, r.error) for r in key_rows(engine).values()} == {(FAILED, 2, "e2")}
-    assert claim_batch(engine, DAY, REGION, 10, None, 60) is None
+    assert {(r.status, r.attempts) for r in key_rows(engine).values()} == {(FAILED, 2)}
+    assert {r.error for r in key_rows(engine).values()} == {"e2-1", "e2-2"}
+    assert claim_batch(engine, DAY, REGION, 10, None, 60, max_attempts=2) is None
+
+
+@pytest.mark.parametrize(("limit", "attempts", "max_attempts", "expected"), [
+    (1000, 0, 3, 1000), (1000, 1, 3, 32), (1000, 2, 3, 1), (1000, 1, 2, 1), (1000, 1, 5, 178),
+    (1000, 3, 5, 6), (1000, 4, 5, 1), (1, 1, 3, 1), (1000, 0, 1, 1000),
+])  # fmt: skip
+def test_retry_batches_shrink_to_one_key_before_the_last_attempt(
+    limit: int, attempts: int, max_attempts: int, expected: int
+) -> None:
+    assert protocol.retry_limit(limit, attempts, max_attempts) == expected
+
+
+def test_a_poisonous_key_fails_alone_and_the_keys_it_shared_batches_with_go_through(
+    engine: sa.Engine, lake: LocalStore
+) -> None:
+    """A key that breaks every batch it is in (an oversize or poisonous file) must not take the
+    other keys of its batches down with it: it ends FAILED alone, every other key SUCCESS."""
+    names = seed(engine, 40)
+    poison = names[17]
+    sizes = []
+    for _ in range(200):
+        batch = claim_batch(engine, DAY, REGION, 40, "run-test", 600, max_attempts=3)
+        if batch is None:
+            break
+        sizes.append(len(batch.keys))
+        if poison in {k.key for k in batch.keys}:
+            assert abort_batch(engine, lake, batch.batch_id, "OutOfMemoryException: too big", max_attempts=3)
+        else:
+            outcomes = [KeyOutcome(k.key_id, SUCCESS, rows=1) for k in batch.keys]
+            commit_batch(engine, batch.batch_id, outcomes, [], len(outcomes), 0)
+    rows = key_rows(engine)
+    assert rows[poison].status == FAILED and rows[poison].attempts == 3
+    assert {rows[n].status for n in names if n != poison} == {SUCCESS}
+    # 40 keys at once; the 39 good ones retried in batches of round(40 ** 0.5) = 6; the 5 that
+    # shared the poison's batch of 6 then went one by one
+    assert sizes[0] == 40 and max(sizes[1:]) == 6 and sizes.count(1) == 6
+    assert len(sizes) < 20
 
 
 def test_recover_expired_takes_over_only_expired_batches(engine: sa.Engine, lake: LocalStore) -> None:
@@ -509,7 +550,7 @@ def test_mssql_claim_statement_renders_locking_hints_with_bind_params() -> None:
     assert f"inserted.{mssql.dialect().identifier_preparer.quote('key')}" in sql
     for literal in (BATCH_ID, ODD_DAY, ODD_REGION, str(ODD_LIMIT), PENDING, CLAIMED):
         assert literal not in sql
-    assert {"limit", "batch_id", "part_date", "dstrct_code", "pending", "claimed"} <= set(compiled.binds)
+    assert {"limit", "batch_id", "part_date", "dstrct_code", "pending", "claimed", "attempts"} <= set(compiled.binds)
     assert compiled.params["batch_id"] == BATCH_ID
     assert (compiled.params["part_date"], compiled.params["dstrct_code"]) == (ODD_DAY, ODD_REGION)
     assert compiled.params["limit"] == ODD_LIMIT

@@ -120,12 +120,15 @@ MSSQL_CLAIM_SQL = (
     "UPDATE TOP (:limit) keys WITH (ROWLOCK, UPDLOCK, READPAST) "
     "SET status = :claimed, batch_id = :batch_id "
     "OUTPUT inserted.key_id, inserted.[key], inserted.size "
-    "WHERE status = :pending AND dstrct_code = :dstrct_code AND part_date = :part_date"
+    "WHERE status = :pending AND dstrct_code = :dstrct_code AND part_date = :part_date AND attempts = :attempts"
 )
 
 
-def claim_statement(dialect_name: str, batch_id: str, part_date: str, region: str, limit: int) -> Any:
-    """The one statement that leases up to `limit` PENDING keys of a partition to `batch_id`.
+def claim_statement(
+    dialect_name: str, batch_id: str, part_date: str, region: str, limit: int, attempts: int = 0
+) -> Any:
+    """The one statement that leases up to `limit` PENDING keys of a partition that failed
+    `attempts` times so far to `batch_id`.
 
     SQLAlchemy renders `with_for_update(skip_locked=True)` as nothing on MSSQL, so the MSSQL
     locking hints are written out; PostgreSQL gets `FOR UPDATE SKIP LOCKED`; SQLite serialises
@@ -139,10 +142,16 @@ def claim_statement(dialect_name: str, batch_id: str, part_date: str, region: st
             pending=PENDING,
             dstrct_code=region,
             part_date=part_date,
+            attempts=attempts,
         )
     candidates = (
         sa.select(keys.c.key_id)
-        .where(keys.c.status == PENDING, keys.c.dstrct_code == region, keys.c.part_date == part_date)
+        .where(
+            keys.c.status == PENDING,
+            keys.c.dstrct_code == region,
+            keys.c.part_date == part_date,
+            keys.c.attempts == attempts,
+        )
         .order_by(keys.c.key_id)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -153,6 +162,21 @@ def claim_statement(dialect_name: str, batch_id: str, part_date: str, region: st
         .values(status=CLAIMED, batch_id=batch_id)
         .returning(keys.c.key_id, keys.c.key, keys.c.size)
     )
+
+
+def retry_limit(limit: int, attempts: int, max_attempts: int) -> int:
+    """How many keys that failed `attempts` times one batch takes: fewer with every failure, and
+    one alone before the last attempt, so a key that breaks its batch every time (a poisonous or
+    oversize file) ends FAILED by itself while the keys it shared batches with go through.
+
+    The sizes fall geometrically from `limit` to 1 (1,000 -> 32 -> 1 with three attempts): a
+    batch that failed for a passing reason is retried in a few dozen batches, not one per key.
+    """
+    if attempts <= 0:
+        return limit
+    if attempts >= max_attempts - 1:
+        return 1
+    return max(1, round(limit ** ((max_attempts - 1 - attempts) / (max_attempts - 1))))
 
 
 def insert_batch(
@@ -184,11 +208,28 @@ def claim_batch(
     limit: int,
     run_id: str | None,
     lease_seconds: int,
+    max_attempts: int = 3,
 ) -> Batch | None:
-    """Lease up to `limit` PENDING keys of (part_date, region) to a new WRITING batch, or None."""
+    """Lease PENDING keys of (part_date, region) to a new WRITING batch, or None if there are none.
+
+    Keys that failed before come first, those that failed most first, in batches of
+    `retry_limit`; then up to `limit` keys that never failed.
+    """
     with engine.connect() as conn, conn.begin() as tx:
+        attempts = (
+            conn.execute(
+                sa.select(sa.func.max(keys.c.attempts)).where(
+                    keys.c.status == PENDING,
+                    keys.c.dstrct_code == region,
+                    keys.c.part_date == part_date,
+                    keys.c.attempts > 0,
+                )
+            ).scalar_one_or_none()
+            or 0
+        )
         batch_id = insert_batch(conn, INGEST, part_date, region, run_id, lease_seconds)
-        stmt = claim_statement(engine.dialect.name, batch_id, part_date, region, limit)
+        size = retry_limit(limit, attempts, max_attempts)
+        stmt = claim_statement(engine.dialect.name, batch_id, part_date, region, size, attempts)
         claimed = sorted(conn.execute(stmt).all())
         if not claimed:
             tx.rollback()

@@ -107,7 +107,10 @@ def _claim(
     found: dict[str, object] = {"recovered_batches": len(recovered)}
     if not rebuild:
         limit = config.key_limit_per_run or ledger.key_limit_per_run
-        return protocol.claim_batch(engine, part_date, region, limit, context.run.run_id, ledger.lease_seconds), found
+        batch = protocol.claim_batch(
+            engine, part_date, region, limit, context.run.run_id, ledger.lease_seconds, ledger.max_attempts
+        )
+        return batch, found
     registered = register_partition(stores.raw(), engine, part_date, region, ledger.tz_offset_hours)
     found["keys_registered"] = registered.registered
     try:
@@ -140,6 +143,7 @@ def _parquet_metadata(
         "bytes_read": report.bytes_read,
         "bytes_written": report.bytes_written,
         "seconds": round(report.seconds, 3),
+        "seconds_by_phase": dg.MetadataValue.json({k: round(v, 3) for k, v in report.phase_seconds.items()}),
         "rows_per_second": round(report.rows_per_second),
         "path": dg.MetadataValue.path(path),
     }
