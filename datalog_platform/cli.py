@@ -93,6 +93,7 @@ class IngestSummary:
     keys: int = 0
     partitions: set[str] = field(default_factory=set)
     step_seconds: float = 0.0  # time inside datalog_parquet, without Dagster's own overhead
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # the step's time by phase
     out_of_range_keys: int = 0  # pending keys whose date has no partition (see DATALOG_PARTITIONS_START_DATE)
     seconds: float = 0.0
 
@@ -154,6 +155,8 @@ def run_ingest(settings: Settings) -> IngestSummary:
                         summary.keys += mat.metadata["keys"].value
                         summary.quarantined_lines += mat.metadata["quarantined_lines"].value
                         summary.step_seconds += mat.metadata["seconds"].value
+                        for phase, seconds in mat.metadata["seconds_by_phase"].value.items():
+                            summary.phase_seconds[phase] = summary.phase_seconds.get(phase, 0.0) + seconds
                     if mat.asset_key == datalog_parquet.key:
                         summary.partitions.add(str(mat.partition))
     summary.unrouted = registration.status_counts(engine)["by_status"].get("UNROUTED", 0)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import sqlalchemy as sa
@@ -36,6 +36,7 @@ class BatchReport:
     partitions: dict[str, int]
     seconds: float
     replaced_files: int = 0
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # read, stage, ..., commit -> seconds
 
     @property
     def rows_per_second(self) -> float:
@@ -150,7 +151,9 @@ def ingest_batch(
                 )
             result = converter.convert(files, LedgerCatalog(engine, batch))
             outcomes = outcomes_of(result)
+            committing = time.perf_counter()
             protocol.commit_batch(engine, batch.batch_id, outcomes, result.files, result.rows, result.quarantined_lines)
+            result.phases["commit"] = time.perf_counter() - committing
     except Exception as exc:
         protocol.abort_batch(engine, lake, batch.batch_id, f"{type(exc).__name__}: {exc}", max_attempts)
         raise
@@ -172,4 +175,5 @@ def ingest_batch(
         partitions=result.partitions,
         seconds=time.perf_counter() - started,
         replaced_files=replaced,
+        phase_seconds=result.phases,
     )

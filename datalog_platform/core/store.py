@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlparse
 
 # S3 returns at most 1,000 keys or common prefixes per ListObjectsV2 call.
@@ -62,6 +62,10 @@ class ObjectStore(Protocol):
         ...
 
     def read_bytes(self, key: str) -> bytes: ...
+
+    def open(self, key: str) -> BinaryIO:
+        """The object's bytes as a stream, read as they are consumed."""
+        ...
 
     def write_bytes(self, key: str, data: bytes) -> None: ...
 
@@ -155,6 +159,9 @@ class LocalStore:
     def read_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
+    def open(self, key: str) -> BinaryIO:
+        return self._path(key).open("rb")
+
     def write_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -237,6 +244,9 @@ class S3Store:
 
     def read_bytes(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
+
+    def open(self, key: str) -> BinaryIO:
+        return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"]
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data)

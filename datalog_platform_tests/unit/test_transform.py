@@ -25,6 +25,7 @@ import pytest
 
 from datalog_platform.core.ledger.schema import QUARANTINED, SUCCESS
 from datalog_platform.core.store import LocalStore, S3Store
+from datalog_platform.core.transform import convert
 from datalog_platform.core.transform.convert import INVALID_TIMESTAMP, MALFORMED_JSON
 from datalog_platform_tests.support.raw_data import epoch_seconds, ndjson
 
@@ -130,6 +131,41 @@ def test_gzip_and_corrupt_gzip(pipeline: Pipeline) -> None:
     for key in (gz_key, gz_bad_line_key, plain_key):
         assert ledger[key]["status"] == SUCCESS, key
         assert not ledger[key]["error"]
+
+
+def test_line_path_streams_files_in_blocks(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The line path reads a file in blocks, not whole: with blocks shorter than one line, every
+    line still keeps its number and text, the last line needs no newline, and a gzip that breaks
+    after some blocks were read leaves nothing of its file behind."""
+    monkeypatch.setattr(convert, "LINE_BLOCK_BYTES", 37)
+    pipeline.devices([("dev1", REGION)])
+    plain_key = f"dev1/{HOUR_KEY}/a-plain.json"
+    gz_key = f"dev1/{HOUR_KEY}/b-zipped.json.gz"
+    broken_key = f"dev1/{HOUR_KEY}/c-broken.json.gz"
+    lines = [good("dev1", i) for i in range(12)]
+    lines[0], lines[6] = "{oops", '{"device_id":"dev1","heartbeat":"never"}'
+    text = "\r\n".join(lines[:9]) + "\n\n" + "\n".join(lines[9:])  # CRLF, a blank line, no final newline
+    pipeline.raw.write_bytes(plain_key, text.encode())
+    pipeline.raw.write_bytes(gz_key, gzip.compress(ndjson(good("dev1", 50), "{oops", good("dev1", 51))))
+    pipeline.raw.write_bytes(broken_key, gzip.compress(ndjson(*(good("dev1", 60 + i) for i in range(40))))[:-30])
+    (report,) = pipeline.run()
+
+    assert report.line_path_files == 3
+    assert [(r["seq"], r["source_file"]) for r in pipeline.rows(order_by="seq")] == [
+        *((i, plain_key) for i in range(1, 12) if i != 6),
+        (50, gz_key),
+        (51, gz_key),
+    ]
+    bad = pipeline.rows("quarantine", order_by="source_file, line_number")
+    assert [(r["source_file"], r["line_number"], r["raw_line"], r["reason"]) for r in bad] == [
+        (plain_key, 1, "{oops", MALFORMED_JSON),
+        (plain_key, 7, lines[6], INVALID_TIMESTAMP),
+        (gz_key, 2, "{oops", MALFORMED_JSON),
+    ]
+    ledger = pipeline.key_rows()
+    assert (ledger[plain_key]["rows"], ledger[plain_key]["quarantined_lines"]) == (10, 2)
+    assert ledger[broken_key]["status"] == QUARANTINED and "unreadable" in ledger[broken_key]["error"]
+    assert (ledger[broken_key]["rows"], ledger[broken_key]["quarantined_lines"]) == (0, 0)
 
 
 def test_gzip_on_the_fast_path(pipeline: Pipeline) -> None:

@@ -15,8 +15,10 @@ import gzip
 import re
 import shutil
 import tempfile
+import time
 import zlib
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -52,6 +54,8 @@ _INTERNAL = (_PATH_COLUMN, "__dl_ts", "__dl_key")
 # are read by the line path instead.
 _LOCAL_SAFE = re.compile(r"[^*?\[\]{}]+")
 _S3_SAFE = re.compile(r"[A-Za-z0-9._\-/=]+")
+# The line path reads a file in blocks of this many bytes.
+LINE_BLOCK_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,22 @@ class ConvertResult:
     bytes_written: int = 0
     line_path_files: int = 0
     partitions: dict[str, int] = field(default_factory=dict)  # hiveperiod -> rows
+    phases: dict[str, float] = field(default_factory=dict)  # phase -> seconds
+
+
+class Phases:
+    """Seconds spent in each named phase: `with phases("read"): ...`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
 class LakeCatalog(Protocol):
@@ -131,17 +151,31 @@ def _conflicting_columns(schemas: list[dict[str, str]]) -> set[str]:
     return {c for c, k in kinds.items() if len(k) > 1 and not all(is_numeric(x) for x in k)}
 
 
-def _split_lines(data: bytes) -> Iterator[tuple[int, str, bool]]:
-    """(1-based line number, text, whether it is valid UTF-8) of every non-blank line; a line
-    that is not UTF-8 keeps its text with replacement characters, for the quarantine record."""
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        raw = raw.rstrip(b"\r")
-        if not raw.strip():
-            continue
-        try:
-            yield number, raw.decode("utf-8"), True
-        except UnicodeDecodeError:
-            yield number, raw.decode("utf-8", errors="replace"), False
+def _line_blocks(store: ObjectStore, key: str) -> Iterator[list[tuple[int, str, bool]]]:
+    """(1-based line number, text, whether it is valid UTF-8) of every non-blank line of an
+    object, in blocks of about LINE_BLOCK_BYTES; a line that is not UTF-8 keeps its text with
+    replacement characters, for the quarantine record. `.gz` objects are decompressed."""
+    with store.open(key) as raw:
+        stream = gzip.GzipFile(fileobj=raw) if key.endswith(".gz") else raw
+        number = 0
+        rest = b""
+        while True:
+            data = stream.read(LINE_BLOCK_BYTES)
+            lines = (rest + data).split(b"\n")
+            rest = lines.pop() if data else b""
+            block = []
+            for line in lines:
+                number += 1
+                line = line.rstrip(b"\r")
+                if not line.strip():
+                    continue
+                try:
+                    block.append((number, line.decode("utf-8"), True))
+                except UnicodeDecodeError:
+                    block.append((number, line.decode("utf-8", errors="replace"), False))
+            yield block
+            if not data:
+                return
 
 
 class BatchConverter:
@@ -168,6 +202,7 @@ class BatchConverter:
 
     def convert(self, files: Sequence[SourceFile], catalog: LakeCatalog) -> ConvertResult:
         outcomes = {f.key_id: FileOutcome(f.key_id) for f in files}
+        phases = Phases()
         scratch = Path(tempfile.mkdtemp(prefix=f"datalog-{self.batch_id}-"))
         try:
             paths: dict[str, SourceFile] = {}
@@ -176,7 +211,8 @@ class BatchConverter:
             relations: list[str] = []
             if fast:
                 fast_paths = {self.raw.uri(f.key): f for f in fast}
-                read = self._fast_read(fast_paths)
+                with phases("read"):
+                    read = self._fast_read(fast_paths)
                 if read is None:
                     slow += fast
                 else:
@@ -184,20 +220,25 @@ class BatchConverter:
                     relations.append("_dl_fast")
                     slow += [fast_paths[p] for p in read]
             if slow:
-                clean = self._line_path(slow, outcomes, scratch)
-                if clean:
-                    paths.update(clean)
-                    self._set_files(clean)
-                    self.conn.execute(f"CREATE OR REPLACE TEMP TABLE _dl_clean AS {self._read_with_instant()}")
-                    relations.append("_dl_clean")
-            result = ConvertResult(outcomes=list(outcomes.values()), line_path_files=len(slow))
-            self._set_files(paths)
-            self._define_good_rows(relations)
-            self._stage(result, catalog)
-            self._remove_stored_duplicates(catalog)
-            self._count(result, outcomes)
-            catalog.record_intent(self._target_dirs(result))
-            self._write(result)
+                with phases("line_path"):
+                    clean = self._line_path(slow, outcomes, scratch)
+                    if clean:
+                        paths.update(clean)
+                        self._set_files(clean)
+                        self.conn.execute(f"CREATE OR REPLACE TEMP TABLE _dl_clean AS {self._read_with_instant()}")
+                        relations.append("_dl_clean")
+            result = ConvertResult(outcomes=list(outcomes.values()), line_path_files=len(slow), phases=phases.seconds)
+            with phases("stage"):
+                self._set_files(paths)
+                self._define_good_rows(relations)
+                self._stage(result, catalog)
+            with phases("dedupe_stored"):
+                self._remove_stored_duplicates(catalog)
+            with phases("count"):
+                self._count(result, outcomes)
+                catalog.record_intent(self._target_dirs(result))
+            with phases("write_verify"):
+                self._write(result)
             return result
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -238,6 +279,8 @@ class BatchConverter:
         self._set_files(paths)
         try:
             self.conn.execute(f"CREATE OR REPLACE TEMP TABLE _dl_fast AS {self._read_with_instant()}")
+        except duckdb.OutOfMemoryException:
+            raise  # the line path would need more memory, not less
         except duckdb.Error:
             return None
         self.conn.execute(
@@ -252,73 +295,73 @@ class BatchConverter:
         self, files: list[SourceFile], outcomes: dict[int, FileOutcome], scratch: Path
     ) -> dict[str, SourceFile]:
         """Validate the files line by line into `_dl_lines` (a reason for each bad line); clean
-        lines go to one local NDJSON file per source file. Returns the clean files by path."""
-        key_ids: list[int] = []
-        sources: list[str] = []
-        numbers: list[int] = []
-        texts: list[str] = []
-        utf8: list[bool] = []
+        lines go to one local NDJSON file per source file. Returns the clean files by path.
+
+        Each file is streamed from the store in blocks of about `LINE_BLOCK_BYTES`, so a file of
+        any size passes with Python holding one block; the lines themselves live in DuckDB,
+        which spills them to disk beyond its memory limit."""
+        self.conn.execute(
+            """CREATE OR REPLACE TEMP TABLE _dl_lines (key_id BIGINT, source_file VARCHAR,
+                line_number BIGINT, raw_line VARCHAR, reason VARCHAR)"""
+        )
+        self._has_lines = True
         for f in files:
             try:
-                data = self.raw.read_bytes(f.key)
-                if f.key.endswith(".gz"):
-                    data = gzip.decompress(data)
+                for block in _line_blocks(self.raw, f.key):
+                    if block:
+                        self._validate_lines(f, block)
             except (OSError, EOFError, zlib.error) as exc:
                 outcomes[f.key_id].error = f"unreadable: {type(exc).__name__}: {exc}"
-                continue
-            for number, text, valid in _split_lines(data):
-                key_ids.append(f.key_id)
-                sources.append(f.key)
-                numbers.append(number)
-                texts.append(text)
-                utf8.append(valid)
+                self.conn.execute("DELETE FROM _dl_lines WHERE key_id = $key_id", {"key_id": f.key_id})
+        by_id = {f.key_id: f for f in files}
+        clean: dict[str, SourceFile] = {}
+        current: int | None = None
+        out = None
+        cursor = self.conn.execute(
+            "SELECT key_id, raw_line FROM _dl_lines WHERE reason IS NULL ORDER BY key_id, line_number"
+        )
+        try:
+            while rows := cursor.fetchmany(50_000):
+                for key_id, raw_line in rows:
+                    if key_id != current:
+                        if out is not None:
+                            out.close()
+                        current, path = key_id, scratch / f"{key_id}.json"
+                        out = path.open("w", encoding="utf-8")
+                        clean[str(path)] = by_id[key_id]
+                    out.write(raw_line)
+                    out.write("\n")
+        finally:
+            if out is not None:
+                out.close()
+        return clean
+
+    def _validate_lines(self, source: SourceFile, block: list[tuple[int, str, bool]]) -> None:
+        """Append one block of a file's lines to `_dl_lines`, each with its reason or NULL."""
+        numbers, texts, utf8 = zip(*block, strict=True)
         lines = pa.table(
             {
-                "key_id": pa.array(key_ids, pa.int64()),
-                "source_file": pa.array(sources, pa.string()),
                 "line_number": pa.array(numbers, pa.int64()),
                 "raw_line": pa.array(texts, pa.string()),
                 "utf8": pa.array(utf8, pa.bool_()),
             }
         )
         self.conn.register("_dl_lines_arrow", lines)
-        objects = """SELECT key_id, source_file, line_number, raw_line,
+        objects = """SELECT line_number, raw_line,
                 CASE WHEN utf8 AND json_valid(raw_line)
                      THEN json_type(raw_line) = 'OBJECT' ELSE false END AS __dl_object
             FROM _dl_lines_arrow"""
         heartbeats = f"""SELECT *, CASE WHEN __dl_object THEN json_extract(raw_line, '$.heartbeat') END AS __dl_hb
             FROM ({objects})"""
         self.conn.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _dl_lines AS
-            SELECT key_id, source_file, line_number, raw_line,
+            f"""INSERT INTO _dl_lines
+            SELECT $key_id, $key, line_number, raw_line,
                 CASE WHEN NOT __dl_object THEN '{MALFORMED_JSON}'
-                     WHEN __dl_ts IS NULL THEN '{INVALID_TIMESTAMP}' END AS reason
-            FROM ({with_instant(heartbeats, "__dl_hb", "JSON", "__dl_ts")})"""
+                     WHEN __dl_ts IS NULL THEN '{INVALID_TIMESTAMP}' END
+            FROM ({with_instant(heartbeats, "__dl_hb", "JSON", "__dl_ts")})""",
+            {"key_id": source.key_id, "key": source.key},
         )
         self.conn.unregister("_dl_lines_arrow")
-        self._has_lines = True
-        by_id = {f.key_id: f for f in files}
-        clean: dict[str, SourceFile] = {}
-        current: int | None = None
-        chunk: list[str] = []
-
-        def flush() -> None:
-            if current is not None and chunk:
-                path = scratch / f"{current}.json"
-                path.write_text("\n".join(chunk) + "\n", encoding="utf-8")
-                clean[str(path)] = by_id[current]
-
-        cursor = self.conn.execute(
-            "SELECT key_id, raw_line FROM _dl_lines WHERE reason IS NULL ORDER BY key_id, line_number"
-        )
-        while rows := cursor.fetchmany(50_000):
-            for key_id, raw_line in rows:
-                if key_id != current:
-                    flush()
-                    current, chunk = key_id, []
-                chunk.append(raw_line)
-        flush()
-        return clean
 
     # -- staging, counting, writing --------------------------------------------------------------
 
@@ -382,10 +425,17 @@ class BatchConverter:
             FROM _dl_good"""
         self.conn.execute(
             f"""CREATE OR REPLACE TEMP TABLE _dl_out AS
-            SELECT * FROM (SELECT *, {record_hash_sql(shape, lake_types, "datetime_wita")} AS {RECORD_HASH}
-                           FROM ({staged}))
-            QUALIFY row_number() OVER (PARTITION BY datetime_wita, {RECORD_HASH} ORDER BY __dl_key_id) = 1""",
+            SELECT *, {record_hash_sql(shape, lake_types, "datetime_wita")} AS {RECORD_HASH} FROM ({staged})""",
             shape.params,
+        )
+        # Each record once, from the first key that carried it. A grouping, not a window over
+        # every row: DuckDB spills a grouping to disk, and only records seen twice are touched.
+        self.conn.execute(
+            f"""DELETE FROM _dl_out USING (
+                SELECT datetime_wita, {RECORD_HASH}, arg_min(rowid, (__dl_key_id, rowid)) AS keep
+                FROM _dl_out GROUP BY ALL HAVING count(*) > 1) d
+            WHERE _dl_out.datetime_wita = d.datetime_wita AND _dl_out.{RECORD_HASH} = d.{RECORD_HASH}
+                AND _dl_out.rowid <> d.keep"""
         )
         if shape.rescues:
             result.rescued_values = dict(
@@ -400,18 +450,24 @@ class BatchConverter:
         """Delete from `_dl_out` the records the lake's LIVE files of the same directories hold."""
         days = [d for (d,) in self.conn.execute("SELECT DISTINCT hiveperiod FROM _dl_out").fetchall()]
         dirs = [f"{DATASET}/hiveperiod={day}/dstrct_code={self.region}" for day in days]
+        first, last = self.conn.execute("SELECT min(datetime_wita), max(datetime_wita) FROM _dl_out").fetchone()
         for attempt in range(1, attempts + 1):
             stored = catalog.stored_files(dirs)
             if not stored:
                 return
             self.conn.execute("SET VARIABLE dl_stored = $files", {"files": [self.lake.uri(p) for p in stored]})
             try:
+                # Only the stored rows within the batch's time span can repeat its records: the
+                # range lets DuckDB skip every row group whose statistics lie outside it, so a
+                # partition that grows hour by hour is not read whole for each new hour.
                 self.conn.execute(
                     f"""DELETE FROM _dl_out USING (
                         SELECT DISTINCT datetime_wita, {RECORD_HASH} FROM read_parquet(getvariable('dl_stored'),
                             union_by_name = true, hive_partitioning = false)
-                        WHERE {RECORD_HASH} IS NOT NULL) s
-                    WHERE _dl_out.datetime_wita = s.datetime_wita AND _dl_out.{RECORD_HASH} = s.{RECORD_HASH}"""
+                        WHERE {RECORD_HASH} IS NOT NULL
+                            AND datetime_wita BETWEEN $first AND $last) s
+                    WHERE _dl_out.datetime_wita = s.datetime_wita AND _dl_out.{RECORD_HASH} = s.{RECORD_HASH}""",
+                    {"first": first, "last": last},
                 )
                 return
             except duckdb.BinderException:
