@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
 import sqlalchemy as sa
 
 from datalog_platform.core.ledger import fields
@@ -171,6 +173,41 @@ def test_duplicates_across_batches_are_dropped_and_conflicts_kept(pipeline: Pipe
     assert sorted((r["device_id"], r["seq"], r["temperature"]) for r in pipeline.rows()) == rows
     with pipeline.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.sum(keys.c.duplicate_rows))).scalar_one() == 1
+
+
+@pytest.mark.parametrize("stored_as", ["another scheme", "no hash"])
+def test_records_stored_under_another_hash_scheme_still_dedupe(
+    pipeline: Pipeline, stored_as: str, tmp_path: Path
+) -> None:
+    """Rows hashed by another DuckDB (or the MD5 of earlier lakes), and rows of lakes from before
+    records were hashed, are compared by their hash recomputed from their columns."""
+    pipeline.devices([("dev1", REGION)])
+    upload(pipeline, "a", line(1, temperature=20.5, status={"battery": 9}), line(2, temperature=21, note="x"))
+    pipeline.run()
+    if stored_as == "another scheme":
+        rewrite = "* REPLACE (_record_hash + 1 AS _record_hash, 'md5' AS _record_hash_scheme)"
+    else:
+        rewrite = "* EXCLUDE (_record_hash, _record_hash_scheme)"
+    for stored in [o.key for o in pipeline.lake.list(f"{DATASET}/")]:
+        local = tmp_path / "rewritten.parquet"
+        pipeline.conn.execute(
+            f"COPY (SELECT {rewrite} FROM read_parquet(?)) TO '{local}' (FORMAT parquet)", [pipeline.lake.uri(stored)]
+        )
+        pipeline.lake.write_bytes(stored, local.read_bytes())
+
+    later = upload(
+        pipeline,
+        "b",
+        line(1, temperature=20.5, status={"battery": 9}),
+        line(2, temperature=21.0, note="x"),  # the same number, read as DOUBLE this time
+        line(3, temperature=22.5, pressure=1013),  # new, with a field the stored files lack
+        hour="2026110101",
+    )
+    (report,) = pipeline.run()
+
+    assert (report.rows, report.duplicate_rows) == (1, 2)
+    assert pipeline.key_rows()[later]["duplicate_rows"] == 2
+    assert sorted(r["seq"] for r in pipeline.rows()) == [1, 2, 3]
 
 
 def test_first_batch_to_record_a_field_fixes_its_type_on_postgres() -> None:

@@ -247,6 +247,7 @@ def test_hive_looking_raw_path_adds_no_column(pipeline: Pipeline) -> None:
     assert set(rows[0]) == {
         "device_id", "heartbeat", "seq", "temperature", "site",
         "datetime_wita", "source_file", "hiveperiod", "dstrct_code", "_rescued", "_record_hash",
+        "_record_hash_scheme",
     }  # fmt: skip
 
 

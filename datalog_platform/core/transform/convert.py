@@ -30,9 +30,12 @@ from datalog_platform.core.ledger.fields import FieldSeen
 from datalog_platform.core.ledger.protocol import LakeFile
 from datalog_platform.core.store import ObjectStore
 from datalog_platform.core.transform.shape import (
+    HASH_SCHEME,
     HEARTBEAT,
     RECORD_HASH,
     RESCUED,
+    Shape,
+    hash_scheme,
     quote,
     record_hash_sql,
     shape_fields,
@@ -137,8 +140,9 @@ def _read_json_sql() -> str:
     )
 
 
-def _schema(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
-    return {name: kind for name, kind, *_ in conn.execute(f"DESCRIBE {table}").fetchall()}
+def _schema(conn: duckdb.DuckDBPyConnection, relation: str) -> dict[str, str]:
+    """Column -> type of a table, view or query."""
+    return {name: kind for name, kind, *_ in conn.execute(f"DESCRIBE {relation}").fetchall()}
 
 
 def _conflicting_columns(schemas: list[dict[str, str]]) -> set[str]:
@@ -391,7 +395,7 @@ class BatchConverter:
     def _stage(self, result: ConvertResult, catalog: LakeCatalog) -> None:
         """Table `_dl_out`: the batch's rows as they will be written (fields with the dataset's
         types, `_rescued`, the output columns, `_record_hash`), each record once."""
-        reserved = {*OUTPUT_COLUMNS, *_INTERNAL, "__dl_key_id", RESCUED, RECORD_HASH}
+        reserved = {*OUTPUT_COLUMNS, *_INTERNAL, "__dl_key_id", RESCUED, RECORD_HASH, HASH_SCHEME}
         batch = {c: k for c, k in _schema(self.conn, "_dl_good").items() if c not in reserved}
         known = catalog.known_fields()
         new: list[FieldSeen] = []
@@ -423,10 +427,13 @@ class BatchConverter:
                 {local} AS datetime_wita, __dl_key AS source_file,
                 strftime({local}, '%Y-%m-%d') AS hiveperiod, __dl_key_id
             FROM _dl_good"""
+        self.scheme = hash_scheme(self.conn)
         self.conn.execute(
             f"""CREATE OR REPLACE TEMP TABLE _dl_out AS
-            SELECT *, {record_hash_sql(shape, lake_types, "datetime_wita")} AS {RECORD_HASH} FROM ({staged})""",
-            shape.params,
+            SELECT *, {record_hash_sql(shape, lake_types, "datetime_wita")} AS {RECORD_HASH},
+                $dl_scheme::VARCHAR AS {HASH_SCHEME}
+            FROM ({staged})""",
+            {**shape.params, "dl_scheme": self.scheme},
         )
         # Each record once, from the first key that carried it. A grouping, not a window over
         # every row: DuckDB spills a grouping to disk, and only records seen twice are touched.
@@ -447,7 +454,14 @@ class BatchConverter:
             )
 
     def _remove_stored_duplicates(self, catalog: LakeCatalog, attempts: int = 5) -> None:
-        """Delete from `_dl_out` the records the lake's LIVE files of the same directories hold."""
+        """Delete from `_dl_out` the records the lake's LIVE files of the same directories hold.
+
+        Only the stored rows within the batch's time span can repeat its records: the range lets
+        DuckDB skip every row group whose statistics lie outside it, so a partition that grows
+        hour by hour is not read whole for each new hour. A stored row of this DuckDB's hash
+        scheme is compared by its `_record_hash`; any other row by its hash recomputed from its
+        columns (see `shape`).
+        """
         days = [d for (d,) in self.conn.execute("SELECT DISTINCT hiveperiod FROM _dl_out").fetchall()]
         dirs = [f"{DATASET}/hiveperiod={day}/dstrct_code={self.region}" for day in days]
         first, last = self.conn.execute("SELECT min(datetime_wita), max(datetime_wita) FROM _dl_out").fetchone()
@@ -456,26 +470,33 @@ class BatchConverter:
             if not stored:
                 return
             self.conn.execute("SET VARIABLE dl_stored = $files", {"files": [self.lake.uri(p) for p in stored]})
+            files = "read_parquet(getvariable('dl_stored'), union_by_name = true, hive_partitioning = false)"
             try:
-                # Only the stored rows within the batch's time span can repeat its records: the
-                # range lets DuckDB skip every row group whose statistics lie outside it, so a
-                # partition that grows hour by hour is not read whole for each new hour.
+                hashed = self._stored_hash_sql(_schema(self.conn, f"SELECT * FROM {files}"))
                 self.conn.execute(
                     f"""DELETE FROM _dl_out USING (
-                        SELECT DISTINCT datetime_wita, {RECORD_HASH} FROM read_parquet(getvariable('dl_stored'),
-                            union_by_name = true, hive_partitioning = false)
-                        WHERE {RECORD_HASH} IS NOT NULL
-                            AND datetime_wita BETWEEN $first AND $last) s
-                    WHERE _dl_out.datetime_wita = s.datetime_wita AND _dl_out.{RECORD_HASH} = s.{RECORD_HASH}""",
-                    {"first": first, "last": last},
+                        SELECT DISTINCT datetime_wita, {hashed.columns[0]} AS h FROM {files}
+                        WHERE datetime_wita BETWEEN $first AND $last) s
+                    WHERE _dl_out.datetime_wita = s.datetime_wita AND _dl_out.{RECORD_HASH} = s.h""",
+                    {**hashed.params, "first": first, "last": last},
                 )
                 return
-            except duckdb.BinderException:
-                return  # files written before records were hashed: nothing to compare with
             except (duckdb.IOException, duckdb.HTTPException):
                 # a compaction or rebuild replaced a file of the listed state: list again
                 if attempt == attempts:
                     raise
+
+    def _stored_hash_sql(self, stored: dict[str, str]) -> Shape:
+        """The `_record_hash` of stored rows as this batch computes it: the stored value where
+        the row was hashed under this scheme, else recomputed from the row's fields."""
+        fields = {c: k for c, k in stored.items() if c not in {*OUTPUT_COLUMNS, RESCUED, RECORD_HASH, HASH_SCHEME}}
+        hashed = Shape()
+        recomputed = record_hash_sql(hashed, fields, "datetime_wita")
+        if RECORD_HASH in stored and HASH_SCHEME in stored:
+            scheme = hashed.param(self.scheme)
+            recomputed = f"CASE WHEN {HASH_SCHEME} = {scheme} THEN {RECORD_HASH} ELSE {recomputed} END"
+        hashed.columns.append(recomputed)
+        return hashed
 
     def _count(self, result: ConvertResult, outcomes: dict[int, FileOutcome]) -> None:
         for key_id, rows in self.conn.execute("SELECT __dl_key_id, count(*) FROM _dl_good GROUP BY ALL").fetchall():

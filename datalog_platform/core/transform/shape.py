@@ -6,9 +6,17 @@ otherwise the column is NULL and the row keeps the original value under the fiel
 `_rescued` JSON column. Numbers only widen: BIGINT values of a DOUBLE field are cast, and DOUBLE
 values of a BIGINT field make the field DOUBLE from then on (files of both read as DOUBLE).
 
-`_record_hash` identifies a record for deduplication: a 63-bit slice of the MD5 of its instant
-and of every non-NULL field but `heartbeat` (whose text may differ for the same instant), by
-name, numbers as DOUBLE; so the same record hashes alike whatever batch or file it came in.
+`_record_hash` identifies a record for deduplication: its instant and every non-NULL field but
+`heartbeat` (whose text may differ for the same instant), by name, numbers as DOUBLE, so the
+same record hashes alike whatever batch or file it came in. It is the XOR of DuckDB's `hash()`
+of the instant and of each (name, value) pair, cut to 63 bits: one hash per value, no text built.
+A field a file lacks adds nothing, so files written before a field existed hash their records
+alike, and the hash of stored rows can be recomputed from their columns alone.
+
+DuckDB does not promise `hash()` is the same across its versions, so every row also carries
+`_record_hash_scheme`: the hash of a fixed probe under the DuckDB that wrote it. Rows of another
+scheme (another DuckDB, or the MD5 of lakes written before; no scheme at all) are compared by
+recomputing their hash from their columns (see `convert`), never by the stored value.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from datalog_platform.core.transform.timestamps import is_numeric
 
 RESCUED = "_rescued"
 RECORD_HASH = "_record_hash"
+HASH_SCHEME = "_record_hash_scheme"
 HEARTBEAT = "heartbeat"
 _INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER")
 _INTEGER_TYPES += ("UBIGINT", "UHUGEINT")
@@ -89,14 +98,25 @@ def shape_fields(batch: dict[str, str], lake: dict[str, str]) -> Shape:
     return shape
 
 
-def record_hash_sql(shape: Shape, lake_types: dict[str, str], instant: str) -> str:
-    """The `_record_hash` expression over written columns `lake_types` (field -> type)."""
-    parts = [f"CAST({instant} AS VARCHAR)"]
-    for name in sorted([*lake_types, RESCUED]):
+def hash_scheme(conn: duckdb.DuckDBPyConnection) -> str:
+    """The name of this DuckDB's `_record_hash`: its hash of a probe of every kind of value a
+    record hashes, so a DuckDB whose `hash()` differs gets a scheme of its own."""
+    (probe,) = conn.execute(
+        """SELECT hash('datalog', 1.5::DOUBLE, 42::BIGINT, TIMESTAMP '2000-01-02 03:04:05', {'a': [1, 2]},
+            '{"b": null}'::JSON, 'text')"""
+    ).fetchone()
+    return f"duckdb-hash:{probe:016x}"
+
+
+def record_hash_sql(shape: Shape, field_types: dict[str, str], instant: str) -> str:
+    """The `_record_hash` expression over the written columns `field_types` (field -> type)."""
+    combined = f"hash({instant})"
+    for name in sorted([*field_types, RESCUED]):
         if name == HEARTBEAT:
             continue
-        kind = lake_types.get(name, "JSON")
-        text = f"CAST({quote(name)} AS DOUBLE)" if is_numeric(kind) else quote(name)
-        parts.append(f"{shape.param(name + '=')} || CAST({text} AS VARCHAR)")
-    # concat_ws skips NULLs: a field a batch does not carry and a NULL field hash alike
-    return f"CAST(md5_number_lower(concat_ws(chr(31), {', '.join(parts)})) & 9223372036854775807 AS BIGINT)"
+        column = quote(name)
+        value = f"CAST({column} AS DOUBLE)" if is_numeric(field_types.get(name, "JSON")) else column
+        # A NULL adds nothing: a field a record does not carry and a NULL field hash alike.
+        term = f"CASE WHEN {column} IS NOT NULL THEN hash({shape.param(name)}, {value}) ELSE 0::UBIGINT END"
+        combined = f"xor({combined}, {term})"
+    return f"CAST({combined} & 9223372036854775807 AS BIGINT)"

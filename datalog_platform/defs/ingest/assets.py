@@ -12,7 +12,7 @@ from datalog_platform.core.duckdb_setup import enable_s3
 from datalog_platform.core.ingest import BatchReport, ingest_batch
 from datalog_platform.core.ledger import fields, protocol, swap
 from datalog_platform.core.transform.convert import DATASET
-from datalog_platform.core.transform.shape import RECORD_HASH, RESCUED
+from datalog_platform.core.transform.shape import HASH_SCHEME, RECORD_HASH, RESCUED
 from datalog_platform.core.transform.timestamps import install_macros
 from datalog_platform.defs.constants import OWNERS, TRIGGER_TAG
 from datalog_platform.defs.discovery.assets import raw_datalog_logs
@@ -75,7 +75,8 @@ def column_schema(known: dict[str, str]) -> dg.TableSchema:
         RESCUED: ("JSON", "record values that did not fit their field's type, by field name"),
         "datetime_wita": ("TIMESTAMP", "the heartbeat's instant in local time (UTC + DATALOG_TZ_OFFSET_HOURS)"),
         "source_file": ("VARCHAR", "the raw key the row came from"),
-        RECORD_HASH: ("BIGINT", "identity of the record: instant and payload (MD5, 63 bits)"),
+        RECORD_HASH: ("BIGINT", "identity of the record: instant and payload (XOR of DuckDB hashes, 63 bits)"),
+        HASH_SCHEME: ("VARCHAR", "which DuckDB hash made _record_hash (the hash of a fixed probe)"),
         "hiveperiod": ("VARCHAR", "hive partition: the local date of datetime_wita"),
         "dstrct_code": ("VARCHAR", "hive partition: the device's region"),
     }
