@@ -29,6 +29,7 @@ from datalog_platform.core.generate import generate
 from datalog_platform.core.ingest import ingest_batch
 from datalog_platform.core.ledger import protocol
 from datalog_platform.core.ledger.protocol import (
+    OUTCOME_CHUNK,
     Batch,
     KeyOutcome,
     LakeFile,
@@ -39,6 +40,7 @@ from datalog_platform.core.ledger.protocol import (
     commit_batch,
     commit_statements,
     local_date,
+    outcomes_statement,
     parse_raw_key,
     record_intent,
     recover_expired,
@@ -569,18 +571,19 @@ def test_postgresql_claim_statement_skips_locked_rows() -> None:
 
 
 def test_mssql_commit_and_release_statements_render_with_bind_params() -> None:
-    batch_stmt, key_stmt = commit_statements()
-    batch_sql = batch_stmt.compile(dialect=mssql.dialect())
-    key_sql = key_stmt.compile(dialect=mssql.dialect())
+    batch_sql = commit_statements().compile(dialect=mssql.dialect())
+    error = "it's a 'quoted' error"
+    outcomes = [KeyOutcome(key_id=k, status=QUARANTINED, rows=7, error=error) for k in range(OUTCOME_CHUNK)]
+    key_sql = outcomes_statement(BATCH_ID, outcomes, datetime(2031, 7, 19)).compile(dialect=mssql.dialect())
     assert str(batch_sql).startswith("UPDATE batches SET")
-    assert str(key_sql).startswith("UPDATE keys SET")
+    assert str(key_sql).startswith("WITH outcomes") and "UPDATE keys SET" in str(key_sql)
     assert {"b_batch_id", "b_files", "b_rows", "b_quarantined", "b_now"} <= set(batch_sql.binds)
-    assert {"b_key_id", "b_batch_id", "b_status", "b_rows", "b_error", "b_now"} <= set(key_sql.binds)
+    assert len(key_sql.params) < 2100  # MSSQL's limit of parameters a statement
+    assert BATCH_ID in key_sql.params.values() and error in key_sql.params.values()
     for sql in (str(batch_sql), str(key_sql)):
-        for literal in (WRITING, COMMITTED, CLAIMED):
+        for literal in (WRITING, COMMITTED, CLAIMED, BATCH_ID, error):
             assert literal not in sql
 
-    error = "it's a 'quoted' error"
     release = release_statement(3, error).compile(dialect=mssql.dialect())
     sql = str(release)
     assert sql.startswith("UPDATE keys SET") and "CASE WHEN" in sql

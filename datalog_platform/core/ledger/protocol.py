@@ -275,9 +275,13 @@ class KeyOutcome:
     error: str | None = None
 
 
-def commit_statements() -> tuple[sa.Update, sa.Update]:
-    """(batch -> COMMITTED guarded by WRITING, key -> final status guarded by batch id)."""
-    batch_stmt = (
+# Keys per outcome statement: six parameters a key stay under MSSQL's 2,100 a statement.
+OUTCOME_CHUNK = 300
+
+
+def commit_statements() -> sa.Update:
+    """The batch -> COMMITTED, guarded by WRITING."""
+    return (
         sa.update(batches)
         .where(batches.c.batch_id == sa.bindparam("b_batch_id"), batches.c.status == WRITING)
         .values(
@@ -288,25 +292,35 @@ def commit_statements() -> tuple[sa.Update, sa.Update]:
             committed_at=sa.bindparam("b_now"),
         )
     )
-    key_stmt = (
+
+
+def outcomes_statement(batch_id: str, outcomes: list[KeyOutcome], now: datetime) -> sa.Update:
+    """Keys -> their final status, guarded by the batch id: one statement joined to a VALUES list
+    of the outcomes, not one statement a key (each of which also fires the count triggers)."""
+    given = sa.values(
+        sa.column("key_id", sa.BigInteger),
+        sa.column("status", sa.String),
+        sa.column("rows", sa.BigInteger),
+        sa.column("quarantined", sa.BigInteger),
+        sa.column("duplicates", sa.BigInteger),
+        sa.column("error", sa.String),
+        name="outcomes",
+    ).data([(o.key_id, o.status, o.rows, o.quarantined_lines, o.duplicate_rows, o.error) for o in outcomes])
+    given = given.cte("outcomes")  # SQLite names a VALUES list's columns only in a CTE
+    return (
         sa.update(keys)
-        .where(
-            keys.c.key_id == sa.bindparam("b_key_id"),
-            keys.c.batch_id == sa.bindparam("b_batch_id"),
-            keys.c.status == CLAIMED,
-        )
+        .where(keys.c.key_id == given.c.key_id, keys.c.batch_id == batch_id, keys.c.status == CLAIMED)
         .values(
-            status=sa.bindparam("b_status"),
-            rows=sa.bindparam("b_rows"),
-            quarantined_lines=sa.bindparam("b_quarantined"),
-            duplicate_rows=sa.bindparam("b_duplicates"),
-            error=sa.bindparam("b_error"),
-            done_at=sa.bindparam("b_now"),
+            status=given.c.status,
+            rows=given.c.rows,
+            quarantined_lines=given.c.quarantined,
+            duplicate_rows=given.c.duplicates,
+            error=given.c.error,
+            done_at=now,
             prior_status=None,
             prior_batch_id=None,
         )
     )
-    return batch_stmt, key_stmt
 
 
 def commit_batch(
@@ -320,10 +334,9 @@ def commit_batch(
     """In one transaction: keys to their final status, the batch COMMITTED, its files LIVE in the
     manifest and the files it replaces (marked with `retire_by` when it was claimed) RETIRED."""
     now = utcnow()
-    batch_stmt, key_stmt = commit_statements()
     with engine.begin() as conn:
         result = conn.execute(
-            batch_stmt,
+            commit_statements(),
             {
                 "b_batch_id": batch_id,
                 "b_files": json.dumps([f.path for f in files]),
@@ -334,23 +347,8 @@ def commit_batch(
         )
         if result.rowcount != 1:
             raise StaleBatchError(f"batch {batch_id} is no longer WRITING; its lease was taken over")
-        if outcomes:
-            conn.execute(
-                key_stmt,
-                [
-                    {
-                        "b_key_id": o.key_id,
-                        "b_batch_id": batch_id,
-                        "b_status": o.status,
-                        "b_rows": o.rows,
-                        "b_quarantined": o.quarantined_lines,
-                        "b_duplicates": o.duplicate_rows,
-                        "b_error": o.error,
-                        "b_now": now,
-                    }
-                    for o in outcomes
-                ],
-            )
+        for chunk in chunks(outcomes, OUTCOME_CHUNK):
+            conn.execute(outcomes_statement(batch_id, chunk, now))
         part_date, region = conn.execute(
             sa.select(batches.c.part_date, batches.c.dstrct_code).where(batches.c.batch_id == batch_id)
         ).one()
