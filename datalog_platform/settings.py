@@ -48,6 +48,7 @@ class Settings:
     ram_limit: str
     threads: int
     key_limit_per_run: int
+    batch_mb: int
     lease_seconds: int
     max_attempts: int
     partitions_start_date: str
@@ -98,7 +99,8 @@ class Settings:
             tz_offset_hours=read.integer("DATALOG_TZ_OFFSET_HOURS", DEFAULT_TZ_OFFSET_HOURS, -12, 14),
             ram_limit=read.memory_size("DATALOG_RAM_LIMIT", "2GB"),
             threads=read.integer("DATALOG_THREADS", os.cpu_count() or 2, 1),
-            key_limit_per_run=read.integer("DATALOG_KEY_LIMIT_PER_RUN", 1000, 1),
+            key_limit_per_run=read.integer("DATALOG_KEY_LIMIT_PER_RUN", 10_000, 1),
+            batch_mb=read.integer("DATALOG_BATCH_MB", 1024, 1),
             lease_seconds=read.integer("DATALOG_LEASE_SECONDS", 900, 1),
             max_attempts=read.integer("DATALOG_MAX_ATTEMPTS", 3, 1),
             partitions_start_date=read.iso_date("DATALOG_PARTITIONS_START_DATE", DEFAULT_PARTITIONS_START_DATE),

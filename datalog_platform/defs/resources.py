@@ -35,11 +35,12 @@ class LedgerResource(dg.ConfigurableResource):
     """The SQL ledger that tracks every raw object and batch, and how batches are claimed.
 
     Example:
-        LedgerResource(url=dg.EnvVar("DATALOG_LEDGER_URL"), key_limit_per_run=1000)
+        LedgerResource(url=dg.EnvVar("DATALOG_LEDGER_URL"), key_limit_per_run=10_000)
     """
 
     url: str = Field(description="SQLAlchemy URL: mssql+pymssql://..., postgresql+psycopg2://... or sqlite:///path")
-    key_limit_per_run: int = Field(default=1000, description="Most keys one run claims (DATALOG_KEY_LIMIT_PER_RUN)")
+    key_limit_per_run: int = Field(default=10_000, description="Most keys one run claims (DATALOG_KEY_LIMIT_PER_RUN)")
+    batch_mb: int = Field(default=1024, description="Most raw MB one run claims (DATALOG_BATCH_MB)")
     lease_seconds: int = Field(
         default=900, description="Lease of a claimed batch; renewed while written, taken over once it lapses"
     )

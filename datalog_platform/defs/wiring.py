@@ -106,6 +106,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "ledger": LedgerResource(
                 url=_secret(settings, "DATALOG_LEDGER_URL", settings.ledger_url),
                 key_limit_per_run=settings.key_limit_per_run,
+                batch_mb=settings.batch_mb,
                 lease_seconds=settings.lease_seconds,
                 max_attempts=settings.max_attempts,
                 tz_offset_hours=settings.tz_offset_hours,

@@ -314,7 +314,9 @@ def test_recovery_sensor_aborts_the_failed_runs_writing_batch(
     lake = LocalStore(settings.lake_url)
     lake.write_bytes(f"{target}/part-{batch_id}-0.parquet", b"partial")
     lake.write_bytes(f"{target}/part-other-batch-0.parquet", b"committed by someone else")
-    assert {k.status for k in key_list(engine)} == {CLAIMED}
+    # keys that failed twice before are retried one a batch, before their last attempt
+    claimed = {k.key_id for k in key_list(engine) if k.status == CLAIMED}
+    assert len(claimed) == (2 if attempts_before == 0 else 1)
     assert protocol.writing_batches_of_run(engine, "another-run") == []
 
     resources = {"ledger": built.resources["ledger"], "stores": built.resources["stores"]}
@@ -322,7 +324,7 @@ def test_recovery_sensor_aborts_the_failed_runs_writing_batch(
     assert outcome is None
 
     assert [o.key for o in lake.list(target)] == [f"{target}/part-other-batch-0.parquet"]
-    rows = key_list(engine)
+    rows = [k for k in key_list(engine) if k.key_id in claimed]
     assert {r.status for r in rows} == {expected_status}
     assert {r.attempts for r in rows} == {attempts_before + 1}
     for row in rows:
@@ -335,7 +337,9 @@ def test_recovery_sensor_aborts_the_failed_runs_writing_batch(
     again = evaluate_recovery(instance, result, resources)
     assert isinstance(again, dg.SkipReason)
     assert again.skip_message == f"run {run_id} left no WRITING batch"
-    assert [(r.status, r.attempts) for r in key_list(engine)] == [(r.status, r.attempts) for r in rows]
+    assert [(r.status, r.attempts) for r in key_list(engine) if r.key_id in claimed] == [
+        (r.status, r.attempts) for r in rows
+    ]
     assert WRITING not in batch_statuses(engine)
 
 

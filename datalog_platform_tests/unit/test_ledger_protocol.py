@@ -27,7 +27,7 @@ from sqlalchemy.dialects import mssql, postgresql
 import datalog_platform.core.ledger.protocol
 from datalog_platform.core.generate import generate
 from datalog_platform.core.ingest import ingest_batch
-from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger import batch_size, protocol
 from datalog_platform.core.ledger.protocol import (
     OUTCOME_CHUNK,
     Batch,
@@ -293,6 +293,16 @@ def test_claim_takes_at_most_limit_keys_of_exactly_the_partition(engine: sa.Engi
     assert b.lease_until > utcnow() + timedelta(seconds=500)
 
 
+def test_claim_stops_at_the_byte_budget_and_takes_an_oversize_object_alone(engine: sa.Engine) -> None:
+    seed(engine, 6)  # sizes 100, 101, ..., 105 in key order
+    three = claim_batch(engine, DAY, REGION, 100, "run-test", 600, max_bytes=350)
+    assert three is not None and [k.size for k in three.keys] == [100, 101, 102]  # 303 <= 350 < 406
+    alone = claim_batch(engine, DAY, REGION, 100, "run-test", 600, max_bytes=50)
+    assert alone is not None and [k.size for k in alone.keys] == [103]
+    rest = claim_batch(engine, DAY, REGION, 100, "run-test", 600, max_bytes=10_000)
+    assert rest is not None and [k.size for k in rest.keys] == [104, 105]
+
+
 def test_claim_returns_none_and_leaves_no_batch_when_nothing_pending(engine: sa.Engine) -> None:
     assert claim_batch(engine, DAY, REGION, 10, None, 60) is None
     seed(engine, 2)
@@ -430,7 +440,7 @@ def test_keys_fail_once_attempts_reach_max(engine: sa.Engine, lake: LocalStore) 
 def test_retry_batches_shrink_to_one_key_before_the_last_attempt(
     limit: int, attempts: int, max_attempts: int, expected: int
 ) -> None:
-    assert protocol.retry_limit(limit, attempts, max_attempts) == expected
+    assert batch_size.retry_limit(limit, attempts, max_attempts) == expected
 
 
 def test_a_poisonous_key_fails_alone_and_the_keys_it_shared_batches_with_go_through(

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import duckdb
 import pytest
 
-from datalog_platform.core.transform.convert import INVALID_TIMESTAMP
+from datalog_platform.core.transform.lines import INVALID_TIMESTAMP
 from datalog_platform.core.transform.timestamps import install_macros, with_instant
 from datalog_platform_tests.support.raw_data import ndjson
 

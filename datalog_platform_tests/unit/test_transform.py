@@ -25,8 +25,8 @@ import pytest
 
 from datalog_platform.core.ledger.schema import QUARANTINED, SUCCESS
 from datalog_platform.core.store import LocalStore, S3Store
-from datalog_platform.core.transform import convert
-from datalog_platform.core.transform.convert import INVALID_TIMESTAMP, MALFORMED_JSON
+from datalog_platform.core.transform import lines as line_path
+from datalog_platform.core.transform.lines import INVALID_TIMESTAMP, MALFORMED_JSON
 from datalog_platform_tests.support.raw_data import epoch_seconds, ndjson
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ def test_line_path_streams_files_in_blocks(pipeline: Pipeline, monkeypatch: pyte
     """The line path reads a file in blocks, not whole: with blocks shorter than one line, every
     line still keeps its number and text, the last line needs no newline, and a gzip that breaks
     after some blocks were read leaves nothing of its file behind."""
-    monkeypatch.setattr(convert, "LINE_BLOCK_BYTES", 37)
+    monkeypatch.setattr(line_path, "LINE_BLOCK_BYTES", 37)
     pipeline.devices([("dev1", REGION)])
     plain_key = f"dev1/{HOUR_KEY}/a-plain.json"
     gz_key = f"dev1/{HOUR_KEY}/b-zipped.json.gz"

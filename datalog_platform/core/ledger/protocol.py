@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from datalog_platform.core.ledger.batch_size import most_failed, retry_limit, within_budget
 from datalog_platform.core.ledger.engine import chunks
 from datalog_platform.core.ledger.schema import (
     ABORTED,
@@ -164,21 +165,6 @@ def claim_statement(
     )
 
 
-def retry_limit(limit: int, attempts: int, max_attempts: int) -> int:
-    """How many keys that failed `attempts` times one batch takes: fewer with every failure, and
-    one alone before the last attempt, so a key that breaks its batch every time (a poisonous or
-    oversize file) ends FAILED by itself while the keys it shared batches with go through.
-
-    The sizes fall geometrically from `limit` to 1 (1,000 -> 32 -> 1 with three attempts): a
-    batch that failed for a passing reason is retried in a few dozen batches, not one per key.
-    """
-    if attempts <= 0:
-        return limit
-    if attempts >= max_attempts - 1:
-        return 1
-    return max(1, round(limit ** ((max_attempts - 1 - attempts) / (max_attempts - 1))))
-
-
 def insert_batch(
     conn: sa.Connection, kind: str, part_date: str, region: str, run_id: str | None, lease_seconds: int
 ) -> str:
@@ -209,26 +195,20 @@ def claim_batch(
     run_id: str | None,
     lease_seconds: int,
     max_attempts: int = 3,
+    max_bytes: int | None = None,
 ) -> Batch | None:
     """Lease PENDING keys of (part_date, region) to a new WRITING batch, or None if there are none.
 
     Keys that failed before come first, those that failed most first, in batches of
-    `retry_limit`; then up to `limit` keys that never failed.
+    `retry_limit`; then up to `limit` keys that never failed. With `max_bytes`, a batch also
+    stops before its raw objects exceed that many bytes (`within_budget`).
     """
     with engine.connect() as conn, conn.begin() as tx:
-        attempts = (
-            conn.execute(
-                sa.select(sa.func.max(keys.c.attempts)).where(
-                    keys.c.status == PENDING,
-                    keys.c.dstrct_code == region,
-                    keys.c.part_date == part_date,
-                    keys.c.attempts > 0,
-                )
-            ).scalar_one_or_none()
-            or 0
-        )
-        batch_id = insert_batch(conn, INGEST, part_date, region, run_id, lease_seconds)
+        attempts = most_failed(conn, part_date, region)
         size = retry_limit(limit, attempts, max_attempts)
+        if max_bytes is not None and size > 1:
+            size = within_budget(conn, part_date, region, attempts, size, max_bytes)
+        batch_id = insert_batch(conn, INGEST, part_date, region, run_id, lease_seconds)
         stmt = claim_statement(engine.dialect.name, batch_id, part_date, region, size, attempts)
         claimed = sorted(conn.execute(stmt).all())
         if not claimed:

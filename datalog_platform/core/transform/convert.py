@@ -11,12 +11,10 @@ carried as JSON on both sides.
 
 from __future__ import annotations
 
-import gzip
 import re
 import shutil
 import tempfile
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ import pyarrow as pa
 from datalog_platform.core.ledger.fields import FieldSeen
 from datalog_platform.core.ledger.protocol import LakeFile
 from datalog_platform.core.store import ObjectStore
+from datalog_platform.core.transform.lines import FileOutcome, SourceFile, validate_lines
 from datalog_platform.core.transform.shape import (
     HASH_SCHEME,
     HEARTBEAT,
@@ -46,8 +45,6 @@ from datalog_platform.core.transform.write import copy_to_lake
 
 DATASET = "datalog_v2"
 QUARANTINE = "quarantine"
-MALFORMED_JSON = "malformed_json"
-INVALID_TIMESTAMP = "invalid_timestamp"
 
 # Columns this pipeline writes; a record field of the same name is replaced by ours.
 OUTPUT_COLUMNS = ("datetime_wita", "source_file", "hiveperiod", "dstrct_code")
@@ -57,23 +54,6 @@ _INTERNAL = (_PATH_COLUMN, "__dl_ts", "__dl_key")
 # are read by the line path instead.
 _LOCAL_SAFE = re.compile(r"[^*?\[\]{}]+")
 _S3_SAFE = re.compile(r"[A-Za-z0-9._\-/=]+")
-# The line path reads a file in blocks of this many bytes.
-LINE_BLOCK_BYTES = 8 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    key_id: int
-    key: str
-
-
-@dataclass
-class FileOutcome:
-    key_id: int
-    rows: int = 0
-    quarantined_lines: int = 0
-    duplicate_rows: int = 0  # valid rows not written: the record is already in the batch or the lake
-    error: str | None = None  # set when the file could not be read at all
 
 
 @dataclass
@@ -155,33 +135,6 @@ def _conflicting_columns(schemas: list[dict[str, str]]) -> set[str]:
     return {c for c, k in kinds.items() if len(k) > 1 and not all(is_numeric(x) for x in k)}
 
 
-def _line_blocks(store: ObjectStore, key: str) -> Iterator[list[tuple[int, str, bool]]]:
-    """(1-based line number, text, whether it is valid UTF-8) of every non-blank line of an
-    object, in blocks of about LINE_BLOCK_BYTES; a line that is not UTF-8 keeps its text with
-    replacement characters, for the quarantine record. `.gz` objects are decompressed."""
-    with store.open(key) as raw:
-        stream = gzip.GzipFile(fileobj=raw) if key.endswith(".gz") else raw
-        number = 0
-        rest = b""
-        while True:
-            data = stream.read(LINE_BLOCK_BYTES)
-            lines = (rest + data).split(b"\n")
-            rest = lines.pop() if data else b""
-            block = []
-            for line in lines:
-                number += 1
-                line = line.rstrip(b"\r")
-                if not line.strip():
-                    continue
-                try:
-                    block.append((number, line.decode("utf-8"), True))
-                except UnicodeDecodeError:
-                    block.append((number, line.decode("utf-8", errors="replace"), False))
-            yield block
-            if not data:
-                return
-
-
 class BatchConverter:
     """Converts the files of one batch; one instance per batch and DuckDB connection."""
 
@@ -225,7 +178,8 @@ class BatchConverter:
                     slow += [fast_paths[p] for p in read]
             if slow:
                 with phases("line_path"):
-                    clean = self._line_path(slow, outcomes, scratch)
+                    clean = validate_lines(self.conn, self.raw, slow, outcomes, scratch)
+                    self._has_lines = True
                     if clean:
                         paths.update(clean)
                         self._set_files(clean)
@@ -292,80 +246,6 @@ class BatchConverter:
             f"SELECT DISTINCT {_PATH_COLUMN} FROM _dl_fast WHERE __dl_ts IS NULL"
         )
         return [path for (path,) in self.conn.execute(f"SELECT {_PATH_COLUMN} FROM _dl_flagged").fetchall()]
-
-    # -- line path -----------------------------------------------------------------------------
-
-    def _line_path(
-        self, files: list[SourceFile], outcomes: dict[int, FileOutcome], scratch: Path
-    ) -> dict[str, SourceFile]:
-        """Validate the files line by line into `_dl_lines` (a reason for each bad line); clean
-        lines go to one local NDJSON file per source file. Returns the clean files by path.
-
-        Each file is streamed from the store in blocks of about `LINE_BLOCK_BYTES`, so a file of
-        any size passes with Python holding one block; the lines themselves live in DuckDB,
-        which spills them to disk beyond its memory limit."""
-        self.conn.execute(
-            """CREATE OR REPLACE TEMP TABLE _dl_lines (key_id BIGINT, source_file VARCHAR,
-                line_number BIGINT, raw_line VARCHAR, reason VARCHAR)"""
-        )
-        self._has_lines = True
-        for f in files:
-            try:
-                for block in _line_blocks(self.raw, f.key):
-                    if block:
-                        self._validate_lines(f, block)
-            except (OSError, EOFError, zlib.error) as exc:
-                outcomes[f.key_id].error = f"unreadable: {type(exc).__name__}: {exc}"
-                self.conn.execute("DELETE FROM _dl_lines WHERE key_id = $key_id", {"key_id": f.key_id})
-        by_id = {f.key_id: f for f in files}
-        clean: dict[str, SourceFile] = {}
-        current: int | None = None
-        out = None
-        cursor = self.conn.execute(
-            "SELECT key_id, raw_line FROM _dl_lines WHERE reason IS NULL ORDER BY key_id, line_number"
-        )
-        try:
-            while rows := cursor.fetchmany(50_000):
-                for key_id, raw_line in rows:
-                    if key_id != current:
-                        if out is not None:
-                            out.close()
-                        current, path = key_id, scratch / f"{key_id}.json"
-                        out = path.open("w", encoding="utf-8")
-                        clean[str(path)] = by_id[key_id]
-                    out.write(raw_line)
-                    out.write("\n")
-        finally:
-            if out is not None:
-                out.close()
-        return clean
-
-    def _validate_lines(self, source: SourceFile, block: list[tuple[int, str, bool]]) -> None:
-        """Append one block of a file's lines to `_dl_lines`, each with its reason or NULL."""
-        numbers, texts, utf8 = zip(*block, strict=True)
-        lines = pa.table(
-            {
-                "line_number": pa.array(numbers, pa.int64()),
-                "raw_line": pa.array(texts, pa.string()),
-                "utf8": pa.array(utf8, pa.bool_()),
-            }
-        )
-        self.conn.register("_dl_lines_arrow", lines)
-        objects = """SELECT line_number, raw_line,
-                CASE WHEN utf8 AND json_valid(raw_line)
-                     THEN json_type(raw_line) = 'OBJECT' ELSE false END AS __dl_object
-            FROM _dl_lines_arrow"""
-        heartbeats = f"""SELECT *, CASE WHEN __dl_object THEN json_extract(raw_line, '$.heartbeat') END AS __dl_hb
-            FROM ({objects})"""
-        self.conn.execute(
-            f"""INSERT INTO _dl_lines
-            SELECT $key_id, $key, line_number, raw_line,
-                CASE WHEN NOT __dl_object THEN '{MALFORMED_JSON}'
-                     WHEN __dl_ts IS NULL THEN '{INVALID_TIMESTAMP}' END
-            FROM ({with_instant(heartbeats, "__dl_hb", "JSON", "__dl_ts")})""",
-            {"key_id": source.key_id, "key": source.key},
-        )
-        self.conn.unregister("_dl_lines_arrow")
 
     # -- staging, counting, writing --------------------------------------------------------------
 

@@ -109,7 +109,14 @@ def _claim(
     if not rebuild:
         limit = config.key_limit_per_run or ledger.key_limit_per_run
         batch = protocol.claim_batch(
-            engine, part_date, region, limit, context.run.run_id, ledger.lease_seconds, ledger.max_attempts
+            engine,
+            part_date,
+            region,
+            limit,
+            context.run.run_id,
+            ledger.lease_seconds,
+            ledger.max_attempts,
+            max_bytes=ledger.batch_mb * 1024 * 1024,
         )
         return batch, found
     registered = register_partition(stores.raw(), engine, part_date, region, ledger.tz_offset_hours)
