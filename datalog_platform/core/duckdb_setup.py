@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import duckdb
@@ -26,14 +27,29 @@ def httpfs_extension_path() -> Path:
     return path
 
 
-def connection_config(memory_limit: str, threads: int, spill_dir: Path) -> dict[str, object]:
-    """DuckDB settings for one run: bounded memory that spills to disk, no extension downloads.
+# DuckDB's memory_limit covers its buffers, not all it allocates (readers' buffers, the allocator's
+# caches), nor the Python process around it: DuckDB gets this share of a run's RAM limit.
+DUCKDB_SHARE = 0.8
+_MEMORY_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", re.IGNORECASE)
+
+
+def duckdb_memory_limit(ram_limit: str) -> str:
+    """DuckDB's memory_limit for a run limited to `ram_limit` (`2GB`, `512MiB`): DUCKDB_SHARE of it."""
+    match = _MEMORY_SIZE.fullmatch(ram_limit)
+    if match is None:
+        raise ValueError(f"not a memory size: {ram_limit!r}")
+    return f"{float(match[1]) * DUCKDB_SHARE:.4g}{match[2]}"
+
+
+def connection_config(ram_limit: str, threads: int, spill_dir: Path) -> dict[str, object]:
+    """DuckDB settings for one run: memory bounded by the run's RAM limit, spilling to disk beyond
+    it, no extension downloads.
 
     DuckDB creates only the last level of its temp directory, and only once it has to spill: on a
     new DATALOG_HOME the first spill would fail. The directory is made here, with its parents."""
     spill_dir.mkdir(parents=True, exist_ok=True)
     return {
-        "memory_limit": memory_limit,
+        "memory_limit": duckdb_memory_limit(ram_limit),
         "threads": threads,
         "temp_directory": str(spill_dir),
         "preserve_insertion_order": False,
