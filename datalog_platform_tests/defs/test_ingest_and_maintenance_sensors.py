@@ -255,7 +255,7 @@ def test_default_statuses_and_wiring() -> None:
         "expired_lease_sensor",
     }
     assert pending_keys_sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert pending_keys_sensor.minimum_interval_seconds == 30
+    assert pending_keys_sensor.minimum_interval_seconds == 10
     assert batch_recovery_sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert expired_lease_sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert hourly_ingest_schedule.default_status == dg.DefaultScheduleStatus.STOPPED

@@ -1,6 +1,6 @@
 """The platform running itself under a real `dagster-daemon`: no run is launched by hand.
 
-One daemon serves the module (starting it, and the sensors' fixed 60 s / 30 s intervals, are the
+One daemon serves the module (starting it, and the sensors' fixed 30 s / 10 s intervals, are the
 expensive part). Before it starts: DAGSTER_HOME is prepared by `datalog dagster-home` (consolidated
 event log, run queue of 2 with one run per partition), the device registry is loaded with `datalog
 devices load`, and a dead writer is staged: a batch claimed with a 2 s lease (no run), its write
@@ -10,8 +10,8 @@ files for two datasets are uploaded at the same moment:
 
 - "upload": 3 devices x 2 hours, three date x region partitions, checked by
   `test_new_uploads_reach_the_lake_without_a_manual_trigger` (every (source_file, seq) exactly once,
-  every key SUCCESS, the runs launched by `pending_keys_sensor` with partition tags, and the latency
-  from upload to committed Parquet, asserted only against a generous bound);
+  every key SUCCESS, the runs launched by `pending_keys_sensor` with partition tags; the latency
+  from upload to committed Parquet is reported, not asserted: benchmarks/latency.py measures it);
 - "crash": 1 device x 2 hours in a partition of its own, whose first run is SIGKILLed (run worker and
   step processes) while its batch is WRITING in the ledger, checked by
   `test_killed_run_is_recovered_exactly_once`.
@@ -82,9 +82,9 @@ TZ_OFFSET_HOURS = 8
 LEASE_SECONDS = 15
 SENSORS = ("raw_logs_sensor", "pending_keys_sensor", "batch_recovery_sensor", "expired_lease_sensor")
 TRIGGER = "pending_keys_sensor"
-# Upload -> committed Parquet: at most 60 s until discovery, 30 s until the run request, then the run
-# queue (2 at a time) and the runs themselves. A bound, not a target; the measure is reported.
-LATENCY_BOUND_SECONDS = 240.0
+# How long the test waits for the upload to be committed (at most 30 s until discovery, 10 s until the
+# run request, then the run queue, 2 at a time, and the runs): a deadline for a hung daemon, not a target.
+UPLOAD_DEADLINE_SECONDS = 240.0
 DEAD_DEVICE, DEAD_REGION = "dev09000", "KPCS"
 
 
@@ -394,11 +394,11 @@ def test_new_uploads_reach_the_lake_without_a_manual_trigger(
     daemon_platform: Platform, record_property: Callable[[str, object], None]
 ) -> None:
     data = daemon_platform.upload
-    remaining = LATENCY_BOUND_SECONDS - (time.monotonic() - daemon_platform.uploaded_monotonic)
+    remaining = UPLOAD_DEADLINE_SECONDS - (time.monotonic() - daemon_platform.uploaded_monotonic)
     rows = poll(
         lambda: all_success(daemon_platform, data) if lake_ids(daemon_platform, data) == list(data.expected) else None,
         timeout=max(remaining, 1),
-        what=f"every uploaded row in the lake within {LATENCY_BOUND_SECONDS:.0f}s of the upload",
+        what=f"every uploaded row in the lake within {UPLOAD_DEADLINE_SECONDS:.0f}s of the upload",
         daemon=daemon_platform.daemon,
         detail=daemon_platform.state,
     )
@@ -408,7 +408,7 @@ def test_new_uploads_reach_the_lake_without_a_manual_trigger(
     committed = max(r["done_at"] for r in rows.values())
     discovered = max(r["discovered_at"] for r in rows.values())
     latency = (committed - daemon_platform.uploaded_at).total_seconds()
-    assert 0 < latency < LATENCY_BOUND_SECONDS, (latency, daemon_platform.state())
+    assert committed > daemon_platform.uploaded_at, (latency, daemon_platform.state())
 
     runs = [r for p in sorted(data.partition_keys) for r in partition_runs(daemon_platform.instance, p)]
     assert {r.tags["dagster/partition"] for r in runs} == data.partition_keys

@@ -1,7 +1,7 @@
 """The production deployment, end to end on this machine: deploy/dagster.yaml and deploy/workspace.yaml
 as shipped, Dagster's storage in PostgreSQL, the code location served over gRPC, nothing launched by hand.
 
-Two topologies run side by side (starting them and the sensors' fixed 60 s / 30 s intervals are the
+Two topologies run side by side (starting them and the sensors' fixed 30 s / 10 s intervals are the
 expensive part, so they wait together). Each has its own Dagster database on the test server, its own
 ledger schema, a gRPC code server (`dagster code-server start`, checked with the image's health check
 command), `dagster-daemon run -w WORKSPACE`; the first also `dagster-webserver -w WORKSPACE`:
