@@ -23,9 +23,9 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 
-from datalog_platform.core.ledger import registration, swap
+from datalog_platform.core.ledger import protocol, registration, swap
 from datalog_platform.core.ledger.engine import ledger_engine
-from datalog_platform.core.ledger.schema import PENDING, keys, lake_files
+from datalog_platform.core.ledger.schema import PENDING, batches, keys, lake_files
 from datalog_platform.core.store import LocalStore
 from datalog_platform.core.warehouse import hourly_device_stats as stats_table
 from datalog_platform.defs.analytics.assets import device_anomalies, hourly_device_stats
@@ -249,6 +249,60 @@ def test_pending_keys_older_than_the_set_time_fail_freshness(platform: Platform)
         conn.execute(sa.update(keys).where(keys.c.status == PENDING).values(discovered_at=datetime(2026, 1, 1)))
     freshness = platform.checks()["freshness"]
     assert not freshness.passed and freshness.metadata["pending_keys"].value == 1
+
+
+def test_a_claimed_key_counts_for_freshness_on_the_clock_of_the_materializations(platform: Platform) -> None:
+    """A key CLAIMED by a batch still writing is not readable yet: the check measures it from its
+    discovery, like PENDING keys, and names the lag of the partition's latest commit."""
+    clean_partition(platform)
+    committed = platform.checks()["freshness"].metadata
+    assert committed["waiting_keys"].value == 0 and committed["lag_seconds"].value == 0.0
+    assert committed["last_commit_lag_oldest_seconds"].value >= committed["last_commit_lag_newest_seconds"].value >= 0
+
+    platform.upload("dA/2026110104/late.json", record("dA", UTC0 + timedelta(hours=2), temperature=1.0))
+    registration.register_keys(platform.engine, platform.raw.list(), 8)
+    with platform.engine.begin() as conn:
+        conn.execute(sa.update(keys).where(keys.c.status == PENDING).values(discovered_at=datetime(2026, 1, 1)))
+    batch = protocol.claim_batch(platform.engine, DAY, REGION, 10, "a-run-still-writing", 900)
+    assert batch is not None and len(batch.keys) == 1
+    freshness = platform.checks()["freshness"]
+    meta = {k: v.value for k, v in freshness.metadata.items()}
+    assert not freshness.passed
+    assert (meta["pending_keys"], meta["waiting_keys"]) == (0, 1)
+    assert meta["lag_seconds"] > meta["max_age_minutes"] * 60
+
+
+def test_every_ingest_materialization_carries_its_lag(platform: Platform) -> None:
+    """`lag_newest_seconds` and `lag_oldest_seconds`: the commit minus the discovery of the batch's
+    newest and oldest key, on the run's own date and on the neighbouring date its rows reached."""
+    platform.upload("dA/2026110102/a.json", record("dA", UTC0, temperature=1.0))
+    # 17:00 UTC on Nov 1 is 01:00 local on Nov 2: the row lands in the next date's directory
+    platform.upload("dA/2026110115/b.json", record("dA", datetime(2026, 11, 1, 17, 0), temperature=2.0))
+    registration.register_keys(platform.engine, platform.raw.list(), platform.settings.tz_offset_hours)
+    now = protocol.utcnow()
+    with platform.engine.begin() as conn:
+        for name, age in (("a.json", 600), ("b.json", 60)):
+            stamp = now - timedelta(seconds=age)
+            conn.execute(sa.update(keys).where(keys.c.key.endswith(name)).values(discovered_at=stamp))
+    result = platform.run([ingest_partition], tags={TRIGGER_TAG: "pending_keys_sensor"})
+    with platform.engine.connect() as conn:
+        committed_at = conn.execute(sa.select(batches.c.committed_at)).scalar_one()
+    expected = {
+        "lag_newest_seconds": round((committed_at - (now - timedelta(seconds=60))).total_seconds(), 3),
+        "lag_oldest_seconds": round((committed_at - (now - timedelta(seconds=600))).total_seconds(), 3),
+    }
+    lags = {
+        e.materialization.partition: {
+            k: v for k, v in e.materialization.metadata.items() if k in ("lag_newest_seconds", "lag_oldest_seconds")
+        }
+        for e in result.get_asset_materialization_events()
+        if e.materialization.asset_key == datalog_parquet.key
+    }
+    assert set(lags) == {f"{DAY}|{REGION}", f"2026-11-02|{REGION}"}
+    for metadata in lags.values():
+        assert {k: v.value for k, v in metadata.items()} == expected
+        assert all(isinstance(v, dg.FloatMetadataValue) for v in metadata.values())  # plotted by the UI
+    assert 60 <= expected["lag_newest_seconds"] < expected["lag_oldest_seconds"]
 
 
 # ---------------------------------------------------------------------------------------------

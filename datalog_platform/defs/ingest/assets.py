@@ -9,6 +9,7 @@ from pydantic import Field
 
 from datalog_platform.core.discovery import register_partition
 from datalog_platform.core.duckdb_setup import enable_s3
+from datalog_platform.core.freshness import batch_lag
 from datalog_platform.core.ingest import BatchReport, ingest_batch
 from datalog_platform.core.ledger import fields, protocol, swap
 from datalog_platform.core.transform.convert import DATASET
@@ -223,6 +224,9 @@ def ingest_partition(
             ledger.max_attempts,
         )
     known = fields.known_fields(ledger.get_engine(), DATASET)
+    # Freshness, plotted by the UI: the commit minus the discovery of the batch's newest and oldest key.
+    lag = batch_lag(ledger.get_engine(), batch.batch_id)
+    lag_metadata = lag.metadata() if lag is not None else {}
     first_date, _ = ledger.date_range()
     for day, rows in sorted(report.partitions.items()):
         # Rows keep their own local date; a neighbouring date partition was updated too.
@@ -236,6 +240,7 @@ def ingest_partition(
                         "rows": rows,
                         "batch_id": batch.batch_id,
                         "written_by_partition": own_date,
+                        **lag_metadata,
                     },
                 )
             )
@@ -246,5 +251,6 @@ def ingest_partition(
     path = lake.uri(f"{DATASET}/hiveperiod={own_date}/dstrct_code={region}")
     metadata = _parquet_metadata(report, batch, _live_rows(ledger, own_date, region), known, path)
     yield dg.MaterializeResult(
-        asset_key=datalog_parquet.key, metadata={"run_kind": kind, "launched_by": launched_by, **metadata}
+        asset_key=datalog_parquet.key,
+        metadata={"run_kind": kind, "launched_by": launched_by, **metadata, **lag_metadata},
     )

@@ -1,10 +1,12 @@
 """The checks on `datalog_parquet`: reconciliation, duplicates, orphan files, quarantine, freshness."""
 
 from collections.abc import Iterator
+from datetime import datetime
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from datalog_platform.core import freshness
 from datalog_platform.core.ledger.protocol import utcnow
 from datalog_platform.core.ledger.stats import partitions_with_keys
 from datalog_platform.core.quality import PartitionQuality, measure
@@ -44,22 +46,30 @@ _SPECS = [
     dg.AssetCheckSpec(
         FRESHNESS,
         asset=datalog_parquet.key,
-        description="No key of the partition has waited PENDING longer than the set time",
+        description="No key of the partition has waited longer than the set time since its discovery without "
+        "being committed (PENDING, or CLAIMED by a batch still writing)",
     ),
 ]
 
 
-def evaluate(quality: PartitionQuality, thresholds: QualityResource) -> list[dg.AssetCheckResult]:
+def evaluate(
+    quality: PartitionQuality,
+    thresholds: QualityResource,
+    waiting: freshness.Waiting,
+    last_commit: freshness.BatchLag | None,
+    now: datetime,
+) -> list[dg.AssetCheckResult]:
     """The five check results of one partition's measurements, each naming the partition (the
-    checks are not partitioned, so that the UI can run them alone)."""
+    checks are not partitioned, so that the UI can run them alone). Freshness is measured on the
+    clock of the ingest materializations' lag: from a key's discovery to its commit, or to `now`
+    for keys not committed yet."""
     key = datalog_parquet.key
     q = quality
     partition = f"{q.day}|{q.region}"
     rate = q.quarantine_rate
     warning = thresholds.quarantine_warn_rate < rate <= thresholds.quarantine_fail_rate
     severity = dg.AssetCheckSeverity.WARN if warning else dg.AssetCheckSeverity.ERROR
-    oldest = q.ledger.oldest_pending
-    waited = (utcnow() - oldest).total_seconds() / 60 if oldest else 0.0
+    lag = waiting.lag_seconds(now)
     return [
         dg.AssetCheckResult(
             asset_key=key,
@@ -115,12 +125,14 @@ def evaluate(quality: PartitionQuality, thresholds: QualityResource) -> list[dg.
         dg.AssetCheckResult(
             asset_key=key,
             check_name=FRESHNESS,
-            passed=waited <= thresholds.pending_max_age_minutes,
+            passed=lag <= thresholds.pending_max_age_minutes * 60,
             metadata={
                 "partition": partition,
                 "pending_keys": q.ledger.by_status.get("PENDING", 0),
-                "oldest_pending_minutes": round(waited, 1),
+                "waiting_keys": waiting.keys,
+                "lag_seconds": lag,
                 "max_age_minutes": thresholds.pending_max_age_minutes,
+                **({f"last_commit_{k}": v for k, v in last_commit.metadata().items()} if last_commit else {}),
             },
         ),
     ]
@@ -179,7 +191,9 @@ def datalog_parquet_checks(
     with lake_connection(duckdb, stores) as conn:
         for day, region in partitions:
             measured = measure(conn, engine, lake, day, region)
-            results[f"{day}|{region}"] = [r for r in evaluate(measured, quality) if r.check_name in selected]
+            lag = freshness.waiting(engine, day, region), freshness.last_commit(engine, day, region)
+            evaluated = evaluate(measured, quality, *lag, utcnow())
+            results[f"{day}|{region}"] = [r for r in evaluated if r.check_name in selected]
     if run.has_partition_key:
         yield from next(iter(results.values()))
     else:
