@@ -1,0 +1,151 @@
+"""What reading the raw files costs with each way of not losing a field, and what a record's identity costs.
+
+    .venv/bin/python benchmarks/read_candidates.py          # about 2 minutes on 2 cores
+
+On the standard set of `make bench` (generated here if missing), each candidate runs twice in
+one DuckDB connection (1GB, the machine's cores) and its faster run is kept; the figures go to
+benchmarks/REPORT.md between its own markers. Reading a field the ledger does not know yet must
+not drop it, so a read either infers types from every line (the sniff) or reads the known columns
+and finds unknown keys some other way (a census of every line's keys):
+
+- default sample: `read_json` as a hand-written COPY does it (types from a sample; unsafe);
+- known columns: `read_json` with the ledger's columns given, no inference (unsafe alone: it drops
+  keys it was not given);
+- full sniff: `union_by_name`, `sample_size = -1`, what the platform reads with;
+- key census by `json_keys`: every line's keys, to pair with the known-columns read;
+- key census by a regular expression over the lines (RE2 in DuckDB).
+
+Identity: the MD5 of the record's text (the platform's `_record_hash` before) against the XOR of
+DuckDB's `hash()` of each field (now), over the same typed rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_data import generated_set  # noqa: E402
+
+BEGIN, END = "<!-- read-candidates:begin -->", "<!-- read-candidates:end -->"
+KNOWN = (
+    "{'device_id': 'VARCHAR', 'heartbeat': 'JSON', 'temperature': 'DOUBLE', 'humidity': 'DOUBLE', "
+    "'pcv_temperature': 'DOUBLE', 'status': 'STRUCT(battery BIGINT, rssi BIGINT)', 'seq': 'BIGINT'}"
+)
+FILES = "getvariable('files'), format = 'newline_delimited', ignore_errors = true"
+READS = {
+    "default sample (unsafe)": f"SELECT count(*), sum(temperature) FROM read_json({FILES})",
+    "known columns, no inference (unsafe alone)": (
+        f"SELECT count(*), sum(temperature) FROM read_json({FILES}, columns = {KNOWN})"
+    ),
+    "full sniff: union_by_name, sample_size = -1 (the platform)": (
+        f"SELECT count(*), sum(temperature) FROM read_json({FILES}, union_by_name = true, sample_size = -1)"
+    ),
+    "key census: json_keys of every line": (
+        "SELECT count(DISTINCT k) FROM (SELECT unnest(json_keys(json)) AS k "
+        "FROM read_ndjson_objects(getvariable('files'), ignore_errors = true))"
+    ),
+    "key census: regular expression over every line": (
+        """SELECT count(DISTINCT k) FROM (
+            SELECT unnest(regexp_extract_all(line, '"((?:[^"\\\\]|\\\\.)*)"\\s*:', 1)) AS k
+        FROM read_csv(getvariable('files'), columns = {'line': 'VARCHAR'}, delim = E'\\x01', quote = '',
+            escape = '', header = false, auto_detect = false))"""
+    ),
+}
+TEXT = (
+    "concat_ws(chr(31), CAST(ts AS VARCHAR), 'device_id=' || device_id, 'humidity=' || CAST(humidity AS VARCHAR), "
+    "'pcv_temperature=' || CAST(pcv_temperature AS VARCHAR), 'seq=' || CAST(CAST(seq AS DOUBLE) AS VARCHAR), "
+    "'status=' || CAST(status AS VARCHAR), 'temperature=' || CAST(temperature AS VARCHAR))"
+)
+XOR = "hash(ts)"
+for name, value in (
+    ("device_id", "device_id"),
+    ("humidity", "humidity"),
+    ("pcv_temperature", "pcv_temperature"),
+    ("seq", "CAST(seq AS DOUBLE)"),
+    ("status", "status"),
+    ("temperature", "temperature"),
+):
+    XOR = f"xor({XOR}, CASE WHEN {name} IS NOT NULL THEN hash('{name}', {value}) ELSE 0::UBIGINT END)"
+IDENTITIES = {
+    "MD5 of the record's text (before)": f"SELECT sum(md5_number_lower({TEXT}) & 1) FROM rows",
+    "XOR of DuckDB hash() per field (now)": f"SELECT sum({XOR} & 1) FROM rows",
+}
+
+
+def best_of_two(conn: duckdb.DuckDBPyConnection, sql: str) -> float:
+    runs = []
+    for _ in range(2):
+        started = time.perf_counter()
+        conn.execute(sql).fetchall()
+        runs.append(time.perf_counter() - started)
+    return min(runs)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=HERE / "data")
+    parser.add_argument("--report", type=Path, default=HERE / "REPORT.md")
+    args = parser.parse_args()
+    raw = args.workdir / "standard" / "raw"
+    if not raw.is_dir():
+        generated_set(args.workdir / "standard", devices=50, hours=24, rows=2000)
+    files = sorted(str(p) for p in raw.rglob("*.json"))
+    conn = duckdb.connect(
+        config={"memory_limit": "1GB", "threads": os.cpu_count() or 2, "preserve_insertion_order": False}
+    )
+    conn.execute("SET VARIABLE files = $files", {"files": files})
+    (rows,) = conn.execute(f"SELECT count(*) FROM read_json({FILES}, columns = {KNOWN})").fetchone()
+    reads = {name: best_of_two(conn, sql) for name, sql in READS.items()}
+    conn.execute(
+        f"CREATE TABLE rows AS SELECT *, TIMESTAMP '2026-11-01' + to_seconds(seq) AS ts "
+        f"FROM read_json({FILES}, columns = {KNOWN})"
+    )
+    identities = {name: best_of_two(conn, sql) for name, sql in IDENTITIES.items()}
+    results = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "files": len(files),
+        "rows": rows,
+        "reads": reads,
+        "identities": identities,
+    }
+    (HERE / "read_candidates.json").write_text(json.dumps(results, indent=2) + "\n")
+    base = reads["default sample (unsafe)"]
+    lines = [
+        BEGIN,
+        f"Measured {results['date']} with `python benchmarks/read_candidates.py`: {len(files):,} files, "
+        f"{rows:,} rows, the faster of two runs each.",
+        "",
+        "| reading the raw files | seconds | vs the default sample |",
+        "|---|---|---|",
+        *(f"| {name} | {s:.2f} | {s / base:.2f} x |" for name, s in reads.items()),
+        "",
+        "| a record's identity over the typed rows | seconds |",
+        "|---|---|",
+        *(f"| {name} | {s:.2f} |" for name, s in identities.items()),
+        END,
+    ]
+    figures = "\n".join(lines)
+    print(figures)
+    report = args.report.read_text()
+    if BEGIN in report:
+        before, _, rest = report.partition(BEGIN)
+        _, _, after = rest.partition(END)
+        report = before + figures + after
+    else:
+        report = report.rstrip("\n") + "\n\n## Reading without losing a field\n\n" + figures + "\n"
+    args.report.write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
