@@ -78,8 +78,8 @@ def test_dagster_home_gets_one_event_log_and_one_run_per_partition(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`datalog dagster-home` prepares the instance the CLI and `make ui` share: a consolidated
-    event log, and a run queue that never runs two runs of one partition at once. An existing
-    dagster.yaml is left as it is."""
+    event log, a run queue that never runs two runs of one partition at once and is read every
+    second, and sensors ticking on threads. An existing dagster.yaml is left as it is."""
     monkeypatch.setenv("DATALOG_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     assert cli.main(["dagster-home"]) == 0
@@ -91,6 +91,8 @@ def test_dagster_home_gets_one_event_log_and_one_run_per_partition(
             {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
         ]
         assert type(instance.event_log_storage).__name__ == "ConsolidatedSqliteEventLogStorage"
+        assert instance.run_coordinator.dequeue_interval_seconds == 1
+        assert instance.get_sensor_settings()["use_threads"] is True
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     assert cli.main(["dagster-home"]) == 0
     assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
