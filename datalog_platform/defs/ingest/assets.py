@@ -8,7 +8,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from datalog_platform.core.discovery import register_partition
-from datalog_platform.core.duckdb_setup import enable_s3
+from datalog_platform.core.duckdb_setup import duckdb_memory_limit, enable_s3
 from datalog_platform.core.freshness import batch_lag
 from datalog_platform.core.ingest import BatchReport, ingest_batch
 from datalog_platform.core.ledger import fields, protocol, swap
@@ -37,7 +37,7 @@ class IngestConfig(dg.Config):
         description="Most keys an incremental run claims (default: the ledger's, DATALOG_KEY_LIMIT_PER_RUN)",
     )
     ram_limit: str | None = Field(
-        default=None, description="DuckDB memory_limit for this run (default: DATALOG_RAM_LIMIT)"
+        default=None, description="RAM limit of this run, DuckDB taking 80 % of it (default: DATALOG_RAM_LIMIT)"
     )
 
 
@@ -209,7 +209,7 @@ def ingest_partition(
     access = stores.s3_access()
     with duckdb.get_connection() as conn:
         if config.ram_limit:
-            conn.execute("SET memory_limit = ?", [config.ram_limit])
+            conn.execute("SET memory_limit = ?", [duckdb_memory_limit(config.ram_limit)])
         install_macros(conn)
         if access is not None:
             enable_s3(conn, access)
