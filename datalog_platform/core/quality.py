@@ -8,7 +8,6 @@ the same `PartitionQuality`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import duckdb
 import sqlalchemy as sa
@@ -18,7 +17,6 @@ from datalog_platform.core.ledger.fields import SchemaChange, schema_changes
 from datalog_platform.core.ledger.schema import (
     ABORTING,
     LIVE,
-    PENDING,
     QUARANTINED,
     SUCCESS,
     WRITING,
@@ -41,7 +39,6 @@ class LedgerCounts:
     rows: int
     quarantined_lines: int
     duplicate_rows: int
-    oldest_pending: datetime | None
 
 
 @dataclass(frozen=True)
@@ -111,12 +108,7 @@ def ledger_counts(engine: sa.Engine, day: str, region: str) -> LedgerCounts:
                 sa.func.coalesce(sa.func.sum(k.duplicate_rows), 0),
             ).where(k.part_date == day, k.dstrct_code == region, ingested)
         ).one()
-        oldest = conn.execute(
-            sa.select(sa.func.min(k.discovered_at)).where(
-                k.part_date == day, k.dstrct_code == region, k.status == PENDING
-            )
-        ).scalar_one()
-    return LedgerCounts({s: int(n) for s, n in by_status.items()}, int(rows), int(quarantined), int(duplicates), oldest)
+    return LedgerCounts({s: int(n) for s, n in by_status.items()}, int(rows), int(quarantined), int(duplicates))
 
 
 def file_problems(

@@ -328,7 +328,7 @@ def test_recovery_sensor_aborts_the_failed_runs_writing_batch(
     assert {r.status for r in rows} == {expected_status}
     assert {r.attempts for r in rows} == {attempts_before + 1}
     for row in rows:
-        assert run_id in row.error and "ingest_partition" in row.error and "Memory" in row.error
+        assert run_id in row.error and "ingest_partition" in row.error and "memory size" in row.error
     with engine.connect() as conn:
         assert conn.execute(sa.select(batches.c.status).where(batches.c.batch_id == batch_id)).scalar_one() == ABORTED
     assert protocol.writing_batches_of_run(engine, run_id) == []
