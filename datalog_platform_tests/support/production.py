@@ -44,7 +44,7 @@ WORKSPACE_YAML = DEPLOY / "workspace.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 HELM_VALUES = DEPLOY / "helm" / "values.yaml"
 MAKEFILE = REPO / "Makefile"
-REFERENCE = REPO.parent / "shared" / "reference"
+REFERENCE = REPO / "datalog_platform_tests" / "reference"
 CODE_MODULE = "datalog_platform.definitions"
 
 

@@ -3,7 +3,7 @@
 - The Dockerfile installs with the commands and the constraints file of `make setup` (both parsed,
   so the two cannot drift), from a pinned base image, as a non-root user, with no credential in it.
 - deploy/helm/values.yaml validates against the JSON schema of the official chart's
-  `dagster-user-deployments` subchart (../shared/reference/), its Kubernetes `$ref`s resolved to
+  `dagster-user-deployments` subchart (datalog_platform_tests/reference/), its Kubernetes `$ref`s resolved to
   `{}` offline; the main chart's schema is not stored here, so the parts of the main chart the
   values set are checked for the keys and values that chart reads.
 - deploy/dagster.yaml is accepted by Dagster's own instance config schema, and a DagsterInstance
