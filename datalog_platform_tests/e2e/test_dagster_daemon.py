@@ -12,13 +12,13 @@ files for two datasets are uploaded at the same moment:
   `test_new_uploads_reach_the_lake_without_a_manual_trigger` (every (source_file, seq) exactly once,
   every key SUCCESS, the runs launched by `pending_keys_sensor` with partition tags; the latency
   from upload to committed Parquet is reported, not asserted: benchmarks/latency.py measures it);
-- "crash": 1 device x 2 hours in a partition of its own, whose first run is SIGKILLed (run worker and
-  step processes) while its batch is WRITING in the ledger, checked by
-  `test_killed_run_is_recovered_exactly_once`.
+- "crash": 1 device x 2 hours of 20,000 rows in a partition of its own, whose first run is SIGKILLed
+  while its batch is WRITING in the ledger, checked by `test_killed_run_is_recovered_exactly_once`.
+  That test uploads these files itself, so it is already watching when the sensor launches the run
+  (a run of a few files finishes within seconds now that its steps share one process).
 
-`test_dead_writer_is_taken_over_by_expired_lease_sensor` checks the staged dead writer. The tests are
-ordered so that the crash test is already watching when the sensor launches the crash run (about a
-minute after the upload); each also passes on its own.
+`test_dead_writer_is_taken_over_by_expired_lease_sensor` checks the staged dead writer; each test
+also passes on its own.
 
 `test_run_orphaned_by_a_daemon_crash_does_not_block_its_partition` runs two daemons of its own, one
 after the other: the first is SIGKILLed with its whole process group (code server, run worker, steps)
@@ -120,9 +120,20 @@ class Platform:
     daemon: Daemon
     dead: DeadWriter
     upload: Dataset
-    crash: Dataset
+    regions: dict[str, str]
+    crash_start: datetime  # the first hour of the crash test's files
     uploaded_at: datetime  # naive UTC, as the ledger stores times
     uploaded_monotonic: float
+
+    def upload_crash(self) -> Dataset:
+        """The crash test's files, uploaded when that test is already watching the ledger."""
+        keys = upload(
+            self.raw,
+            lambda: generate(
+                self.raw, devices=1, hours=2, rows=20_000, seed=12, start=self.crash_start, bad_file_share=0
+            ),
+        )
+        return dataset("crash", self.raw, keys, self.regions)
 
     def state(self) -> str:
         """Ledger, batches and runs as they are now, for a failure message."""
@@ -243,12 +254,6 @@ def daemon_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfo
                 raw, devices=3, hours=2, rows=20, seed=11, start=today - timedelta(days=10), bad_file_share=0
             ),
         )
-        crash_keys = upload(
-            raw,
-            lambda: generate(
-                raw, devices=1, hours=2, rows=20, seed=12, start=today - timedelta(days=8), bad_file_share=0
-            ),
-        )
         uploaded_at, uploaded_monotonic = protocol.utcnow(), time.monotonic()
         yield Platform(
             home=home,
@@ -260,7 +265,8 @@ def daemon_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfo
             daemon=daemon,
             dead=dead,
             upload=dataset("upload", raw, upload_keys, regions),
-            crash=dataset("crash", raw, crash_keys, regions),
+            regions=regions,
+            crash_start=today - timedelta(days=8),
             uploaded_at=uploaded_at,
             uploaded_monotonic=uploaded_monotonic,
         )
@@ -325,7 +331,7 @@ def test_dead_writer_is_taken_over_by_expired_lease_sensor(daemon_platform: Plat
 def test_killed_run_is_recovered_exactly_once(
     daemon_platform: Platform, record_property: Callable[[str, object], None]
 ) -> None:
-    data = daemon_platform.crash
+    data = daemon_platform.upload_crash()
     ((part_date, region),) = data.partitions
 
     def writing() -> dict[str, Any] | None:
