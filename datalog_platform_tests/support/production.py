@@ -307,4 +307,3 @@ def production_topology(home: Path, tz_offset_hours: int, webserver: bool, **set
             survivors = [pid for service in reversed(topology.services) for pid in service.stop(grace=5)]
             topology.instance.dispose()
             assert not survivors, f"processes survived SIGKILL: {survivors}"
-

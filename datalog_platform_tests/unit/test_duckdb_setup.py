@@ -28,9 +28,12 @@ def test_a_run_on_a_new_home_can_spill(tmp_path: Path) -> None:
 def test_duckdb_gets_four_fifths_of_the_run_ram_limit(tmp_path: Path) -> None:
     conn = duckdb.connect(config=connection_config("1GB", 1, tmp_path))
     (limit,) = conn.execute("SELECT current_setting('memory_limit')").fetchone()
-    assert limit == duckdb.connect(config={"memory_limit": "0.8GB"}).execute(
-        "SELECT current_setting('memory_limit')"
-    ).fetchone()[0]
+    assert (
+        limit
+        == duckdb.connect(config={"memory_limit": "0.8GB"})
+        .execute("SELECT current_setting('memory_limit')")
+        .fetchone()[0]
+    )
     assert [duckdb_memory_limit(size) for size in ("512MB", "2GB", "1.5GiB", "100mb")] == [
         "409.6MB", "1.6GB", "1.2GiB", "80mb",
     ]  # fmt: skip
