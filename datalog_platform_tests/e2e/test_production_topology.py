@@ -45,13 +45,11 @@ from datalog_platform.core.ledger import protocol
 from datalog_platform.core.ledger.schema import COMMITTED, REBUILD, SUCCESS, batches
 from datalog_platform.core.store import LocalStore, ObjectStore, S3Access, S3Store
 from datalog_platform_tests.support.cli_helpers import json_of, run_cli, run_ok, write_csv
-from datalog_platform_tests.support.daemon_helpers import graphql, poll, sensor_ticks
+from datalog_platform_tests.support.daemon_helpers import BACKFILL_STATUS, LAUNCH_BACKFILL, graphql, poll, sensor_ticks
 from datalog_platform_tests.support.lake import lake_rows, row_ids
 from datalog_platform_tests.support.ledger_helpers import key_rows
 from datalog_platform_tests.support.production import (
-    BACKFILL_STATUS,
     DAGSTER_YAML,
-    LAUNCH_BACKFILL,
     Topology,
     event_counts,
     most_at_once,

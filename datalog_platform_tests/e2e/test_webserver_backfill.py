@@ -21,26 +21,17 @@ import sqlalchemy as sa
 
 from datalog_platform.core.ledger.schema import COMMITTED, REBUILD, batches
 from datalog_platform_tests.support.cli_helpers import ingest_two_days
-from datalog_platform_tests.support.daemon_helpers import BIN, WORKSPACE, graphql, poll, webserver_and_daemon
+from datalog_platform_tests.support.daemon_helpers import (
+    BACKFILL_STATUS,
+    BIN,
+    LAUNCH_BACKFILL,
+    WORKSPACE,
+    graphql,
+    poll,
+    webserver_and_daemon,
+)
 from datalog_platform_tests.support.lake import partition_dir, partition_row_ids
 from datalog_platform_tests.support.net import free_port
-
-LAUNCH = """
-mutation Launch($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on Error { message }
-  }
-}"""
-STATUS = """
-query Status($id: String!) {
-  partitionBackfillOrError(backfillId: $id) {
-    __typename
-    ... on PartitionBackfill { status numPartitions }
-    ... on Error { message }
-  }
-}"""
 
 
 def test_backfill_launched_through_graphql_rebuilds_each_partition(tmp_path: Path) -> None:
@@ -57,7 +48,7 @@ def test_backfill_launched_through_graphql_rebuilds_each_partition(tmp_path: Pat
         with webserver_and_daemon(BIN, WORKSPACE, env, tmp_path, port) as (_, daemon):
             launched = graphql(
                 port,
-                LAUNCH,
+                LAUNCH_BACKFILL,
                 {
                     "params": {
                         "partitionNames": [f"{d}|{r}" for d, r in partitions],
@@ -70,7 +61,7 @@ def test_backfill_launched_through_graphql_rebuilds_each_partition(tmp_path: Pat
             backfill_id = launched["backfillId"]
 
             def finished() -> str | None:
-                status = graphql(port, STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+                status = graphql(port, BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
                 assert status["__typename"] == "PartitionBackfill", status
                 return status["status"] if status["status"] not in ("REQUESTED", "CANCELING", "FAILING") else None
 

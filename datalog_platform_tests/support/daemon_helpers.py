@@ -237,6 +237,25 @@ def start_webserver(bin_dir: Path, workspace: Path, env: Mapping[str, str], log_
     return start_process(argv, workspace.parent, env, log_path)
 
 
+# The UI's mutation and query for a backfill of partitions (what the Materialize dialog posts).
+LAUNCH_BACKFILL = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+  }
+}"""
+BACKFILL_STATUS = """
+query Status($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status numPartitions }
+    ... on Error { message }
+  }
+}"""
+
+
 def graphql(port: int, query: str, variables: dict[str, Any]) -> dict[str, Any]:
     """POST one query to the webserver's /graphql (the API the UI speaks); its `data`, no `errors`."""
     request = urllib.request.Request(

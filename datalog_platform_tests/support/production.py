@@ -178,24 +178,6 @@ def overlapping_pairs(records: list[RunRecord]) -> list[tuple[str, str, str]]:
 # ---------------------------------------------------------------------------------------------
 # A whole production topology on this machine
 
-# The UI's mutation and query for a backfill of partitions (what the Materialize dialog posts).
-LAUNCH_BACKFILL = """
-mutation Launch($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on Error { message }
-  }
-}"""
-BACKFILL_STATUS = """
-query Status($id: String!) {
-  partitionBackfillOrError(backfillId: $id) {
-    __typename
-    ... on PartitionBackfill { status numPartitions }
-    ... on Error { message }
-  }
-}"""
-
 
 def production_instance(dagster_home: Path, dagster_pg_url: str) -> dg.DagsterInstance:
     """The instance of deploy/dagster.yaml in `dagster_home`, its storage at `dagster_pg_url`: the
