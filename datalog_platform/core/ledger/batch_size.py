@@ -7,6 +7,16 @@ import sqlalchemy as sa
 from datalog_platform.core.ledger.schema import PENDING, keys
 
 
+def claimable(part_date: str, region: str, attempts: int) -> tuple[sa.ColumnElement[bool], ...]:
+    """The keys a claim of (part_date, region) may take: PENDING, failed `attempts` times so far."""
+    return (
+        keys.c.status == PENDING,
+        keys.c.dstrct_code == region,
+        keys.c.part_date == part_date,
+        keys.c.attempts == attempts,
+    )
+
+
 def most_failed(conn: sa.Connection, part_date: str, region: str) -> int:
     """The most failures a PENDING key of the partition has had (0: none has failed)."""
     return (
@@ -43,12 +53,7 @@ def within_budget(conn: sa.Connection, part_date: str, region: str, attempts: in
     claims of one partition the keys claimed may differ, so the budget is held about, not exactly."""
     nextkeys = (
         sa.select(keys.c.key_id, keys.c.size)
-        .where(
-            keys.c.status == PENDING,
-            keys.c.dstrct_code == region,
-            keys.c.part_date == part_date,
-            keys.c.attempts == attempts,
-        )
+        .where(*claimable(part_date, region, attempts))
         .order_by(keys.c.key_id)
         .limit(limit)
         .subquery()

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from datalog_platform.core.ledger.batch_size import most_failed, retry_limit, within_budget
+from datalog_platform.core.ledger.batch_size import claimable, most_failed, retry_limit, within_budget
 from datalog_platform.core.ledger.engine import chunks
 from datalog_platform.core.ledger.schema import (
     ABORTED,
@@ -147,12 +147,7 @@ def claim_statement(
         )
     candidates = (
         sa.select(keys.c.key_id)
-        .where(
-            keys.c.status == PENDING,
-            keys.c.dstrct_code == region,
-            keys.c.part_date == part_date,
-            keys.c.attempts == attempts,
-        )
+        .where(*claimable(part_date, region, attempts))
         .order_by(keys.c.key_id)
         .limit(limit)
         .with_for_update(skip_locked=True)
