@@ -46,6 +46,7 @@ sys.path.insert(0, str(REPO))
 
 import dagster as dg  # noqa: E402
 import duckdb  # noqa: E402
+from report_sections import write_section  # noqa: E402
 
 from datalog_platform.core.discovery import DiscoveryCursor, DiscoveryLimits, discover  # noqa: E402
 from datalog_platform.core.generate import log_lines, registry_csv  # noqa: E402
@@ -338,16 +339,6 @@ def report_block(results: list[ModeResult], command: str, cost: ListCost | None)
     return "\n".join(lines)
 
 
-def write_report(block: str) -> None:
-    text = REPORT.read_text()
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n## Latency: upload to committed rows\n\n" + block + "\n"
-    REPORT.write_text(text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
@@ -382,7 +373,7 @@ def main() -> int:
     if not args.no_report:
         figures = {"modes": [asdict(r) for r in results], "list_cost": asdict(cost) if cost else None}
         RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
-        write_report(block)
+        write_section(REPORT, BEGIN, END, block, "Latency: upload to committed rows")
     return 0
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from report_sections import write_section
 
 from datalog_platform.core.ledger import protocol, registration, stats
 from datalog_platform.core.ledger.protocol import KeyOutcome
@@ -284,18 +285,6 @@ def report_section(results: dict[str, Any], label: str) -> str:
     return "\n".join(lines)
 
 
-def write_report(section: str) -> None:
-    """Replace the section between the markers, or append it at the end of REPORT.md."""
-    path = HERE / "REPORT.md"
-    text = path.read_text()
-    if BEGIN in text and END in text:
-        start, stop = text.index(BEGIN), text.index(END) + len(END)
-        text = text[:start] + section + text[stop:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--server", default="postgresql+psycopg2://postgres@127.0.0.1:5432")
@@ -324,7 +313,12 @@ def main() -> None:
     results = json.loads(out.read_text()) if out.exists() else {}
     results[args.label] = run
     out.write_text(json.dumps(results, indent=2) + "\n")
-    write_report(report_section({args.label: run, **{k: v for k, v in results.items() if k != args.label}}, args.label))
+    write_section(
+        HERE / "REPORT.md",
+        BEGIN,
+        END,
+        report_section({args.label: run, **{k: v for k, v in results.items() if k != args.label}}, args.label),
+    )
     print(json.dumps(run["summary"], indent=2))
 
 

@@ -35,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_data import generated_set  # noqa: E402
+from report_sections import write_section  # noqa: E402
 
 BEGIN, END = "<!-- read-candidates:begin -->", "<!-- read-candidates:end -->"
 KNOWN = (
@@ -136,14 +137,7 @@ def main() -> int:
     ]
     figures = "\n".join(lines)
     print(figures)
-    report = args.report.read_text()
-    if BEGIN in report:
-        before, _, rest = report.partition(BEGIN)
-        _, _, after = rest.partition(END)
-        report = before + figures + after
-    else:
-        report = report.rstrip("\n") + "\n\n## Reading without losing a field\n\n" + figures + "\n"
-    args.report.write_text(report)
+    write_section(args.report, BEGIN, END, figures, "Reading without losing a field")
     return 0
 
 

@@ -42,6 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("DATALOG_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 
+from report_sections import write_section  # noqa: E402
+
 from datalog_platform.core.generate import generate  # noqa: E402
 from datalog_platform.core.store import LocalStore  # noqa: E402
 from datalog_platform_tests.support.cli_helpers import run_ok  # noqa: E402
@@ -212,16 +214,6 @@ def report_block(measures: list[Measure]) -> str:
     return "\n".join(lines)
 
 
-def write_report(block: str) -> None:
-    text = REPORT.read_text()
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n## Scale-out: runs vs throughput\n\n" + block + "\n"
-    REPORT.write_text(text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, help="keep the topologies' files here (default: a temporary dir)")
@@ -238,7 +230,7 @@ def main() -> int:
     block = report_block(measures)
     print(block)
     if not args.no_report:
-        write_report(block)
+        write_section(REPORT, BEGIN, END, block, "Scale-out: runs vs throughput")
     return 0
 
 
