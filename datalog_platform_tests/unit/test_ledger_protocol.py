@@ -38,7 +38,7 @@ from datalog_platform.core.ledger.protocol import (
     claim_batch,
     claim_statement,
     commit_batch,
-    commit_statements,
+    commit_statement,
     local_date,
     outcomes_statement,
     parse_raw_key,
@@ -581,7 +581,7 @@ def test_postgresql_claim_statement_skips_locked_rows() -> None:
 
 
 def test_mssql_commit_and_release_statements_render_with_bind_params() -> None:
-    batch_sql = commit_statements().compile(dialect=mssql.dialect())
+    batch_sql = commit_statement().compile(dialect=mssql.dialect())
     error = "it's a 'quoted' error"
     outcomes = [KeyOutcome(key_id=k, status=QUARANTINED, rows=7, error=error) for k in range(OUTCOME_CHUNK)]
     key_sql = outcomes_statement(BATCH_ID, outcomes, datetime(2031, 7, 19)).compile(dialect=mssql.dialect())

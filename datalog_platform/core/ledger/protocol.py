@@ -254,7 +254,7 @@ class KeyOutcome:
 OUTCOME_CHUNK = 300
 
 
-def commit_statements() -> sa.Update:
+def commit_statement() -> sa.Update:
     """The batch -> COMMITTED, guarded by WRITING."""
     return (
         sa.update(batches)
@@ -311,7 +311,7 @@ def commit_batch(
     now = utcnow()
     with engine.begin() as conn:
         result = conn.execute(
-            commit_statements(),
+            commit_statement(),
             {
                 "b_batch_id": batch_id,
                 "b_files": json.dumps([f.path for f in files]),
