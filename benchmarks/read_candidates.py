@@ -9,11 +9,17 @@ not drop it, so a read either infers types from every line (the sniff) or reads 
 and finds unknown keys some other way (a census of every line's keys):
 
 - default sample: `read_json` as a hand-written COPY does it (types from a sample; unsafe);
-- known columns: `read_json` with the ledger's columns given, no inference (unsafe alone: it drops
-  keys it was not given);
+- known columns, typed: `read_json` with the ledger's columns and types given, no inference
+  (unsafe alone: it drops keys it was not given, and casts what does not fit, see below);
+- known columns as JSON: the same with every column JSON (keeps each value's text, untyped);
 - full sniff: `union_by_name`, `sample_size = -1`, what the platform reads with;
-- key census by `json_keys`: every line's keys, to pair with the known-columns read;
-- key census by a regular expression over the lines (RE2 in DuckDB).
+- key census by `json_keys`: the distinct key lists of the lines, to pair with a known-columns read;
+- key census by a regular expression over the lines (RE2 in DuckDB);
+- type census: the JSON types each field's values have, over the JSON read, which the typed read
+  would need to keep the sniff's rules.
+
+Every read materializes all its columns into a table; a query of one column would let DuckDB's
+reader skip parsing the others.
 
 Identity: the MD5 of the record's text (the platform's `_record_hash` before) against the XOR of
 DuckDB's `hash()` of each field (now), over the same typed rows.
@@ -38,22 +44,38 @@ from bench_data import generated_set  # noqa: E402
 from report_sections import write_section  # noqa: E402
 
 BEGIN, END = "<!-- read-candidates:begin -->", "<!-- read-candidates:end -->"
-KNOWN = (
-    "{'device_id': 'VARCHAR', 'heartbeat': 'JSON', 'temperature': 'DOUBLE', 'humidity': 'DOUBLE', "
-    "'pcv_temperature': 'DOUBLE', 'status': 'STRUCT(battery BIGINT, rssi BIGINT)', 'seq': 'BIGINT'}"
-)
-FILES = "getvariable('files'), format = 'newline_delimited', ignore_errors = true"
+KNOWN_TYPES = {
+    "device_id": "VARCHAR",
+    "heartbeat": "JSON",
+    "temperature": "DOUBLE",
+    "humidity": "DOUBLE",
+    "pcv_temperature": "DOUBLE",
+    "status": "STRUCT(battery BIGINT, rssi BIGINT)",
+    "seq": "BIGINT",
+}
+
+
+def columns(types: dict[str, str]) -> str:
+    return "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in types.items()) + "}"
+
+
+KNOWN = columns(KNOWN_TYPES)
+AS_JSON = columns(dict.fromkeys(KNOWN_TYPES, "JSON"))
+FILES = "getvariable('files'), format = 'newline_delimited', ignore_errors = true, hive_partitioning = false"
+# Every read materializes every column: a query of one column would let the reader skip the others.
 READS = {
-    "default sample (unsafe)": f"SELECT count(*), sum(temperature) FROM read_json({FILES})",
-    "known columns, no inference (unsafe alone)": (
-        f"SELECT count(*), sum(temperature) FROM read_json({FILES}, columns = {KNOWN})"
+    "default sample (unsafe)": f"CREATE OR REPLACE TEMP TABLE r AS SELECT * FROM read_json({FILES})",
+    "known columns, typed, no inference (lossy alone)": (
+        f"CREATE OR REPLACE TEMP TABLE r AS SELECT * FROM read_json({FILES}, columns = {KNOWN})"
+    ),
+    "known columns as JSON, no inference (untyped)": (
+        f"CREATE OR REPLACE TEMP TABLE r AS SELECT * FROM read_json({FILES}, columns = {AS_JSON})"
     ),
     "full sniff: union_by_name, sample_size = -1 (the platform)": (
-        f"SELECT count(*), sum(temperature) FROM read_json({FILES}, union_by_name = true, sample_size = -1)"
+        f"CREATE OR REPLACE TEMP TABLE r AS SELECT * FROM read_json({FILES}, union_by_name = true, sample_size = -1)"
     ),
-    "key census: json_keys of every line": (
-        "SELECT count(DISTINCT k) FROM (SELECT unnest(json_keys(json)) AS k "
-        "FROM read_ndjson_objects(getvariable('files'), ignore_errors = true))"
+    "key census: the distinct key lists of the lines (json_keys)": (
+        "SELECT DISTINCT json_keys(json) FROM read_ndjson_objects(getvariable('files'), ignore_errors = true)"
     ),
     "key census: regular expression over every line": (
         """SELECT count(DISTINCT k) FROM (
@@ -62,6 +84,18 @@ READS = {
             escape = '', header = false, auto_detect = false))"""
     ),
 }
+# After the JSON read above, in table `r`: which JSON types each field's values have.
+TYPE_CENSUS = "SELECT " + ", ".join(f"list(DISTINCT json_type({name}))" for name in KNOWN_TYPES) + " FROM r"
+# Values that do not fit their known column, and what the typed read makes of each.
+LOSSY = (
+    ("temperature", '"warm"'),
+    ("temperature", "true"),
+    ("seq", "21.7"),
+    ("seq", "1e20"),
+    ("status", '{"battery": 1.5, "rssi": -80}'),
+    ("status", '{"battery": 40, "rssi": -80, "charging": true}'),
+    ("status", '"ok"'),
+)
 TEXT = (
     "concat_ws(chr(31), CAST(ts AS VARCHAR), 'device_id=' || device_id, 'humidity=' || CAST(humidity AS VARCHAR), "
     "'pcv_temperature=' || CAST(pcv_temperature AS VARCHAR), 'seq=' || CAST(CAST(seq AS DOUBLE) AS VARCHAR), "
@@ -92,6 +126,19 @@ def best_of_two(conn: duckdb.DuckDBPyConnection, sql: str) -> float:
     return min(runs)
 
 
+def typed_read_of(conn: duckdb.DuckDBPyConnection, path: Path) -> list[tuple[str, str, str]]:
+    """(field, value in the line, the value the typed read returned) for each of `LOSSY`."""
+    lines = [f'{{"device_id": "d", "heartbeat": {n}, "{name}": {value}}}' for n, (name, value) in enumerate(LOSSY)]
+    path.write_text("\n".join(lines) + "\n")
+    rows = conn.execute(
+        "SELECT * FROM read_json($path, format = 'newline_delimited', ignore_errors = true, "
+        f"columns = {KNOWN}) ORDER BY heartbeat",
+        {"path": str(path)},
+    ).fetchall()
+    names = list(KNOWN_TYPES)
+    return [(name, value, str(row[names.index(name)])) for (name, value), row in zip(LOSSY, rows, strict=True)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=HERE / "data")
@@ -107,6 +154,9 @@ def main() -> int:
     conn.execute("SET VARIABLE files = $files", {"files": files})
     (rows,) = conn.execute(f"SELECT count(*) FROM read_json({FILES}, columns = {KNOWN})").fetchone()
     reads = {name: best_of_two(conn, sql) for name, sql in READS.items()}
+    conn.execute(READS["known columns as JSON, no inference (untyped)"])
+    reads["type census: the JSON types of each field, over the JSON read"] = best_of_two(conn, TYPE_CENSUS)
+    lossy = typed_read_of(conn, args.workdir / "lossy.json")
     conn.execute(
         f"CREATE TABLE rows AS SELECT *, TIMESTAMP '2026-11-01' + to_seconds(seq) AS ts "
         f"FROM read_json({FILES}, columns = {KNOWN})"
@@ -118,6 +168,7 @@ def main() -> int:
         "rows": rows,
         "reads": reads,
         "identities": identities,
+        "typed_read_of": lossy,
     }
     (HERE / "read_candidates.json").write_text(json.dumps(results, indent=2) + "\n")
     base = reads["default sample (unsafe)"]
@@ -129,6 +180,12 @@ def main() -> int:
         "| reading the raw files | seconds | vs the default sample |",
         "|---|---|---|",
         *(f"| {name} | {s:.2f} | {s / base:.2f} x |" for name, s in reads.items()),
+        "",
+        "What the typed read makes of a value that does not fit its known column (`ignore_errors`):",
+        "",
+        "| field: type | value in the line | value read |",
+        "|---|---|---|",
+        *(f"| {f}: {KNOWN_TYPES[f]} | `{value}` | `{read}` |" for f, value, read in lossy),
         "",
         "| a record's identity over the typed rows | seconds |",
         "|---|---|",
