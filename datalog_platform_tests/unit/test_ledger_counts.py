@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.dialects import mssql
+from sqlalchemy.dialects import mssql, postgresql, sqlite
 
 from datalog_platform.core.ledger import protocol, registration, schema, stats, swap
 from datalog_platform.core.ledger.engine import ledger_engine
@@ -35,10 +35,17 @@ from datalog_platform.core.ledger.schema import (
     keys,
 )
 from datalog_platform.core.store import LocalStore, ObjectInfo
+from datalog_platform_tests.support import ledger_helpers
 
 TZ = 8
 DAY = "2026-11-01"
-NEW_INDEXES = {"ix_keys_status_age"}
+NEW_INDEXES = {"ix_keys_pending_age", "ix_keys_batch_id"}
+# The indexes of earlier ledgers that create_schema drops.
+OLD_INDEXES = {
+    "ix_keys_status_age": "keys (status, discovered_at)",
+    "ix_keys_batch": "keys (batch_id)",
+    "ix_keys_device": "keys (device_id, status)",
+}
 COUNT_TRIGGERS = ("key_counts_insert", "key_counts_update", "key_counts_delete")
 
 
@@ -164,13 +171,16 @@ def test_latest_hours_cover_registered_and_unknown_devices(engine: sa.Engine) ->
 
 
 def _make_old(url: str, engine: sa.Engine) -> None:
-    """Take away what this version adds: the counts, their triggers and the new indexes."""
+    """Take away what this version adds (the counts, their triggers and the new indexes) and put
+    back the indexes it replaced."""
     with engine.begin() as conn:
         for name in COUNT_TRIGGERS:
             conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {name}" + (" ON keys" if url.startswith("postgres") else "")))
         conn.execute(sa.text("DROP TABLE key_counts"))
         for name in NEW_INDEXES:
             conn.execute(sa.text(f"DROP INDEX {name}"))
+        for name, on in OLD_INDEXES.items():
+            conn.execute(sa.text(f"CREATE INDEX {name} ON {on}"))
 
 
 def test_an_existing_ledger_is_upgraded(ledger_url: str) -> None:
@@ -203,6 +213,7 @@ def test_an_existing_ledger_is_upgraded(ledger_url: str) -> None:
         create_schema(engine)
         inspector = sa.inspect(engine)
         assert NEW_INDEXES <= {i["name"] for i in inspector.get_indexes("keys")}
+        assert not OLD_INDEXES.keys() & {i["name"] for i in inspector.get_indexes("keys")}
         assert (
             counted(engine)
             == recount(engine)
@@ -257,8 +268,40 @@ def test_mssql_statements_render_with_bind_params(tmp_path: Path, monkeypatch: p
     assert "key_counts" not in sql
     values = {v for _, c in rendered for p in c.params.values() for v in (p if isinstance(p, list) else [p])}
     assert {PENDING, UNROUTED, DAY, "dev001/2026110100/a.json"} <= values
-    index = next(i for i in keys.indexes if i.name == "ix_keys_status_age")
+    index = next(i for i in keys.indexes if i.name == "ix_keys_pending_age")
     assert str(sa.schema.CreateIndex(index).compile(dialect=mssql.dialect())) == (
-        "CREATE INDEX ix_keys_status_age ON keys (status, discovered_at)"
+        "CREATE INDEX ix_keys_pending_age ON keys (status, discovered_at)"
     )
     assert not schema.counts_maintained("mssql")
+
+
+def test_indexes_are_partial_where_the_planner_can_use_them() -> None:
+    """PostgreSQL's index of PENDING keys' age and its index of batches leave out the rows they are
+    never asked for; SQLite can use only the IS NOT NULL one with bound parameters; MSSQL gets both
+    whole (its cached plans for parameterised statements may not rely on a filtered index)."""
+    rendered = {
+        dialect.name: {i.name: str(sa.schema.CreateIndex(i).compile(dialect=dialect)) for i in keys.indexes}
+        for dialect in (postgresql.dialect(), sqlite.dialect(), mssql.dialect())
+    }
+    assert rendered["postgresql"]["ix_keys_pending_age"].endswith("(status, discovered_at) WHERE status = 'PENDING'")
+    assert rendered["postgresql"]["ix_keys_batch_id"].endswith("(batch_id) WHERE batch_id IS NOT NULL")
+    assert rendered["sqlite"]["ix_keys_batch_id"].endswith("(batch_id) WHERE batch_id IS NOT NULL")
+    assert "WHERE" not in rendered["sqlite"]["ix_keys_pending_age"]
+    assert not [sql for sql in rendered["mssql"].values() if "WHERE" in sql]
+
+
+@pytest.mark.parametrize(
+    ("query", "index"),
+    [
+        ("SELECT min(discovered_at) FROM keys WHERE status = %(status)s", "ix_keys_pending_age"),
+        ("SELECT key_id FROM keys WHERE batch_id = %(batch_id)s", "ix_keys_batch_id"),
+    ],
+)
+def test_postgresql_plans_read_the_partial_indexes(query: str, index: str) -> None:
+    """With the values bound as our statements bind them (psycopg2), the planner can read each
+    partial index: with sequential scans off, the plan names it."""
+    with ledger_helpers.postgres_schema(ledger_helpers.postgres_url()) as (pg, _schema):
+        with pg.connect() as conn:
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            plan = conn.exec_driver_sql(f"EXPLAIN {query}", {"status": PENDING, "batch_id": "b-1"}).scalars().all()
+    assert index in "\n".join(plan)

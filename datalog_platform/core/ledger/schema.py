@@ -71,13 +71,24 @@ keys = sa.Table(
     sa.Column("discovered_at", sa.DateTime, nullable=False),
     sa.Column("done_at", sa.DateTime),
     sa.Index("ix_keys_claim", "status", "dstrct_code", "part_date", "key_id"),
-    sa.Index("ix_keys_batch", "batch_id"),
-    sa.Index("ix_keys_device", "device_id", "status"),
     # discovery asks, every tick, for each device's latest hour
     sa.Index("ix_keys_device_hour", "device_id", "key_hour"),
-    # the discovery sensor reports, every tick, how long the oldest PENDING key has waited: a seek
-    sa.Index("ix_keys_status_age", "status", "discovered_at"),
 )
+
+# A claim, a commit or an abort changes the status of a thousand keys, and PostgreSQL writes each
+# changed row's new version into every index of `keys` (a changed indexed column rules out an
+# update in place), except the partial indexes whose condition the new version fails. So the two
+# indexes that need only some keys are partial where the planner can use them with the bound
+# parameters of our statements (PostgreSQL; SQLite for IS NOT NULL only). MSSQL, whose plans for
+# parameterised statements may not rely on a filtered index, gets them whole.
+# The keys of a batch (commit, abort, rebuild): never a key without one.
+_HAS_BATCH = keys.c.batch_id.isnot(None)
+sa.Index("ix_keys_batch_id", keys.c.batch_id, postgresql_where=_HAS_BATCH, sqlite_where=_HAS_BATCH)
+# The discovery sensor reports, every tick, how long the oldest PENDING key has waited: a seek.
+sa.Index("ix_keys_pending_age", keys.c.status, keys.c.discovered_at, postgresql_where=keys.c.status == PENDING)
+# Indexes of earlier ledgers that `create_schema` drops: replaced by the partial ones above, or
+# (device_id, status) read by no query.
+_DROPPED_INDEXES = {"keys": ("ix_keys_batch", "ix_keys_status_age", "ix_keys_device")}
 
 # How many keys each (part_date, region, status) holds, with their attempts and rows: what the
 # sensors and `datalog ledger status` read instead of counting millions of keys on every tick.
@@ -207,6 +218,11 @@ def create_schema(engine: sa.Engine) -> None:
             if table.name in existing and index.name not in existing[table.name]:
                 with engine.begin() as conn:
                     conn.execute(sa.schema.CreateIndex(index, if_not_exists=engine.dialect.name != "mssql"))
+    for table_name, names in _DROPPED_INDEXES.items():
+        for name in sorted(set(names) & existing.get(table_name, set())):
+            drop = f"DROP INDEX {name} ON {table_name}" if engine.dialect.name == "mssql" else f"DROP INDEX {name}"
+            with engine.begin() as conn:
+                conn.execute(sa.text(drop))
     for table, column in _ADDED_COLUMNS:
         if column.name not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
             kind = column.type.compile(engine.dialect)
