@@ -275,6 +275,46 @@ def test_mssql_statements_render_with_bind_params(tmp_path: Path, monkeypatch: p
     assert not schema.counts_maintained("mssql")
 
 
+def test_a_page_of_odd_keys_and_their_outcomes_arrive_exactly(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What PostgreSQL sends as one JSON document (a page of new keys, a batch's outcomes) arrives
+    exactly as the row forms of SQLite deliver it: quotes, backslashes, braces, commas, non-ASCII
+    text, NULLs and microseconds."""
+    found = datetime(2026, 11, 1, 2, 3, 4, 567891)
+    monkeypatch.setattr(registration, "utcnow", lambda: found)
+    device = 'dev"\\1'
+    registration.upsert_devices(engine, [(device, "BRCB")])
+    names = [f'{device}/20261101{h:02d}/it\'s {{a,b}} \\ "ü" 😀 {h}.json' for h in range(3)]
+    assert registration.register_keys(engine, objects(*names, "dev009/2026110100/u.json"), TZ).registered == 4
+    with engine.connect() as conn:
+        rows = {r.key: r for r in conn.execute(sa.select(keys)).all()}
+    assert {n: (rows[n].device_id, rows[n].key_hour, rows[n].discovered_at, rows[n].etag) for n in names} == {
+        n: (device, datetime(2026, 11, 1, h), found, "etag") for h, n in enumerate(names)
+    }
+    assert rows["dev009/2026110100/u.json"].dstrct_code is None
+
+    batch = protocol.claim_batch(engine, DAY, "BRCB", 10, "run-1", 60)
+    assert batch is not None and [k.key for k in batch.keys] == names
+    error = 'line 1: it\'s "bad" \\ {x,y}\nzweite Zeile ü 😀'
+    first, second, third = (k.key_id for k in batch.keys)
+    outcomes = [
+        KeyOutcome(first, SUCCESS, rows=5, duplicate_rows=1),
+        KeyOutcome(second, QUARANTINED, error=error),
+        KeyOutcome(third, SUCCESS, rows=2, quarantined_lines=3),
+    ]
+    protocol.commit_batch(engine, batch.batch_id, outcomes, [], 7, 3)
+    with engine.connect() as conn:
+        stmt = sa.select(keys.c.key_id, keys.c.status, keys.c.rows, keys.c.quarantined_lines, keys.c.duplicate_rows)
+        got = {r.key_id: tuple(r)[1:] for r in conn.execute(stmt.add_columns(keys.c.error)).all()}
+    assert (got[first], got[second], got[third]) == (
+        (SUCCESS, 5, 0, 1, None),
+        (QUARANTINED, 0, 0, 0, error),
+        (SUCCESS, 2, 3, 0, None),
+    )
+    assert counted(engine) == recount(engine)
+
+
 def test_indexes_are_partial_where_the_planner_can_use_them() -> None:
     """PostgreSQL's index of PENDING keys' age and its index of batches leave out the rows they are
     never asked for; SQLite can use only the IS NOT NULL one with bound parameters; MSSQL gets both

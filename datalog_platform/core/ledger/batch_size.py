@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from datalog_platform.core.ledger.schema import PENDING, keys
+from datalog_platform.core.ledger.schema import PENDING, counts_maintained, key_counts, keys
 
 
 def claimable(part_date: str, region: str, attempts: int) -> tuple[sa.ColumnElement[bool], ...]:
@@ -18,7 +18,20 @@ def claimable(part_date: str, region: str, attempts: int) -> tuple[sa.ColumnElem
 
 
 def most_failed(conn: sa.Connection, part_date: str, region: str) -> int:
-    """The most failures a PENDING key of the partition has had (0: none has failed)."""
+    """The most failures a PENDING key of the partition has had (0: none has failed).
+
+    Where the ledger keeps `key_counts`, a partition whose PENDING keys have no failures at all (the
+    usual case) is answered from its summary row, without reading each of its PENDING keys."""
+    if counts_maintained(conn.dialect.name):
+        failures = conn.execute(
+            sa.select(key_counts.c.attempts).where(
+                key_counts.c.part_date == part_date,
+                key_counts.c.dstrct_code == region,
+                key_counts.c.status == PENDING,
+            )
+        ).scalar_one_or_none()
+        if not failures:
+            return 0
     return (
         conn.execute(
             sa.select(sa.func.max(keys.c.attempts)).where(

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from datalog_platform.core.ledger import bulk
 from datalog_platform.core.ledger.batch_size import claimable, most_failed, retry_limit, within_budget
 from datalog_platform.core.ledger.engine import chunks
 from datalog_platform.core.ledger.schema import (
@@ -67,8 +68,9 @@ def parse_raw_key(key: str) -> RawKey | None:
     match = _RAW_KEY.fullmatch(key)
     if not match:
         return None
-    try:
-        hour = datetime.strptime(match["hour"], "%Y%m%d%H")
+    digits = match["hour"]
+    try:  # what strptime("%Y%m%d%H") accepts of 10 digits, at a tenth of its cost (a page is 1,000 keys)
+        hour = datetime(int(digits[:4]), int(digits[4:6]), int(digits[6:8]), int(digits[8:]))
     except ValueError:
         return None
     return RawKey(device_id=match["device"], hour=hour)
@@ -106,13 +108,14 @@ class Batch:
 def claimed_batch(
     batch_id: str, run_id: str | None, part_date: str, region: str, claimed: list[Any], kind: str = INGEST
 ) -> Batch:
-    """The Batch of a claim from its (key_id, key, size) rows."""
+    """The Batch of a claim from its (key_id, key, size) rows, its keys in key id order (sorted by
+    the id alone: comparing whole result rows costs milliseconds a batch)."""
     return Batch(
         batch_id=batch_id,
         run_id=run_id,
         part_date=part_date,
         dstrct_code=region,
-        keys=tuple(ClaimedKey(int(i), k, int(s)) for i, k, s in claimed),
+        keys=tuple(sorted((ClaimedKey(int(i), k, int(s)) for i, k, s in claimed), key=lambda c: c.key_id)),
         kind=kind,
     )
 
@@ -205,7 +208,7 @@ def claim_batch(
             size = within_budget(conn, part_date, region, attempts, size, max_bytes)
         batch_id = insert_batch(conn, INGEST, part_date, region, run_id, lease_seconds)
         stmt = claim_statement(engine.dialect.name, batch_id, part_date, region, size, attempts)
-        claimed = sorted(conn.execute(stmt).all())
+        claimed = conn.execute(stmt).all()
         if not claimed:
             tx.rollback()
             return None
@@ -322,8 +325,11 @@ def commit_batch(
         )
         if result.rowcount != 1:
             raise StaleBatchError(f"batch {batch_id} is no longer WRITING; its lease was taken over")
-        for chunk in chunks(outcomes, OUTCOME_CHUNK):
-            conn.execute(outcomes_statement(batch_id, chunk, now))
+        if conn.dialect.name == "postgresql":  # the whole batch in one statement
+            conn.execute(bulk.outcomes_statement(), bulk.outcomes_page(batch_id, outcomes, now))
+        else:
+            for chunk in chunks(outcomes, OUTCOME_CHUNK):
+                conn.execute(outcomes_statement(batch_id, chunk, now))
         part_date, region = conn.execute(
             sa.select(batches.c.part_date, batches.c.dstrct_code).where(batches.c.batch_id == batch_id)
         ).one()

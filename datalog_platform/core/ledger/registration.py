@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from datalog_platform.core.ledger import bulk
 from datalog_platform.core.ledger.engine import CHUNK, chunks
 from datalog_platform.core.ledger.protocol import RawKey, local_date, parse_raw_key, utcnow
 from datalog_platform.core.ledger.schema import (
@@ -74,9 +75,9 @@ class RegisterResult:
     bytes: int
 
 
-# Keys per registration transaction. PostgreSQL and SQLite insert with ON CONFLICT DO NOTHING,
-# sent as multi-row INSERTs of 1,000 rows (SQLAlchemy's insertmanyvalues); MSSQL's statements stay
-# under its 2,100-parameter limit.
+# Keys per registration transaction. PostgreSQL inserts a page as one statement reading a JSON
+# document (`bulk`), SQLite as multi-row INSERTs (SQLAlchemy's insertmanyvalues), both with ON
+# CONFLICT DO NOTHING; MSSQL's statements stay under its 2,100-parameter limit.
 _UPSERT_BATCH = 10 * CHUNK
 _UPSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
@@ -84,9 +85,14 @@ _UPSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 def insert_new_keys(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Insert the rows of `keys` whose key is not in the ledger yet; returns those inserted.
 
-    The keys already known are looked up first (a discovery tick re-lists mostly known keys, and a
-    look-up is cheaper than an INSERT that conflicts); where the dialect has ON CONFLICT, a key a
-    concurrent registrar inserts in between is skipped instead of failing the transaction."""
+    PostgreSQL inserts the page at once, ON CONFLICT DO NOTHING skipping the keys it holds already
+    (each one index probe, as a look-up would cost). Elsewhere the keys already known are looked up
+    first (a discovery tick re-lists mostly known keys, and a look-up is cheaper than an INSERT
+    that conflicts); where the dialect has ON CONFLICT, a key a concurrent registrar inserts in
+    between is skipped instead of failing the transaction."""
+    if conn.dialect.name == "postgresql":
+        inserted = set(conn.execute(bulk.insert_keys_statement(), {"b_page": bulk.page(rows)}).scalars())
+        return [row for row in rows if row["key"] in inserted]
     known = set(conn.execute(sa.select(keys.c.key).where(keys.c.key.in_([r["key"] for r in rows]))).scalars())
     new_rows = [row for row in rows if row["key"] not in known]
     insert = _UPSERTS.get(conn.dialect.name)

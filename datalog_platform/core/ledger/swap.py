@@ -82,18 +82,16 @@ def claim_rebuild(
     with engine.connect() as conn, conn.begin() as tx:
         batch_id = insert_batch(conn, REBUILD, part_date, region, run_id, lease_seconds)
         hold_files(conn, batch_id, f"partition {part_date} / {region}", *of_partition)
-        claimed = sorted(
-            conn.execute(
-                sa.update(keys)
-                .where(
-                    keys.c.part_date == part_date,
-                    keys.c.dstrct_code == region,
-                    keys.c.status.in_(REBUILT_STATUSES),
-                )
-                .values(status=CLAIMED, batch_id=batch_id, prior_status=keys.c.status, prior_batch_id=keys.c.batch_id)
-                .returning(keys.c.key_id, keys.c.key, keys.c.size)
-            ).all()
-        )
+        claimed = conn.execute(
+            sa.update(keys)
+            .where(
+                keys.c.part_date == part_date,
+                keys.c.dstrct_code == region,
+                keys.c.status.in_(REBUILT_STATUSES),
+            )
+            .values(status=CLAIMED, batch_id=batch_id, prior_status=keys.c.status, prior_batch_id=keys.c.batch_id)
+            .returning(keys.c.key_id, keys.c.key, keys.c.size)
+        ).all()
         if not claimed:
             tx.rollback()
             return None

@@ -1,0 +1,112 @@
+"""PostgreSQL statements that take a page of rows as one JSON parameter.
+
+A page of 1,000 keys sent as rows is a statement of 10,000 parameters, which SQLAlchemy renders
+again for every page and the server parses again; as arrays (psycopg2 sends a list as an ARRAY[...]
+of 1,000 quoted literals) it is hardly cheaper. As one JSON document it is a fixed statement,
+compiled once, whose rows `json_to_recordset` reads on the server: twice as fast as either,
+measured on a page of 1,000 keys. The values stay a bound parameter (`json.dumps` does the quoting;
+keys may hold any character). MSSQL (2,100 parameters a statement) and SQLite keep the row forms in
+`registration` and `protocol`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from datalog_platform.core.ledger.schema import CLAIMED, keys
+
+# The columns `registration` gives a new key.
+KEY_COLUMNS = (
+    "key",
+    "etag",
+    "size",
+    "device_id",
+    "key_hour",
+    "dstrct_code",
+    "part_date",
+    "status",
+    "attempts",
+    "discovered_at",
+)
+
+
+def page(rows: Iterable[dict[str, Any]]) -> str:
+    """The rows as the JSON document the statements below read (datetimes in ISO 8601)."""
+    return json.dumps(list(rows), ensure_ascii=False, default=datetime.isoformat)
+
+
+def _recordset(name: str, columns: Sequence[sa.ColumnClause[Any]]) -> sa.TableValuedAlias:
+    """`json_to_recordset(CAST(:b_page AS JSON)) AS name(column type, ...)`: a row per object."""
+    document = sa.cast(sa.bindparam("b_page", type_=sa.Text()), postgresql.JSON())
+    return sa.func.json_to_recordset(document).table_valued(*columns).render_derived(name=name, with_types=True)
+
+
+@functools.cache
+def insert_keys_statement() -> sa.ReturningInsert[tuple[str]]:
+    """Insert the page of new keys `b_page`; a key already there (a concurrent registrar inserted
+    it) is skipped. Returns the keys inserted."""
+    given = _recordset("given", [sa.column(c, keys.c[c].type) for c in KEY_COLUMNS])
+    return (
+        postgresql.insert(keys)
+        .from_select(list(KEY_COLUMNS), sa.select(*(given.c[c] for c in KEY_COLUMNS)))
+        .on_conflict_do_nothing(index_elements=[keys.c.key])
+        .returning(keys.c.key)
+    )
+
+
+@functools.cache
+def outcomes_statement() -> sa.Update:
+    """`protocol.outcomes_statement` for a whole batch in one statement: the keys of `b_batch_id`
+    still CLAIMED -> their outcome in the page `b_page` (see `outcomes_page`)."""
+    given = _recordset(
+        "outcomes",
+        [
+            sa.column("key_id", sa.BigInteger()),
+            sa.column("status", keys.c.status.type),
+            sa.column("rows", sa.BigInteger()),
+            sa.column("quarantined", sa.BigInteger()),
+            sa.column("duplicates", sa.BigInteger()),
+            sa.column("error", sa.Text()),
+        ],
+    )
+    return (
+        sa.update(keys)
+        .where(
+            keys.c.key_id == given.c.key_id,
+            keys.c.batch_id == sa.bindparam("b_batch_id"),
+            keys.c.status == sa.bindparam("b_claimed"),
+        )
+        .values(
+            status=given.c.status,
+            rows=given.c.rows,
+            quarantined_lines=given.c.quarantined,
+            duplicate_rows=given.c.duplicates,
+            error=given.c.error,
+            done_at=sa.bindparam("b_now"),
+            prior_status=None,
+            prior_batch_id=None,
+        )
+    )
+
+
+def outcomes_page(batch_id: str, outcomes: Sequence[Any], now: datetime) -> dict[str, Any]:
+    """`outcomes_statement`'s parameters for `protocol.KeyOutcome`s."""
+    rows = (
+        {
+            "key_id": o.key_id,
+            "status": o.status,
+            "rows": o.rows,
+            "quarantined": o.quarantined_lines,
+            "duplicates": o.duplicate_rows,
+            "error": o.error,
+        }
+        for o in outcomes
+    )
+    return {"b_batch_id": batch_id, "b_claimed": CLAIMED, "b_now": now, "b_page": page(rows)}
