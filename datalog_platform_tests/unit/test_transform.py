@@ -168,6 +168,37 @@ def test_line_path_streams_files_in_blocks(pipeline: Pipeline, monkeypatch: pyte
     assert (ledger[broken_key]["rows"], ledger[broken_key]["quarantined_lines"]) == (0, 0)
 
 
+@pytest.mark.parametrize("block_bytes", [line_path.LINE_BLOCK_BYTES, 250])
+def test_line_path_gathers_small_files(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, block_bytes: int) -> None:
+    """Small files on the line path are validated together, and a file that breaks among them
+    takes only its own lines out, gathered or inserted: those of the files before and after it
+    stay (with 250-byte blocks the broken file has lines of both kinds when it breaks)."""
+    monkeypatch.setattr(line_path, "LINE_BLOCK_BYTES", block_bytes)
+    pipeline.devices([("dev1", REGION)])
+    before, broken, after = (f"dev1/{HOUR_KEY}/{name}" for name in ("a.json", "b-broken.json.gz", "c.json"))
+    pipeline.raw.write_bytes(before, ndjson(good("dev1", 1), "{oops", good("dev1", 2)))
+    pipeline.raw.write_bytes(broken, gzip.compress(ndjson(*(good("dev1", 10 + i) for i in range(40))))[:-30])
+    pipeline.raw.write_bytes(after, ndjson(good("dev1", 3), '{"device_id":"dev1","heartbeat":"never"}'))
+    (report,) = pipeline.run()
+
+    assert report.line_path_files == 3
+    assert [(r["seq"], r["source_file"]) for r in pipeline.rows(order_by="seq")] == [
+        (1, before),
+        (2, before),
+        (3, after),
+    ]
+    bad = pipeline.rows("quarantine", order_by="source_file, line_number")
+    assert [(r["source_file"], r["line_number"], r["reason"]) for r in bad] == [
+        (before, 2, MALFORMED_JSON),
+        (after, 2, INVALID_TIMESTAMP),
+    ]
+    ledger = pipeline.key_rows()
+    assert ledger[broken]["status"] == QUARANTINED and "unreadable" in ledger[broken]["error"]
+    assert (ledger[broken]["rows"], ledger[broken]["quarantined_lines"]) == (0, 0)
+    assert (ledger[before]["rows"], ledger[before]["quarantined_lines"]) == (2, 1)
+    assert (ledger[after]["rows"], ledger[after]["quarantined_lines"]) == (1, 1)
+
+
 def test_gzip_on_the_fast_path(pipeline: Pipeline) -> None:
     """(b) a clean .json.gz batch is read by read_json itself (httpfs on S3), no line path."""
     pipeline.devices([("dev1", REGION)])

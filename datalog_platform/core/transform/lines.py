@@ -82,43 +82,76 @@ def validate_lines(
         """CREATE OR REPLACE TEMP TABLE _dl_lines (key_id BIGINT, source_file VARCHAR,
             line_number BIGINT, raw_line VARCHAR, reason VARCHAR)"""
     )
+    lines = _LineBuffer(conn)
     for f in files:
         try:
             for block in line_blocks(raw, f.key):
-                if block:
-                    _insert_block(conn, f, block)
+                lines.add(f, block)
         except (OSError, EOFError, zlib.error) as exc:
             outcomes[f.key_id].error = f"unreadable: {type(exc).__name__}: {exc}"
-            conn.execute("DELETE FROM _dl_lines WHERE key_id = $key_id", {"key_id": f.key_id})
+            lines.drop(f.key_id)
+    lines.flush()
     return _write_clean_lines(conn, {f.key_id: f for f in files}, scratch)
 
 
-def _insert_block(conn: duckdb.DuckDBPyConnection, source: SourceFile, block: list[tuple[int, str, bool]]) -> None:
-    """Append one block of a file's lines to `_dl_lines`, each with its reason or NULL."""
-    numbers, texts, utf8 = zip(*block, strict=True)
-    lines = pa.table(
-        {
-            "line_number": pa.array(numbers, pa.int64()),
-            "raw_line": pa.array(texts, pa.string()),
-            "utf8": pa.array(utf8, pa.bool_()),
-        }
-    )
-    conn.register("_dl_lines_arrow", lines)
-    objects = """SELECT line_number, raw_line,
-            CASE WHEN utf8 AND json_valid(raw_line)
-                 THEN json_type(raw_line) = 'OBJECT' ELSE false END AS __dl_object
-        FROM _dl_lines_arrow"""
-    heartbeats = f"""SELECT *, CASE WHEN __dl_object THEN json_extract(raw_line, '$.heartbeat') END AS __dl_hb
-        FROM ({objects})"""
-    conn.execute(
-        f"""INSERT INTO _dl_lines
-        SELECT $key_id, $key, line_number, raw_line,
-            CASE WHEN NOT __dl_object THEN '{MALFORMED_JSON}'
-                 WHEN __dl_ts IS NULL THEN '{INVALID_TIMESTAMP}' END
-        FROM ({with_instant(heartbeats, "__dl_hb", "JSON", "__dl_ts")})""",
-        {"key_id": source.key_id, "key": source.key},
-    )
-    conn.unregister("_dl_lines_arrow")
+class _LineBuffer:
+    """Lines of one or more files, validated into `_dl_lines` by one INSERT per LINE_BLOCK_BYTES
+    gathered, so a batch of many small files costs a few statements, not one per file."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection) -> None:
+        self.conn = conn
+        self.columns: dict[str, list[object]] = {name: [] for name in _BUFFER_TYPES}
+        self.size = 0
+
+    def add(self, source: SourceFile, block: list[tuple[int, str, bool]]) -> None:
+        if not block:
+            return
+        numbers, texts, utf8 = zip(*block, strict=True)
+        self.columns["key_id"] += [source.key_id] * len(block)
+        self.columns["source_file"] += [source.key] * len(block)
+        self.columns["line_number"] += numbers
+        self.columns["raw_line"] += texts
+        self.columns["utf8"] += utf8
+        self.size += sum(map(len, texts))
+        if self.size >= LINE_BLOCK_BYTES:
+            self.flush()
+
+    def drop(self, key_id: int) -> None:
+        """Forget every line of one file, gathered or already inserted."""
+        keep = [i for i, k in enumerate(self.columns["key_id"]) if k != key_id]
+        self.columns = {name: [values[i] for i in keep] for name, values in self.columns.items()}
+        self.conn.execute("DELETE FROM _dl_lines WHERE key_id = $key_id", {"key_id": key_id})
+
+    def flush(self) -> None:
+        if not self.columns["key_id"]:
+            return
+        table = pa.table({name: pa.array(self.columns[name], kind) for name, kind in _BUFFER_TYPES.items()})
+        self.conn.register("_dl_lines_arrow", table)
+        objects = """SELECT key_id, source_file, line_number, raw_line,
+                CASE WHEN utf8 AND json_valid(raw_line)
+                     THEN json_type(raw_line) = 'OBJECT' ELSE false END AS __dl_object
+            FROM _dl_lines_arrow"""
+        heartbeats = f"""SELECT *, CASE WHEN __dl_object THEN json_extract(raw_line, '$.heartbeat') END AS __dl_hb
+            FROM ({objects})"""
+        self.conn.execute(
+            f"""INSERT INTO _dl_lines
+            SELECT key_id, source_file, line_number, raw_line,
+                CASE WHEN NOT __dl_object THEN '{MALFORMED_JSON}'
+                     WHEN __dl_ts IS NULL THEN '{INVALID_TIMESTAMP}' END
+            FROM ({with_instant(heartbeats, "__dl_hb", "JSON", "__dl_ts")})"""
+        )
+        self.conn.unregister("_dl_lines_arrow")
+        self.columns = {name: [] for name in _BUFFER_TYPES}
+        self.size = 0
+
+
+_BUFFER_TYPES = {
+    "key_id": pa.int64(),
+    "source_file": pa.string(),
+    "line_number": pa.int64(),
+    "raw_line": pa.string(),
+    "utf8": pa.bool_(),
+}
 
 
 def _write_clean_lines(
