@@ -45,8 +45,9 @@ OLD_INDEXES = {
     "ix_keys_status_age": "keys (status, discovered_at)",
     "ix_keys_batch": "keys (batch_id)",
     "ix_keys_device": "keys (device_id, status)",
+    "ix_keys_device_hour": "keys (device_id, key_hour)",
 }
-COUNT_TRIGGERS = ("key_counts_insert", "key_counts_update", "key_counts_delete")
+COUNT_TRIGGERS = ("key_counts_insert", "key_counts_update", "key_counts_delete", "device_hours_insert")
 
 
 def objects(*names: str) -> list[ObjectInfo]:
@@ -170,13 +171,38 @@ def test_latest_hours_cover_registered_and_unknown_devices(engine: sa.Engine) ->
     }
 
 
+def test_devices_hours_equal_the_aggregate_over_the_keys(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`device_hours`, kept by the insert trigger through pages with older, newer and repeated
+    hours, gives what MSSQL's aggregate over the keys gives."""
+    registration.upsert_devices(engine, [("dev001", "BRCB"), ("dev002", "KPCS")])
+    pages = [
+        [f"dev00{d}/20261101{h:02d}/k.json" for d in (1, 2) for h in (5, 9, 7)],
+        ["dev001/2026110103/k.json", "dev002/2026110223/k.json", "dev003/2026110101/u.json"],
+        ["dev001/2026110109/k.json", "dev001/2026110109/other.json"],
+    ]
+    for names in pages:
+        registration.register_keys(engine, objects(*names), TZ)
+    kept = stats.latest_hour_by_device(engine)
+    monkeypatch.setattr(stats, "counts_maintained", lambda _name: False)
+    assert (
+        kept
+        == stats.latest_hour_by_device(engine)
+        == {
+            "dev001": datetime(2026, 11, 1, 9),
+            "dev002": datetime(2026, 11, 2, 23),
+            "dev003": datetime(2026, 11, 1, 1),
+        }
+    )
+
+
 def _make_old(url: str, engine: sa.Engine) -> None:
-    """Take away what this version adds (the counts, their triggers and the new indexes) and put
-    back the indexes it replaced."""
+    """Take away what this version adds (the counts, the devices' hours, their triggers and the new
+    indexes) and put back the indexes it replaced."""
     with engine.begin() as conn:
         for name in COUNT_TRIGGERS:
             conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {name}" + (" ON keys" if url.startswith("postgres") else "")))
         conn.execute(sa.text("DROP TABLE key_counts"))
+        conn.execute(sa.text("DROP TABLE device_hours"))
         for name in NEW_INDEXES:
             conn.execute(sa.text(f"DROP INDEX {name}"))
         for name, on in OLD_INDEXES.items():
@@ -223,10 +249,15 @@ def test_an_existing_ledger_is_upgraded(ledger_url: str) -> None:
                 (DAY, "BRCB", SUCCESS): (1, 2, 9),
             }
         )
+        assert stats.latest_hour_by_device(engine) == {
+            "dev001": datetime(2026, 11, 1, 1),
+            "dev009": datetime(2026, 11, 1, 0),
+        }
     with engine.connect() as conn:
         assert schema._counts_installed(conn)
     registration.register_keys(engine, objects("dev001/2026110102/c.json"), TZ)
     assert counted(engine)[(DAY, "BRCB", PENDING)] == (2, 0, 0)
+    assert stats.latest_hour_by_device(engine)["dev001"] == datetime(2026, 11, 1, 2)
 
 
 def test_registration_without_on_conflict_registers_each_key_once(
@@ -328,6 +359,13 @@ def test_indexes_are_partial_where_the_planner_can_use_them() -> None:
     assert rendered["sqlite"]["ix_keys_batch_id"].endswith("(batch_id) WHERE batch_id IS NOT NULL")
     assert "WHERE" not in rendered["sqlite"]["ix_keys_pending_age"]
     assert not [sql for sql in rendered["mssql"].values() if "WHERE" in sql]
+    created: dict[str, list[str]] = {}
+    for name in ("postgresql", "sqlite", "mssql"):
+        mock = sa.create_mock_engine(f"{name}://", lambda ddl, *_a, name=name, **_k: created[name].append(str(ddl)))
+        created[name] = []
+        schema.metadata.create_all(mock, checkfirst=False)
+    # each device's latest hour: an index only where no summary keeps it
+    assert [name for name, ddl in created.items() if any("ix_keys_device_hour" in d for d in ddl)] == ["mssql"]
 
 
 @pytest.mark.parametrize(

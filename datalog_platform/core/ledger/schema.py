@@ -71,9 +71,16 @@ keys = sa.Table(
     sa.Column("discovered_at", sa.DateTime, nullable=False),
     sa.Column("done_at", sa.DateTime),
     sa.Index("ix_keys_claim", "status", "dstrct_code", "part_date", "key_id"),
-    # discovery asks, every tick, for each device's latest hour
-    sa.Index("ix_keys_device_hour", "device_id", "key_hour"),
 )
+
+# Discovery asks, every tick, for each device's latest hour. Where the ledger keeps summaries
+# (`key_counts`; see COUNTED_DIALECTS) a trigger on inserts keeps them in `device_hours`; elsewhere
+# (MSSQL) they are one seek a device in this index, which every claim and commit would otherwise
+# have to write a thousand new entries into.
+sa.Index("ix_keys_device_hour", keys.c.device_id, keys.c.key_hour).ddl_if(
+    callable_=lambda _ddl, _target, _bind, **kw: not counts_maintained(kw["dialect"].name)
+)
+_UNCOUNTED_INDEXES = {"keys": ("ix_keys_device_hour",)}
 
 # A claim, a commit or an abort changes the status of a thousand keys, and PostgreSQL writes each
 # changed row's new version into every index of `keys` (a changed indexed column rules out an
@@ -103,6 +110,16 @@ key_counts = sa.Table(
     sa.Column("keys", sa.BigInteger, nullable=False),
     sa.Column("attempts", sa.BigInteger, nullable=False),
     sa.Column("rows", sa.BigInteger, nullable=False),
+)
+
+# Each device's newest key hour, kept by a trigger on inserts into `keys` (keys never change
+# their device or hour; a deleted key's hour stays). Devices outside the registry (UNROUTED keys)
+# included.
+device_hours = sa.Table(
+    "device_hours",
+    metadata,
+    sa.Column("device_id", sa.String(255), primary_key=True),
+    sa.Column("latest_hour", sa.DateTime, nullable=False),
 )
 
 batches = sa.Table(
@@ -213,16 +230,14 @@ def create_schema(engine: sa.Engine) -> None:
     fresh = not inspector.has_table("lake_files")
     existing = {name: {i["name"] for i in inspector.get_indexes(name)} for name in inspector.get_table_names()}
     metadata.create_all(engine)
+    counted = counts_maintained(engine.dialect.name)
     for table in metadata.sorted_tables:
         for index in table.indexes:
+            if counted and index.name in _UNCOUNTED_INDEXES.get(table.name, ()):
+                continue
             if table.name in existing and index.name not in existing[table.name]:
                 with engine.begin() as conn:
                     conn.execute(sa.schema.CreateIndex(index, if_not_exists=engine.dialect.name != "mssql"))
-    for table_name, names in _DROPPED_INDEXES.items():
-        for name in sorted(set(names) & existing.get(table_name, set())):
-            drop = f"DROP INDEX {name} ON {table_name}" if engine.dialect.name == "mssql" else f"DROP INDEX {name}"
-            with engine.begin() as conn:
-                conn.execute(sa.text(drop))
     for table, column in _ADDED_COLUMNS:
         if column.name not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
             kind = column.type.compile(engine.dialect)
@@ -230,8 +245,16 @@ def create_schema(engine: sa.Engine) -> None:
                 conn.execute(sa.text(f"ALTER TABLE {table.name} ADD {column.name} {kind}"))
     if fresh:
         _fill_manifest(engine)
-    if counts_maintained(engine.dialect.name):
+    if counted:
         _install_counts(engine)
+    dropped = {
+        t: (*names, *(_UNCOUNTED_INDEXES.get(t, ()) if counted else ())) for t, names in _DROPPED_INDEXES.items()
+    }
+    for table_name, names in dropped.items():
+        for name in sorted(set(names) & existing.get(table_name, set())):
+            drop = f"DROP INDEX {name} ON {table_name}" if engine.dialect.name == "mssql" else f"DROP INDEX {name}"
+            with engine.begin() as conn:
+                conn.execute(sa.text(drop))
 
 
 # The dialects whose ledgers keep `key_counts`. MSSQL refuses a trigger on `keys`: its claim
@@ -286,6 +309,31 @@ _PG_COUNT_TRIGGERS = {
     "key_counts_update": "AFTER UPDATE ON keys REFERENCING OLD TABLE AS old_keys NEW TABLE AS new_keys",
     "key_counts_delete": "AFTER DELETE ON keys REFERENCING OLD TABLE AS old_keys",
 }
+_HOURS_FILL = (
+    "INSERT INTO device_hours (device_id, latest_hour) SELECT device_id, max(key_hour) FROM keys GROUP BY device_id"
+)
+# Each inserting statement moves its devices' latest hours forward, devices in order (no deadlock).
+_PG_HOURS_FUNCTION = """
+CREATE OR REPLACE FUNCTION device_hours_apply() RETURNS trigger LANGUAGE plpgsql AS $body$
+BEGIN
+    INSERT INTO device_hours AS h (device_id, latest_hour)
+    SELECT device_id, max(key_hour) FROM new_keys GROUP BY device_id ORDER BY device_id
+    ON CONFLICT (device_id) DO UPDATE SET latest_hour = excluded.latest_hour
+    WHERE excluded.latest_hour > h.latest_hour;
+    RETURN NULL;
+END
+$body$
+"""
+_HOURS_TRIGGER = "device_hours_insert"
+_PG_HOURS_WHEN = "AFTER INSERT ON keys REFERENCING NEW TABLE AS new_keys"
+_SQLITE_HOURS_BODY = (
+    "AFTER INSERT ON keys BEGIN "
+    "INSERT INTO device_hours (device_id, latest_hour) VALUES (NEW.device_id, NEW.key_hour) "
+    "ON CONFLICT (device_id) DO UPDATE SET latest_hour = excluded.latest_hour "
+    "WHERE excluded.latest_hour > latest_hour; "
+    "END"
+)
+_TRIGGERS = (*_PG_COUNT_TRIGGERS, _HOURS_TRIGGER)
 
 
 def _sqlite_add(row: str, sign: str) -> str:
@@ -315,12 +363,13 @@ def _counts_installed(conn: sa.Connection) -> bool:
         found = sa.text("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name IN :names").bindparams(
             sa.bindparam("names", expanding=True)
         )
-    return conn.execute(found, {"names": list(_PG_COUNT_TRIGGERS)}).scalar_one() == len(_PG_COUNT_TRIGGERS)
+    return conn.execute(found, {"names": list(_TRIGGERS)}).scalar_one() == len(_TRIGGERS)
 
 
 def _install_counts(engine: sa.Engine) -> None:
-    """Fill `key_counts` from the keys and create the triggers that keep it, in one transaction
-    that no write to `keys` can interleave with (a lock on PostgreSQL, the single writer on SQLite)."""
+    """Fill `key_counts` and `device_hours` from the keys and create the triggers that keep them, in
+    one transaction that no write to `keys` can interleave with (a lock on PostgreSQL, the single
+    writer on SQLite)."""
     with engine.connect() as conn:
         if _counts_installed(conn):
             return
@@ -331,15 +380,18 @@ def _install_counts(engine: sa.Engine) -> None:
             return
         conn.execute(sa.delete(key_counts))
         conn.execute(sa.text(_COUNT_FILL))
+        conn.execute(sa.delete(device_hours))
+        conn.execute(sa.text(_HOURS_FILL))
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text(_PG_COUNT_FUNCTION))
-            for name, when in _PG_COUNT_TRIGGERS.items():
+            conn.execute(sa.text(_PG_HOURS_FUNCTION))
+            triggers = {name: (when, "key_counts_apply") for name, when in _PG_COUNT_TRIGGERS.items()}
+            triggers[_HOURS_TRIGGER] = (_PG_HOURS_WHEN, "device_hours_apply")
+            for name, (when, function) in triggers.items():
                 conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {name} ON keys"))
-                conn.execute(
-                    sa.text(f"CREATE TRIGGER {name} {when} FOR EACH STATEMENT EXECUTE FUNCTION key_counts_apply()")
-                )
+                conn.execute(sa.text(f"CREATE TRIGGER {name} {when} FOR EACH STATEMENT EXECUTE FUNCTION {function}()"))
         else:
-            for name, body in _SQLITE_COUNT_TRIGGERS.items():
+            for name, body in {**_SQLITE_COUNT_TRIGGERS, _HOURS_TRIGGER: _SQLITE_HOURS_BODY}.items():
                 conn.execute(sa.text(f"CREATE TRIGGER IF NOT EXISTS {name} {body}"))
 
 

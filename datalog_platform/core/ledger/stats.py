@@ -7,15 +7,27 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from datalog_platform.core.ledger.schema import PENDING, UNROUTED, counts_maintained, devices, key_counts, keys
+from datalog_platform.core.ledger.schema import (
+    PENDING,
+    UNROUTED,
+    counts_maintained,
+    device_hours,
+    devices,
+    key_counts,
+    keys,
+)
 
 
 def latest_hour_by_device(engine: sa.Engine) -> dict[str, datetime]:
     """Every device with a registered key -> the newest hour among its keys.
 
-    A key of a device outside the registry is UNROUTED (it gets a region only once its device is
-    registered, and devices are never removed), so the registry's devices, one index seek each,
-    and the devices of UNROUTED keys are all the devices with keys."""
+    Where the ledger keeps summaries, `device_hours` holds exactly that. Elsewhere: a key of a
+    device outside the registry is UNROUTED (it gets a region only once its device is registered,
+    and devices are never removed), so the registry's devices, one index seek each, and the devices
+    of UNROUTED keys are all the devices with keys."""
+    if counts_maintained(engine.dialect.name):
+        with engine.connect() as conn:
+            return dict(conn.execute(sa.select(device_hours.c.device_id, device_hours.c.latest_hour)).tuples().all())
     newest = sa.select(sa.func.max(keys.c.key_hour)).where(keys.c.device_id == devices.c.device_id).scalar_subquery()
     registered = sa.select(devices.c.device_id, newest)
     unrouted = (
