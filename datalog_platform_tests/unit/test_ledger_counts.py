@@ -54,17 +54,25 @@ def objects(*names: str) -> list[ObjectInfo]:
     return [ObjectInfo(name, 10, "etag") for name in names]
 
 
-def counted(engine: sa.Engine) -> dict[tuple[str, str, str], tuple[int, int, int]]:
-    """key_counts' non-empty rows: (part_date, region, status) -> (keys, attempts, rows)."""
+def counted(engine: sa.Engine) -> dict[tuple[str, str, str], tuple[int, int, int, int]]:
+    """key_counts' non-empty rows: (part_date, region, status) -> (keys, attempts, rows, sum of key ids)."""
+    c = key_counts.c
     with engine.connect() as conn:
         return {
-            (d, r, s): (int(n), int(a), int(rows))
-            for d, r, s, n, a, rows in conn.execute(sa.select(key_counts)).all()
-            if (n, a, rows) != (0, 0, 0)
+            (d, r, s): (int(n), int(a), int(rows), int(ids))
+            for d, r, s, n, a, rows, ids in conn.execute(
+                sa.select(c.part_date, c.dstrct_code, c.status, c["keys"], c.attempts, c.rows, c.key_ids)
+            ).all()
+            if (n, a, rows, ids) != (0, 0, 0, 0)
         }
 
 
-def recount(engine: sa.Engine) -> dict[tuple[str, str, str], tuple[int, int, int]]:
+def figures(engine: sa.Engine) -> dict[tuple[str, str, str], tuple[int, int, int]]:
+    """`counted` without the sum of key ids: (keys, attempts, rows)."""
+    return {group: counts[:3] for group, counts in counted(engine).items()}
+
+
+def recount(engine: sa.Engine) -> dict[tuple[str, str, str], tuple[int, int, int, int]]:
     """The same figures counted from the keys themselves."""
     stmt = sa.select(
         keys.c.part_date,
@@ -73,9 +81,13 @@ def recount(engine: sa.Engine) -> dict[tuple[str, str, str], tuple[int, int, int
         sa.func.count(),
         sa.func.sum(keys.c.attempts),
         sa.func.sum(sa.func.coalesce(keys.c.rows, 0)),
+        sa.func.sum(keys.c.key_id),
     ).group_by(keys.c.part_date, keys.c.dstrct_code, keys.c.status)
     with engine.connect() as conn:
-        return {(d, r or "", s): (int(n), int(a), int(rows)) for d, r, s, n, a, rows in conn.execute(stmt).all()}
+        return {
+            (d, r or "", s): (int(n), int(a), int(rows), int(ids))
+            for d, r, s, n, a, rows, ids in conn.execute(stmt).all()
+        }
 
 
 def test_counts_follow_every_change_of_a_key(engine: sa.Engine, tmp_path: Path) -> None:
@@ -85,7 +97,7 @@ def test_counts_follow_every_change_of_a_key(engine: sa.Engine, tmp_path: Path) 
     registration.register_keys(engine, objects(*names, "dev003/2026110100/u.json", "not-a-raw-key.txt"), TZ)
     registration.register_keys(engine, objects(*names[:5]), TZ)  # already known: nothing changes
     assert counted(engine) == recount(engine)
-    assert counted(engine)[(DAY, "", UNROUTED)] == (1, 0, 0)
+    assert figures(engine)[(DAY, "", UNROUTED)] == (1, 0, 0)
 
     registration.upsert_devices(engine, [("dev003", "BRCB")])
     assert registration.route_unrouted(engine) == 1
@@ -100,8 +112,8 @@ def test_counts_follow_every_change_of_a_key(engine: sa.Engine, tmp_path: Path) 
     protocol.commit_batch(engine, committed.batch_id, outcomes, [], 28, 0)
     assert protocol.abort_batch(engine, lake, aborted.batch_id, "boom", max_attempts=1)
     assert counted(engine) == recount(engine)
-    assert counted(engine)[(DAY, "BRCB", SUCCESS)] == (4, 0, 28)
-    assert counted(engine)[(DAY, "BRCB", FAILED)] == (4, 4, 0)
+    assert figures(engine)[(DAY, "BRCB", SUCCESS)] == (4, 0, 28)
+    assert figures(engine)[(DAY, "BRCB", FAILED)] == (4, 4, 0)
 
     assert registration.requeue(engine, FAILED) == 4
     assert counted(engine) == recount(engine)
@@ -135,8 +147,8 @@ def test_readers_agree_with_the_keys(engine: sa.Engine) -> None:
     with engine.connect() as conn:
         ids = dict(conn.execute(sa.select(keys.c.key, keys.c.key_id)).all())
     assert [(p.part_date, p.dstrct_code, p.keys, p.fingerprint) for p in registration.pending_partitions(engine)] == [
-        (DAY, "BRCB", 2, f"n2-k{ids['dev001/2026110101/b.json']}-a0"),
-        ("2026-11-03", "KPCS", 1, f"n1-k{ids['dev002/2026110300/d.json']}-a0"),
+        (DAY, "BRCB", 2, f"n2-s{ids['dev001/2026110100/a.json'] + ids['dev001/2026110101/b.json']}-a0"),
+        ("2026-11-03", "KPCS", 1, f"n1-s{ids['dev002/2026110300/d.json']}-a0"),
     ]
     backlog = stats.backlog(engine)
     assert (backlog.pending, backlog.unrouted) == (3, 1)
@@ -240,15 +252,12 @@ def test_an_existing_ledger_is_upgraded(ledger_url: str) -> None:
         inspector = sa.inspect(engine)
         assert NEW_INDEXES <= {i["name"] for i in inspector.get_indexes("keys")}
         assert not OLD_INDEXES.keys() & {i["name"] for i in inspector.get_indexes("keys")}
-        assert (
-            counted(engine)
-            == recount(engine)
-            == {
-                (DAY, "BRCB", PENDING): (1, 0, 0),
-                (DAY, "", UNROUTED): (1, 0, 0),
-                (DAY, "BRCB", SUCCESS): (1, 2, 9),
-            }
-        )
+        assert counted(engine) == recount(engine)
+        assert figures(engine) == {
+            (DAY, "BRCB", PENDING): (1, 0, 0),
+            (DAY, "", UNROUTED): (1, 0, 0),
+            (DAY, "BRCB", SUCCESS): (1, 2, 9),
+        }
         assert stats.latest_hour_by_device(engine) == {
             "dev001": datetime(2026, 11, 1, 1),
             "dev009": datetime(2026, 11, 1, 0),
@@ -256,8 +265,35 @@ def test_an_existing_ledger_is_upgraded(ledger_url: str) -> None:
     with engine.connect() as conn:
         assert schema._counts_installed(conn)
     registration.register_keys(engine, objects("dev001/2026110102/c.json"), TZ)
-    assert counted(engine)[(DAY, "BRCB", PENDING)] == (2, 0, 0)
+    assert figures(engine)[(DAY, "BRCB", PENDING)] == (2, 0, 0)
+    assert counted(engine) == recount(engine)
     assert stats.latest_hour_by_device(engine)["dev001"] == datetime(2026, 11, 1, 2)
+
+
+def test_counts_from_before_the_key_ids_are_refilled_and_their_triggers_replaced(ledger_url: str) -> None:
+    """A ledger whose key_counts lacks the sum of key ids, kept by triggers of that older version
+    (here: triggers of the same names that do nothing): create_schema adds and fills the column and
+    replaces the triggers, so the counts follow the keys again."""
+    engine = ledger_engine(ledger_url)
+    registration.upsert_devices(engine, [("dev001", "BRCB")])
+    registration.register_keys(engine, objects("dev001/2026110100/a.json", "dev001/2026110101/b.json"), TZ)
+    postgres = ledger_url.startswith("postgres")
+    with engine.begin() as conn:
+        for name in COUNT_TRIGGERS:
+            conn.execute(sa.text(f"DROP TRIGGER {name}" + (" ON keys" if postgres else "")))
+        conn.execute(sa.text("ALTER TABLE key_counts DROP COLUMN key_ids"))
+        if postgres:
+            conn.execute(
+                sa.text("CREATE FUNCTION old_counts() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END'")
+            )
+        old = "FOR EACH STATEMENT EXECUTE FUNCTION old_counts()" if postgres else "BEGIN SELECT 1; END"
+        for name in COUNT_TRIGGERS:
+            conn.execute(sa.text(f"CREATE TRIGGER {name} AFTER INSERT ON keys {old}"))
+    create_schema(engine)
+    registration.register_keys(engine, objects("dev001/2026110102/c.json"), TZ)
+    protocol.claim_batch(engine, DAY, "BRCB", 2, "run", 60)
+    assert counted(engine) == recount(engine)
+    assert figures(engine) == {(DAY, "BRCB", PENDING): (1, 0, 0), (DAY, "BRCB", CLAIMED): (2, 0, 0)}
 
 
 def test_registration_without_on_conflict_registers_each_key_once(

@@ -186,26 +186,23 @@ class PartitionBacklog:
     fingerprint: str = ""
 
 
-def backlog_fingerprint(pending: int, max_key_id: int, attempts: int) -> str:
-    """The same PENDING keys give the same text; a new key raises the count and the highest key id,
-    and keys handed back by an aborted batch raise the sum of attempts."""
-    return f"n{pending}-k{max_key_id}-a{attempts}"
+def backlog_fingerprint(pending: int, key_ids: int, attempts: int) -> str:
+    """The same PENDING keys give the same text; a new key raises the count and the sum of key ids
+    (a key registered later has a higher id than those before it, so keys claimed and as many
+    registered meanwhile raise the sum too), and keys handed back by an aborted batch raise the sum
+    of attempts."""
+    return f"n{pending}-s{key_ids}-a{attempts}"
 
 
 def pending_partitions(engine: sa.Engine) -> list[PartitionBacklog]:
     """Every (part_date, region) with PENDING keys: how many, and the fingerprint of that backlog.
 
-    Where the ledger keeps `key_counts`, the counts come from there and each partition's highest
-    PENDING key id from one seek in the claim index; elsewhere all PENDING keys are aggregated."""
+    Where the ledger keeps `key_counts`, all of it comes from there (one row a partition);
+    elsewhere all PENDING keys are aggregated."""
     if counts_maintained(engine.dialect.name):
         c = key_counts.c
-        top = (
-            sa.select(sa.func.max(keys.c.key_id))
-            .where(keys.c.status == PENDING, keys.c.dstrct_code == c.dstrct_code, keys.c.part_date == c.part_date)
-            .scalar_subquery()
-        )
         stmt = (
-            sa.select(c.part_date, c.dstrct_code, c["keys"], top, c.attempts)
+            sa.select(c.part_date, c.dstrct_code, c["keys"], c.key_ids, c.attempts)
             .where(c.status == PENDING, c["keys"] > 0)
             .order_by(c.part_date, c.dstrct_code)
         )
@@ -215,7 +212,7 @@ def pending_partitions(engine: sa.Engine) -> list[PartitionBacklog]:
                 keys.c.part_date,
                 keys.c.dstrct_code,
                 sa.func.count(),
-                sa.func.max(keys.c.key_id),
+                sa.func.sum(keys.c.key_id),
                 sa.func.coalesce(sa.func.sum(keys.c.attempts), 0),
             )
             .where(keys.c.status == PENDING)
@@ -224,8 +221,8 @@ def pending_partitions(engine: sa.Engine) -> list[PartitionBacklog]:
         )
     with engine.connect() as conn:
         return [
-            PartitionBacklog(d, r, int(n), backlog_fingerprint(int(n), int(top), int(attempts)))
-            for d, r, n, top, attempts in conn.execute(stmt).all()
+            PartitionBacklog(d, r, int(n), backlog_fingerprint(int(n), int(key_ids), int(attempts)))
+            for d, r, n, key_ids, attempts in conn.execute(stmt).all()
         ]
 
 

@@ -110,6 +110,10 @@ key_counts = sa.Table(
     sa.Column("keys", sa.BigInteger, nullable=False),
     sa.Column("attempts", sa.BigInteger, nullable=False),
     sa.Column("rows", sa.BigInteger, nullable=False),
+    # The sum of the keys' ids: with `keys` and `attempts`, the fingerprint of a partition's
+    # PENDING keys (new keys have higher ids than all before them, so no exchange of keys leaves
+    # count and sum as they were). NULL only in a ledger being upgraded, until it is refilled.
+    sa.Column("key_ids", sa.BigInteger),
 )
 
 # Each device's newest key hour, kept by a trigger on inserts into `keys` (keys never change
@@ -220,6 +224,7 @@ _ADDED_COLUMNS = (
     (keys, keys.c.prior_status),
     (keys, keys.c.prior_batch_id),
     (keys, keys.c.duplicate_rows),
+    (key_counts, key_counts.c.key_ids),
 )
 
 
@@ -231,6 +236,10 @@ def create_schema(engine: sa.Engine) -> None:
     existing = {name: {i["name"] for i in inspector.get_indexes(name)} for name in inspector.get_table_names()}
     metadata.create_all(engine)
     counted = counts_maintained(engine.dialect.name)
+    # counts from before `key_ids`: refilled, their triggers replaced
+    stale_counts = inspector.has_table("key_counts") and "key_ids" not in {
+        c["name"] for c in inspector.get_columns("key_counts")
+    }
     for table in metadata.sorted_tables:
         for index in table.indexes:
             if counted and index.name in _UNCOUNTED_INDEXES.get(table.name, ()):
@@ -246,7 +255,7 @@ def create_schema(engine: sa.Engine) -> None:
     if fresh:
         _fill_manifest(engine)
     if counted:
-        _install_counts(engine)
+        _install_counts(engine, replace=stale_counts)
     dropped = {
         t: (*names, *(_UNCOUNTED_INDEXES.get(t, ()) if counted else ())) for t, names in _DROPPED_INDEXES.items()
     }
@@ -267,30 +276,32 @@ def counts_maintained(dialect_name: str) -> bool:
     return dialect_name in COUNTED_DIALECTS
 
 
-_COUNT_COLUMNS = "part_date, dstrct_code, status, keys, attempts, rows"
+_COUNT_COLUMNS = "part_date, dstrct_code, status, keys, attempts, rows, key_ids"
 _COUNT_GROUP = "part_date, coalesce(dstrct_code, ''), status"
 _COUNT_FILL = (
     f"INSERT INTO key_counts ({_COUNT_COLUMNS}) "
-    f"SELECT {_COUNT_GROUP}, count(*), sum(attempts), sum(coalesce(rows, 0)) FROM keys GROUP BY {_COUNT_GROUP}"
+    f"SELECT {_COUNT_GROUP}, count(*), sum(attempts), sum(coalesce(rows, 0)), sum(key_id) FROM keys "
+    f"GROUP BY {_COUNT_GROUP}"
 )
 
 # PostgreSQL: one statement-level trigger per event; the rows a statement inserted, changed or
 # deleted are summed per group and added in group order (so two writers lock shared rows in the
 # same order and cannot deadlock on them).
-_PG_NEW = f"SELECT {_COUNT_GROUP}, 1, attempts, coalesce(rows, 0) FROM new_keys"
-_PG_OLD = f"SELECT {_COUNT_GROUP}, -1, -attempts, -coalesce(rows, 0) FROM old_keys"
+_PG_NEW = f"SELECT {_COUNT_GROUP}, 1, attempts, coalesce(rows, 0), key_id FROM new_keys"
+_PG_OLD = f"SELECT {_COUNT_GROUP}, -1, -attempts, -coalesce(rows, 0), -key_id FROM old_keys"
 
 
 def _pg_add(source: str) -> str:
     return f"""
     INSERT INTO key_counts AS c ({_COUNT_COLUMNS})
-    SELECT part_date, dstrct_code, status, sum(n), sum(a), sum(r)
-    FROM ({source}) AS d (part_date, dstrct_code, status, n, a, r)
+    SELECT part_date, dstrct_code, status, sum(n), sum(a), sum(r), sum(k)
+    FROM ({source}) AS d (part_date, dstrct_code, status, n, a, r, k)
     GROUP BY part_date, dstrct_code, status
-    HAVING sum(n) <> 0 OR sum(a) <> 0 OR sum(r) <> 0
+    HAVING sum(n) <> 0 OR sum(a) <> 0 OR sum(r) <> 0 OR sum(k) <> 0
     ORDER BY part_date, dstrct_code, status
     ON CONFLICT (part_date, dstrct_code, status) DO UPDATE
-    SET keys = c.keys + excluded.keys, attempts = c.attempts + excluded.attempts, rows = c.rows + excluded.rows;"""
+    SET keys = c.keys + excluded.keys, attempts = c.attempts + excluded.attempts, rows = c.rows + excluded.rows,
+        key_ids = c.key_ids + excluded.key_ids;"""
 
 
 _PG_COUNT_FUNCTION = f"""
@@ -339,9 +350,9 @@ _TRIGGERS = (*_PG_COUNT_TRIGGERS, _HOURS_TRIGGER)
 def _sqlite_add(row: str, sign: str) -> str:
     return (
         f"INSERT INTO key_counts ({_COUNT_COLUMNS}) VALUES ({row}.part_date, coalesce({row}.dstrct_code, ''), "
-        f"{row}.status, {sign}1, {sign}{row}.attempts, {sign}coalesce({row}.rows, 0)) "
+        f"{row}.status, {sign}1, {sign}{row}.attempts, {sign}coalesce({row}.rows, 0), {sign}{row}.key_id) "
         "ON CONFLICT (part_date, dstrct_code, status) DO UPDATE SET keys = keys + excluded.keys, "
-        "attempts = attempts + excluded.attempts, rows = rows + excluded.rows;"
+        "attempts = attempts + excluded.attempts, rows = rows + excluded.rows, key_ids = key_ids + excluded.key_ids;"
     )
 
 
@@ -366,17 +377,17 @@ def _counts_installed(conn: sa.Connection) -> bool:
     return conn.execute(found, {"names": list(_TRIGGERS)}).scalar_one() == len(_TRIGGERS)
 
 
-def _install_counts(engine: sa.Engine) -> None:
-    """Fill `key_counts` and `device_hours` from the keys and create the triggers that keep them, in
-    one transaction that no write to `keys` can interleave with (a lock on PostgreSQL, the single
-    writer on SQLite)."""
+def _install_counts(engine: sa.Engine, replace: bool = False) -> None:
+    """Fill `key_counts` and `device_hours` from the keys and create the triggers that keep them (or,
+    with `replace`, those of an older version), in one transaction that no write to `keys` can
+    interleave with (a lock on PostgreSQL, the single writer on SQLite)."""
     with engine.connect() as conn:
-        if _counts_installed(conn):
+        if not replace and _counts_installed(conn):
             return
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("LOCK TABLE keys IN SHARE ROW EXCLUSIVE MODE"))
-        if _counts_installed(conn):
+        if not replace and _counts_installed(conn):
             return
         conn.execute(sa.delete(key_counts))
         conn.execute(sa.text(_COUNT_FILL))
@@ -392,7 +403,8 @@ def _install_counts(engine: sa.Engine) -> None:
                 conn.execute(sa.text(f"CREATE TRIGGER {name} {when} FOR EACH STATEMENT EXECUTE FUNCTION {function}()"))
         else:
             for name, body in {**_SQLITE_COUNT_TRIGGERS, _HOURS_TRIGGER: _SQLITE_HOURS_BODY}.items():
-                conn.execute(sa.text(f"CREATE TRIGGER IF NOT EXISTS {name} {body}"))
+                conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {name}"))
+                conn.execute(sa.text(f"CREATE TRIGGER {name} {body}"))
 
 
 def _fill_manifest(engine: sa.Engine) -> None:
