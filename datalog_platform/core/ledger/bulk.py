@@ -37,8 +37,8 @@ KEY_COLUMNS = (
 )
 
 
-def page(rows: Iterable[dict[str, Any]]) -> str:
-    """The rows as the JSON document the statements below read (datetimes in ISO 8601)."""
+def page(rows: Iterable[Any]) -> str:
+    """The rows (or keys) as the JSON document the statements below read (datetimes in ISO 8601)."""
     return json.dumps(list(rows), ensure_ascii=False, default=datetime.isoformat)
 
 
@@ -46,6 +46,13 @@ def _recordset(name: str, columns: Sequence[sa.ColumnClause[Any]]) -> sa.TableVa
     """`json_to_recordset(CAST(:b_page AS JSON)) AS name(column type, ...)`: a row per object."""
     document = sa.cast(sa.bindparam("b_page", type_=sa.Text()), postgresql.JSON())
     return sa.func.json_to_recordset(document).table_valued(*columns).render_derived(name=name, with_types=True)
+
+
+@functools.cache
+def known_keys_statement() -> sa.Select[tuple[str]]:
+    """The keys of the JSON list `b_keys` that the ledger holds already."""
+    listed = sa.func.json_array_elements_text(sa.cast(sa.bindparam("b_keys", type_=sa.Text()), postgresql.JSON()))
+    return sa.select(keys.c.key).where(keys.c.key.in_(sa.select(listed.table_valued("value").c.value)))
 
 
 @functools.cache

@@ -85,14 +85,18 @@ _UPSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 def insert_new_keys(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Insert the rows of `keys` whose key is not in the ledger yet; returns those inserted.
 
-    PostgreSQL inserts the page at once, ON CONFLICT DO NOTHING skipping the keys it holds already
-    (each one index probe, as a look-up would cost). Elsewhere the keys already known are looked up
-    first (a discovery tick re-lists mostly known keys, and a look-up is cheaper than an INSERT
-    that conflicts); where the dialect has ON CONFLICT, a key a concurrent registrar inserts in
-    between is skipped instead of failing the transaction."""
+    The keys already known are looked up first (a discovery tick re-lists mostly known keys, and a
+    look-up is cheaper than an INSERT that conflicts, which also spends a key id); where the
+    dialect has ON CONFLICT, a key a concurrent registrar inserts in between is skipped instead of
+    failing the transaction. PostgreSQL sends the page as one JSON document (`bulk`)."""
     if conn.dialect.name == "postgresql":
-        inserted = set(conn.execute(bulk.insert_keys_statement(), {"b_page": bulk.page(rows)}).scalars())
-        return [row for row in rows if row["key"] in inserted]
+        listed = bulk.page(row["key"] for row in rows)
+        known = set(conn.execute(bulk.known_keys_statement(), {"b_keys": listed}).scalars())
+        new_rows = [row for row in rows if row["key"] not in known]
+        if not new_rows:
+            return []
+        inserted = set(conn.execute(bulk.insert_keys_statement(), {"b_page": bulk.page(new_rows)}).scalars())
+        return [row for row in new_rows if row["key"] in inserted]
     known = set(conn.execute(sa.select(keys.c.key).where(keys.c.key.in_([r["key"] for r in rows]))).scalars())
     new_rows = [row for row in rows if row["key"] not in known]
     insert = _UPSERTS.get(conn.dialect.name)
