@@ -237,6 +237,7 @@ def report_section(results: dict[str, Any], label: str) -> str:
         )
         + "Targets: every query a tick makes <= 100 ms, claim median <= 30 ms, registration >= 20 k keys/s.",
         "",
+        *([f"`--label {label}`: {run['note']}", ""] if run.get("note") else []),
         f"| query | who runs it | {head} | 10 M (extrapolated) | target | |",
         "|---|---|" + "---|" * len(sizes) + "---|---|---|",
     ]
