@@ -5,8 +5,9 @@ again for every page and the server parses again; as arrays (psycopg2 sends a li
 of 1,000 quoted literals) it is hardly cheaper. As one JSON document it is a fixed statement,
 compiled once, whose rows `json_to_recordset` reads on the server: twice as fast as either,
 measured on a page of 1,000 keys. The values stay a bound parameter (`json.dumps` does the quoting;
-keys may hold any character). MSSQL (2,100 parameters a statement) and SQLite keep the row forms in
-`registration` and `protocol`.
+keys may hold any character). MSSQL (2,100 parameters a statement) keeps the row forms in
+`registration` and `protocol`. SQLite, in process, takes a batch's outcomes best as one statement
+executed for each key by the driver (`outcome_statement`), and registers with the row forms.
 """
 
 from __future__ import annotations
@@ -117,3 +118,46 @@ def outcomes_page(batch_id: str, outcomes: Sequence[Any], now: datetime) -> dict
         for o in outcomes
     )
     return {"b_batch_id": batch_id, "b_claimed": CLAIMED, "b_now": now, "b_page": page(rows)}
+
+
+@functools.cache
+def outcome_statement() -> sa.Update:
+    """SQLite: one key of `b_batch_id` still CLAIMED -> its outcome; compiled once and executed for
+    every key of the batch by the driver (`outcome_rows`). 10,000 keys commit in 0.26 s, against
+    0.77 s as chunks of a VALUES list, most of which went to rendering them."""
+    return (
+        sa.update(keys)
+        .where(
+            keys.c.key_id == sa.bindparam("b_key_id"),
+            keys.c.batch_id == sa.bindparam("b_batch_id"),
+            keys.c.status == sa.bindparam("b_claimed"),
+        )
+        .values(
+            status=sa.bindparam("b_status"),
+            rows=sa.bindparam("b_rows"),
+            quarantined_lines=sa.bindparam("b_quarantined"),
+            duplicate_rows=sa.bindparam("b_duplicates"),
+            error=sa.bindparam("b_error"),
+            done_at=sa.bindparam("b_now"),
+            prior_status=None,
+            prior_batch_id=None,
+        )
+    )
+
+
+def outcome_rows(batch_id: str, outcomes: Sequence[Any], now: datetime) -> list[dict[str, Any]]:
+    """`outcome_statement`'s parameters, one set per `protocol.KeyOutcome`."""
+    return [
+        {
+            "b_key_id": o.key_id,
+            "b_batch_id": batch_id,
+            "b_claimed": CLAIMED,
+            "b_status": o.status,
+            "b_rows": o.rows,
+            "b_quarantined": o.quarantined_lines,
+            "b_duplicates": o.duplicate_rows,
+            "b_error": o.error,
+            "b_now": now,
+        }
+        for o in outcomes
+    ]

@@ -327,6 +327,8 @@ def commit_batch(
             raise StaleBatchError(f"batch {batch_id} is no longer WRITING; its lease was taken over")
         if conn.dialect.name == "postgresql":  # the whole batch in one statement
             conn.execute(bulk.outcomes_statement(), bulk.outcomes_page(batch_id, outcomes, now))
+        elif conn.dialect.name == "sqlite" and outcomes:  # one statement the driver runs for each key
+            conn.execute(bulk.outcome_statement(), bulk.outcome_rows(batch_id, outcomes, now))
         else:
             for chunk in chunks(outcomes, OUTCOME_CHUNK):
                 conn.execute(outcomes_statement(batch_id, chunk, now))
