@@ -16,6 +16,7 @@ import functools
 import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -56,6 +57,24 @@ def known_keys_statement() -> sa.Select[tuple[str]]:
     return sa.select(keys.c.key).where(keys.c.key.in_(sa.select(listed.table_valued("value").c.value)))
 
 
+_OUTCOME = ("status", "rows", "quarantined", "duplicates", "error")
+
+
+def outcome_values(given: Any, now: Any) -> dict[str, Any]:
+    """The SET list that gives a key its outcome, from `given`'s `status`, `rows`, `quarantined`,
+    `duplicates` and `error` (the columns of a page, or parameters), as every form here writes it."""
+    return {
+        "status": given.status,
+        "rows": given.rows,
+        "quarantined_lines": given.quarantined,
+        "duplicate_rows": given.duplicates,
+        "error": given.error,
+        "done_at": now,
+        "prior_status": None,
+        "prior_batch_id": None,
+    }
+
+
 @functools.cache
 def insert_keys_statement() -> sa.ReturningInsert[tuple[str]]:
     """Insert the page of new keys `b_page`; a key already there (a concurrent registrar inserted
@@ -91,16 +110,7 @@ def outcomes_statement() -> sa.Update:
             keys.c.batch_id == sa.bindparam("b_batch_id"),
             keys.c.status == sa.bindparam("b_claimed"),
         )
-        .values(
-            status=given.c.status,
-            rows=given.c.rows,
-            quarantined_lines=given.c.quarantined,
-            duplicate_rows=given.c.duplicates,
-            error=given.c.error,
-            done_at=sa.bindparam("b_now"),
-            prior_status=None,
-            prior_batch_id=None,
-        )
+        .values(**outcome_values(given.c, sa.bindparam("b_now")))
     )
 
 
@@ -125,6 +135,7 @@ def outcome_statement() -> sa.Update:
     """SQLite: one key of `b_batch_id` still CLAIMED -> its outcome; compiled once and executed for
     every key of the batch by the driver (`outcome_rows`). 10,000 keys commit in 0.26 s, against
     0.77 s as chunks of a VALUES list, most of which went to rendering them."""
+    given = SimpleNamespace(**{name: sa.bindparam(f"b_{name}") for name in _OUTCOME})
     return (
         sa.update(keys)
         .where(
@@ -132,16 +143,7 @@ def outcome_statement() -> sa.Update:
             keys.c.batch_id == sa.bindparam("b_batch_id"),
             keys.c.status == sa.bindparam("b_claimed"),
         )
-        .values(
-            status=sa.bindparam("b_status"),
-            rows=sa.bindparam("b_rows"),
-            quarantined_lines=sa.bindparam("b_quarantined"),
-            duplicate_rows=sa.bindparam("b_duplicates"),
-            error=sa.bindparam("b_error"),
-            done_at=sa.bindparam("b_now"),
-            prior_status=None,
-            prior_batch_id=None,
-        )
+        .values(**outcome_values(given, sa.bindparam("b_now")))
     )
 
 

@@ -288,16 +288,7 @@ def outcomes_statement(batch_id: str, outcomes: list[KeyOutcome], now: datetime)
     return (
         sa.update(keys)
         .where(keys.c.key_id == given.c.key_id, keys.c.batch_id == batch_id, keys.c.status == CLAIMED)
-        .values(
-            status=given.c.status,
-            rows=given.c.rows,
-            quarantined_lines=given.c.quarantined,
-            duplicate_rows=given.c.duplicates,
-            error=given.c.error,
-            done_at=now,
-            prior_status=None,
-            prior_batch_id=None,
-        )
+        .values(**bulk.outcome_values(given.c, now))
     )
 
 
