@@ -60,6 +60,17 @@ def known_keys_statement() -> sa.Select[tuple[str]]:
 _OUTCOME = ("status", "rows", "quarantined", "duplicates", "error")
 
 
+def _outcome_fields(o: Any) -> dict[str, Any]:
+    """A `protocol.KeyOutcome` under the names of `_OUTCOME`, the names the statements here read."""
+    return {
+        "status": o.status,
+        "rows": o.rows,
+        "quarantined": o.quarantined_lines,
+        "duplicates": o.duplicate_rows,
+        "error": o.error,
+    }
+
+
 def outcome_values(given: Any, now: Any) -> dict[str, Any]:
     """The SET list that gives a key its outcome, from `given`'s `status`, `rows`, `quarantined`,
     `duplicates` and `error` (the columns of a page, or parameters), as every form here writes it."""
@@ -116,17 +127,7 @@ def outcomes_statement() -> sa.Update:
 
 def outcomes_page(batch_id: str, outcomes: Sequence[Any], now: datetime) -> dict[str, Any]:
     """`outcomes_statement`'s parameters for `protocol.KeyOutcome`s."""
-    rows = (
-        {
-            "key_id": o.key_id,
-            "status": o.status,
-            "rows": o.rows,
-            "quarantined": o.quarantined_lines,
-            "duplicates": o.duplicate_rows,
-            "error": o.error,
-        }
-        for o in outcomes
-    )
+    rows = ({"key_id": o.key_id, **_outcome_fields(o)} for o in outcomes)
     return {"b_batch_id": batch_id, "b_claimed": CLAIMED, "b_now": now, "b_page": page(rows)}
 
 
@@ -149,17 +150,8 @@ def outcome_statement() -> sa.Update:
 
 def outcome_rows(batch_id: str, outcomes: Sequence[Any], now: datetime) -> list[dict[str, Any]]:
     """`outcome_statement`'s parameters, one set per `protocol.KeyOutcome`."""
+    fixed = {"b_batch_id": batch_id, "b_claimed": CLAIMED, "b_now": now}
     return [
-        {
-            "b_key_id": o.key_id,
-            "b_batch_id": batch_id,
-            "b_claimed": CLAIMED,
-            "b_status": o.status,
-            "b_rows": o.rows,
-            "b_quarantined": o.quarantined_lines,
-            "b_duplicates": o.duplicate_rows,
-            "b_error": o.error,
-            "b_now": now,
-        }
+        {"b_key_id": o.key_id, **fixed, **{f"b_{name}": value for name, value in _outcome_fields(o).items()}}
         for o in outcomes
     ]

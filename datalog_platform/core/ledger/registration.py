@@ -89,23 +89,24 @@ def insert_new_keys(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[dic
     look-up is cheaper than an INSERT that conflicts, which also spends a key id); where the
     dialect has ON CONFLICT, a key a concurrent registrar inserts in between is skipped instead of
     failing the transaction. PostgreSQL sends the page as one JSON document (`bulk`)."""
-    if conn.dialect.name == "postgresql":
-        listed = bulk.page(row["key"] for row in rows)
-        known = set(conn.execute(bulk.known_keys_statement(), {"b_keys": listed}).scalars())
-        new_rows = [row for row in rows if row["key"] not in known]
-        if not new_rows:
-            return []
-        inserted = set(conn.execute(bulk.insert_keys_statement(), {"b_page": bulk.page(new_rows)}).scalars())
-        return [row for row in new_rows if row["key"] in inserted]
-    known = set(conn.execute(sa.select(keys.c.key).where(keys.c.key.in_([r["key"] for r in rows]))).scalars())
+    postgres = conn.dialect.name == "postgresql"
+    if postgres:
+        known_rows = conn.execute(bulk.known_keys_statement(), {"b_keys": bulk.page(row["key"] for row in rows)})
+    else:
+        known_rows = conn.execute(sa.select(keys.c.key).where(keys.c.key.in_([r["key"] for r in rows])))
+    known = set(known_rows.scalars())
     new_rows = [row for row in rows if row["key"] not in known]
     insert = _UPSERTS.get(conn.dialect.name)
     if not new_rows or insert is None:
         if new_rows:
             conn.execute(sa.insert(keys), new_rows)
         return new_rows
-    stmt = insert(keys).on_conflict_do_nothing(index_elements=[keys.c.key]).returning(keys.c.key)
-    inserted = set(conn.execute(stmt, new_rows).scalars())
+    if postgres:
+        inserted_rows = conn.execute(bulk.insert_keys_statement(), {"b_page": bulk.page(new_rows)})
+    else:
+        stmt = insert(keys).on_conflict_do_nothing(index_elements=[keys.c.key]).returning(keys.c.key)
+        inserted_rows = conn.execute(stmt, new_rows)
+    inserted = set(inserted_rows.scalars())
     return [row for row in new_rows if row["key"] in inserted]
 
 
