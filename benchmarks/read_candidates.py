@@ -16,7 +16,12 @@ and finds unknown keys some other way (a census of every line's keys):
 - key census by `json_keys`: the distinct key lists of the lines, to pair with a known-columns read;
 - key census by a regular expression over the lines (RE2 in DuckDB);
 - type census: the JSON types each field's values have, over the JSON read, which the typed read
-  would need to keep the sniff's rules.
+  would need to keep the sniff's rules;
+- key and type census in one query: `json_keys` of the record and of its struct fields and
+  `json_type` of every known path, over the raw lines (what the typed read would need beside it);
+- every known field read as text (structs as JSON) and cast to its type in the same statement,
+  so that a value that does not fit is seen instead of converted;
+- the sniff's inference alone: `DESCRIBE` of the full sniff's read (DuckDB infers while binding).
 
 Every read materializes all its columns into a table; a query of one column would let DuckDB's
 reader skip parsing the others.
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 from datetime import UTC, datetime
@@ -61,7 +67,23 @@ def columns(types: dict[str, str]) -> str:
 
 KNOWN = columns(KNOWN_TYPES)
 AS_JSON = columns(dict.fromkeys(KNOWN_TYPES, "JSON"))
+AS_TEXT = columns({name: "JSON" if kind.startswith("STRUCT") else "VARCHAR" for name, kind in KNOWN_TYPES.items()})
+NUMBERS = ("temperature", "humidity", "pcv_temperature", "seq")
+KNOWN_PATHS = "[" + ", ".join(f"'$.{name}'" for name in KNOWN_TYPES) + ", '$.status.battery', '$.status.rssi']"
+# Text to type, keeping what does not fit visible: an integer field's text must cast to the same
+# number as a DOUBLE and as a BIGINT (21.7 does not), a struct must be a JSON object.
+CAST_FROM_TEXT = ", ".join(
+    [
+        "device_id",
+        "heartbeat",
+        *(f"TRY_CAST({name} AS DOUBLE) AS {name}" for name in NUMBERS if KNOWN_TYPES[name] == "DOUBLE"),
+        "CASE WHEN TRY_CAST(seq AS DOUBLE) = TRY_CAST(seq AS BIGINT) THEN TRY_CAST(seq AS BIGINT) END AS seq",
+        "json_type(status) = 'OBJECT' AS status_is_object",
+        """json_transform(status, '{"battery": "VARCHAR", "rssi": "VARCHAR"}') AS status""",
+    ]
+)
 FILES = "getvariable('files'), format = 'newline_delimited', ignore_errors = true, hive_partitioning = false"
+INFERENCE = "the sniff's inference alone (DESCRIBE of the full sniff's read)"
 # Every read materializes every column: a query of one column would let the reader skip the others.
 READS = {
     "default sample (unsafe)": f"CREATE OR REPLACE TEMP TABLE r AS SELECT * FROM read_json({FILES})",
@@ -77,6 +99,14 @@ READS = {
     "key census: the distinct key lists of the lines (json_keys)": (
         "SELECT DISTINCT json_keys(json) FROM read_ndjson_objects(getvariable('files'), ignore_errors = true)"
     ),
+    "key and type census in one query: json_keys and json_type of every known path": (
+        "SELECT json_keys(json, ['$', '$.status']), json_type(json, " + KNOWN_PATHS + "), count(*) "
+        "FROM read_ndjson_objects(getvariable('files'), ignore_errors = true) GROUP BY ALL"
+    ),
+    "every known field as text, cast to its type in the same statement": (
+        f"CREATE OR REPLACE TEMP TABLE r AS SELECT {CAST_FROM_TEXT} FROM read_json({FILES}, columns = {AS_TEXT})"
+    ),
+    INFERENCE: (f"DESCRIBE SELECT * FROM read_json({FILES}, union_by_name = true, sample_size = -1)"),
     "key census: regular expression over every line": (
         """SELECT count(DISTINCT k) FROM (
             SELECT unnest(regexp_extract_all(line, '"((?:[^"\\\\]|\\\\.)*)"\\s*:', 1)) AS k
@@ -126,17 +156,36 @@ def best_of_two(conn: duckdb.DuckDBPyConnection, sql: str) -> float:
     return min(runs)
 
 
-def typed_read_of(conn: duckdb.DuckDBPyConnection, path: Path) -> list[tuple[str, str, str]]:
-    """(field, value in the line, the value the typed read returned) for each of `LOSSY`."""
-    lines = [f'{{"device_id": "d", "heartbeat": {n}, "{name}": {value}}}' for n, (name, value) in enumerate(LOSSY)]
-    path.write_text("\n".join(lines) + "\n")
-    rows = conn.execute(
-        "SELECT * FROM read_json($path, format = 'newline_delimited', ignore_errors = true, "
-        f"columns = {KNOWN}) ORDER BY heartbeat",
-        {"path": str(path)},
-    ).fetchall()
+def cpu_and_wall(conn: duckdb.DuckDBPyConnection, sql: str) -> tuple[float, float]:
+    """CPU seconds (all of this process's threads) and wall seconds of one run of `sql`."""
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    conn.execute(sql).fetchall()
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, wall
+
+
+def typed_read_of(conn: duckdb.DuckDBPyConnection, path: Path) -> list[tuple[str, str, str, str]]:
+    """(field, value in the line, the value the typed read returned with `ignore_errors`, and
+    without it) for each of `LOSSY`, one line a file; without `ignore_errors` a value the reader
+    cannot cast fails the read, which would send the batch to the sniff, and is shown as `error`."""
     names = list(KNOWN_TYPES)
-    return [(name, value, str(row[names.index(name)])) for (name, value), row in zip(LOSSY, rows, strict=True)]
+    read = []
+    for n, (name, value) in enumerate(LOSSY):
+        path.write_text(f'{{"device_id": "d", "heartbeat": {n}, "{name}": {value}}}\n')
+        found = []
+        for options in ("ignore_errors = true, ", ""):
+            try:
+                (row,) = conn.execute(
+                    f"SELECT * FROM read_json($path, format = 'newline_delimited', {options}columns = {KNOWN})",
+                    {"path": str(path)},
+                ).fetchall()
+                found.append(str(row[names.index(name)]))
+            except duckdb.InvalidInputException:
+                found.append("error")
+        read.append((name, value, *found))
+    return read
 
 
 def main() -> int:
@@ -156,6 +205,7 @@ def main() -> int:
     reads = {name: best_of_two(conn, sql) for name, sql in READS.items()}
     conn.execute(READS["known columns as JSON, no inference (untyped)"])
     reads["type census: the JSON types of each field, over the JSON read"] = best_of_two(conn, TYPE_CENSUS)
+    inference_cpu, inference_wall = cpu_and_wall(conn, READS[INFERENCE])
     lossy = typed_read_of(conn, args.workdir / "lossy.json")
     conn.execute(
         f"CREATE TABLE rows AS SELECT *, TIMESTAMP '2026-11-01' + to_seconds(seq) AS ts "
@@ -167,6 +217,8 @@ def main() -> int:
         "files": len(files),
         "rows": rows,
         "reads": reads,
+        "inference_cpu_seconds": inference_cpu,
+        "inference_wall_seconds": inference_wall,
         "identities": identities,
         "typed_read_of": lossy,
     }
@@ -181,11 +233,15 @@ def main() -> int:
         "|---|---|---|",
         *(f"| {name} | {s:.2f} | {s / base:.2f} x |" for name, s in reads.items()),
         "",
-        "What the typed read makes of a value that does not fit its known column (`ignore_errors`):",
+        f"The sniff's inference once more, with its CPU time: {inference_cpu:.2f} s of CPU in {inference_wall:.2f} s "
+        f"({inference_cpu / inference_wall:.1f} cores busy on average).",
         "",
-        "| field: type | value in the line | value read |",
-        "|---|---|---|",
-        *(f"| {f}: {KNOWN_TYPES[f]} | `{value}` | `{read}` |" for f, value, read in lossy),
+        "What the typed read makes of a value that does not fit its known column, with `ignore_errors` "
+        "(which a batch with a malformed line needs) and without it (`error`: the read fails):",
+        "",
+        "| field: type | value in the line | read, ignore_errors | read, strict |",
+        "|---|---|---|---|",
+        *(f"| {f}: {KNOWN_TYPES[f]} | `{value}` | `{read}` | `{strict}` |" for f, value, read, strict in lossy),
         "",
         "| a record's identity over the typed rows | seconds |",
         "|---|---|",
