@@ -68,20 +68,25 @@ def columns(types: dict[str, str]) -> str:
 KNOWN = columns(KNOWN_TYPES)
 AS_JSON = columns(dict.fromkeys(KNOWN_TYPES, "JSON"))
 AS_TEXT = columns({name: "JSON" if kind.startswith("STRUCT") else "VARCHAR" for name, kind in KNOWN_TYPES.items()})
-NUMBERS = ("temperature", "humidity", "pcv_temperature", "seq")
 KNOWN_PATHS = "[" + ", ".join(f"'$.{name}'" for name in KNOWN_TYPES) + ", '$.status.battery', '$.status.rssi']"
-# Text to type, keeping what does not fit visible: an integer field's text must cast to the same
-# number as a DOUBLE and as a BIGINT (21.7 does not), a struct must be a JSON object.
-CAST_FROM_TEXT = ", ".join(
-    [
-        "device_id",
-        "heartbeat",
-        *(f"TRY_CAST({name} AS DOUBLE) AS {name}" for name in NUMBERS if KNOWN_TYPES[name] == "DOUBLE"),
-        "CASE WHEN TRY_CAST(seq AS DOUBLE) = TRY_CAST(seq AS BIGINT) THEN TRY_CAST(seq AS BIGINT) END AS seq",
-        "json_type(status) = 'OBJECT' AS status_is_object",
-        """json_transform(status, '{"battery": "VARCHAR", "rssi": "VARCHAR"}') AS status""",
-    ]
-)
+
+
+def cast_from_text(name: str, kind: str) -> str:
+    """A known field read as text (a struct as JSON) to its type, keeping what does not fit
+    visible: an integer's text must cast to the same number as a DOUBLE and as a BIGINT (21.7
+    does not), a struct must be a JSON object."""
+    if kind == "DOUBLE":
+        return f"TRY_CAST({name} AS DOUBLE) AS {name}"
+    if kind == "BIGINT":
+        whole = f"TRY_CAST({name} AS BIGINT)"
+        return f"CASE WHEN TRY_CAST({name} AS DOUBLE) = {whole} THEN {whole} END AS {name}"
+    if kind.startswith("STRUCT"):
+        leaves = """'{"battery": "VARCHAR", "rssi": "VARCHAR"}'"""
+        return f"json_type({name}) = 'OBJECT' AS {name}_is_object, json_transform({name}, {leaves}) AS {name}"
+    return name
+
+
+CAST_FROM_TEXT = ", ".join(cast_from_text(name, kind) for name, kind in KNOWN_TYPES.items())
 FILES = "getvariable('files'), format = 'newline_delimited', ignore_errors = true, hive_partitioning = false"
 INFERENCE = "the sniff's inference alone (DESCRIBE of the full sniff's read)"
 # Every read materializes every column: a query of one column would let the reader skip the others.
@@ -106,7 +111,7 @@ READS = {
     "every known field as text, cast to its type in the same statement": (
         f"CREATE OR REPLACE TEMP TABLE r AS SELECT {CAST_FROM_TEXT} FROM read_json({FILES}, columns = {AS_TEXT})"
     ),
-    INFERENCE: (f"DESCRIBE SELECT * FROM read_json({FILES}, union_by_name = true, sample_size = -1)"),
+    INFERENCE: f"DESCRIBE SELECT * FROM read_json({FILES}, union_by_name = true, sample_size = -1)",
     "key census: regular expression over every line": (
         """SELECT count(DISTINCT k) FROM (
             SELECT unnest(regexp_extract_all(line, '"((?:[^"\\\\]|\\\\.)*)"\\s*:', 1)) AS k
