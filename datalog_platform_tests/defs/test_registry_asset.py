@@ -2,7 +2,8 @@
 
 Covers a first sync (devices inserted, regions added as dynamic partitions, UNROUTED keys of now
 known devices routed to PENDING), a second sync with a changed region and a new device, a CSV with
-a byte-order mark, and clear failures for a missing or malformed CSV.
+a byte-order mark, and clear failures for a missing or malformed CSV and for regions outside the
+safe set (a path-like and a unicode region).
 
 Real parts only: a local directory as raw store, a SQLite ledger file, and a real ephemeral Dagster
 instance (`dg.instance_for_test`) that holds the `region` dynamic partitions; `dg.materialize` runs
@@ -90,3 +91,25 @@ def test_malformed_registry_fails_clearly(
     assert not result.success
     (failure,) = result.get_step_failure_events()
     assert "lacks column(s)" in (failure.step_failure_data.user_failure_data.description or "")
+
+
+def test_unsafe_region_fails_the_sync_before_anything_changes(
+    tmp_path: Path, instance: dg.DagsterInstance, resources: dict[str, Any]
+) -> None:
+    """A path-like region would become a lake directory outside the dataset, a unicode one a
+    percent-encoded directory: the asset fails naming the line, and no device, region partition
+    or routed key results from the file."""
+    raw = LocalStore(tmp_path / "raw")
+    engine = ledger_engine(resources["ledger"].url)
+    registration.register_keys(engine, [ObjectInfo("devA/2026110100/x.json", 1)], 8)
+    for region in ("../../../../../escape", "Ü REGION"):
+        raw.write_bytes(REGISTRY_KEY, f"device_id,dstrct_code\ndevA,{region}\n".encode())
+        result = sync(instance, resources)
+        assert not result.success
+        (failure,) = result.get_step_failure_events()
+        message = failure.step_failure_data.user_failure_data.description or ""
+        assert f"line 2: dstrct_code {region!r} is not valid" in message, message
+    assert instance.get_dynamic_partitions(REGION_PARTITIONS_NAME) == []
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(devices)).scalar_one() == 0
+        assert conn.execute(sa.select(keys.c.status)).scalars().all() == [UNROUTED]

@@ -227,6 +227,29 @@ def test_devices_load_rejects_a_wrong_header(tmp_path: Path) -> None:
     assert device_table(sqlite_url(home)) == {"old": "BRCB"}
 
 
+@pytest.mark.parametrize("region", ["../../../../../escape", "Ü REGION"])
+def test_devices_load_refuses_a_region_that_is_not_a_safe_name(tmp_path: Path, region: str) -> None:
+    """A path-like region would put lake directories outside the dataset, a unicode one a
+    percent-encoded directory that the abort cannot find: one line naming the CSV line, nothing
+    loaded, and the ingest that follows writes nothing outside the lake."""
+    home = tmp_path / "home"
+    env = cli_helpers.cli_env(home)
+    seed_registry(sqlite_url(home), [("old", "BRCB")])
+    bad = cli_helpers.write_csv(tmp_path / "bad.csv", f"device_id,dstrct_code\ndev1,{region}\n")
+    proc = run_cli(env, "devices", "load", str(bad))
+    assert proc.returncode == 2, cli_helpers.describe(proc)
+    assert proc.stderr.strip().splitlines() == [
+        f"datalog: registry CSV line 2: dstrct_code {region!r} is not valid: expected 1 to 64 characters "
+        "from A-Z a-z 0-9 _ -, starting with a letter or digit"
+    ], cli_helpers.describe(proc)
+    assert device_table(sqlite_url(home)) == {"old": "BRCB"}
+    LocalStore(home / "raw").write_bytes("dev1/2026100500/log.json", b'{"heartbeat": 1791158400}\n')
+    run_ok(env, "ingest")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "home"]
+    assert not (home / "lake" / "datalog_v2").exists()
+    assert key_table(sqlite_url(home))["dev1/2026100500/log.json"]["status"] == "UNROUTED"
+
+
 # ---------------------------------------------------------------------------------------------
 # S3 (moto) + PostgreSQL
 

