@@ -9,15 +9,16 @@ re-materialization replaces the partition; a reader of the manifest sees one or 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import duckdb
 import sqlalchemy as sa
 
 from datalog_platform.core.lake import device_sql, live_columns, read_live
-from datalog_platform.core.ledger import protocol, swap
-from datalog_platform.core.ledger.schema import DERIVE, lake_files
+from datalog_platform.core.ledger import holds, protocol
+from datalog_platform.core.ledger.records import DATASET, INGEST_DATASETS
+from datalog_platform.core.ledger.schema import COMMITTED, DERIVE, INGEST, LIVE, REBUILD, batches, lake_files
 from datalog_platform.core.store import ObjectStore
-from datalog_platform.core.transform.convert import DATASET
 from datalog_platform.core.transform.write import copy_to_lake
 
 HOURLY_STATS = "hourly_device_stats"
@@ -117,7 +118,7 @@ def replace_partition(
     )
     with engine.connect() as sql, sql.begin():
         batch_id = protocol.insert_batch(sql, DERIVE, day, region, run_id, lease_seconds)
-        swap.hold_files(sql, batch_id, f"{dataset} {day} / {region}", *where)
+        holds.hold_files(sql, batch_id, f"{dataset} {day} / {region}", *where)
     try:
         rows = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         files: list[protocol.LakeFile] = []
@@ -131,3 +132,43 @@ def replace_partition(
         raise
     replaced = protocol.delete_retired(engine, lake, batch_id)
     return Written(batch_id, int(rows), files, replaced)
+
+
+@dataclass(frozen=True)
+class StalePartition:
+    day: str
+    region: str
+    changed_at: datetime  # the last commit of an ingest or rebuild that wrote rows of the day
+
+
+def stale_partitions(engine: sa.Engine, before: str) -> list[StalePartition]:
+    """The dates (before `before`) and regions whose analytics were computed before their rows last
+    changed: an ingest or a rebuild (new keys, late keys, a new version of a key) committed files
+    into the day's directories after the last derive of that partition. A compaction rewrites
+    files without changing rows and does not count."""
+    built = (
+        sa.select(batches.c.part_date, batches.c.dstrct_code, sa.func.max(batches.c.committed_at).label("at"))
+        .where(batches.c.kind == DERIVE, batches.c.status == COMMITTED)
+        .group_by(batches.c.part_date, batches.c.dstrct_code)
+        .subquery()
+    )
+    written = (
+        sa.select(lake_files.c.hiveperiod, lake_files.c.dstrct_code, sa.func.max(lake_files.c.committed_at).label("at"))
+        .join(batches, batches.c.batch_id == lake_files.c.batch_id)
+        .where(
+            lake_files.c.dataset.in_(INGEST_DATASETS),
+            lake_files.c.state == LIVE,
+            lake_files.c.hiveperiod < before,
+            sa.or_(batches.c.kind.in_((INGEST, REBUILD)), batches.c.kind.is_(None)),
+        )
+        .group_by(lake_files.c.hiveperiod, lake_files.c.dstrct_code)
+        .subquery()
+    )
+    stmt = (
+        sa.select(written.c.hiveperiod, written.c.dstrct_code, written.c.at)
+        .join(built, sa.and_(built.c.part_date == written.c.hiveperiod, built.c.dstrct_code == written.c.dstrct_code))
+        .where(written.c.at > built.c.at)
+        .order_by(written.c.hiveperiod, written.c.dstrct_code)
+    )
+    with engine.connect() as conn:
+        return [StalePartition(day, region, at) for day, region, at in conn.execute(stmt).all()]

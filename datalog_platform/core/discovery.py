@@ -75,6 +75,9 @@ class TickResult:
     registered: int = 0
     unrouted: int = 0
     bytes: int = 0
+    new_versions: int = 0
+    rewritten: int = 0
+    reappeared: int = 0
     keys_listed: int = 0
     list_requests: int = 0
     devices_listed: int = 0
@@ -95,12 +98,19 @@ def window_start(now: datetime, window_hours: int) -> datetime:
 
 class _Tick:
     def __init__(
-        self, store: ObjectStore, engine: sa.Engine, limits: DiscoveryLimits, tz_offset_hours: int, result: TickResult
+        self,
+        store: ObjectStore,
+        engine: sa.Engine,
+        limits: DiscoveryLimits,
+        tz_offset_hours: int,
+        policy: str,
+        result: TickResult,
     ) -> None:
         self.store = store
         self.engine = engine
         self.limits = limits
         self.tz_offset_hours = tz_offset_hours
+        self.policy = policy
         self.result = result
         self.requests_at_start = store.list_requests
 
@@ -120,8 +130,11 @@ class _Tick:
             page = self.store.list_page(prefix, start_after)
             self.result.keys_listed += len(page.objects)
             if page.objects:
-                found = registration.register_keys(self.engine, page.objects, self.tz_offset_hours)
+                found = registration.register_keys(self.engine, page.objects, self.tz_offset_hours, self.policy)
                 self.result.registered += found.registered
+                self.result.new_versions += found.new_versions
+                self.result.rewritten += found.rewritten
+                self.result.reappeared += found.reappeared
                 self.result.unrouted += found.unrouted
                 self.result.bytes += found.bytes
                 start_after = page.objects[-1].key
@@ -138,10 +151,12 @@ def discover(
     now: datetime,
     limits: DiscoveryLimits,
     tz_offset_hours: int,
+    policy: str,
 ) -> TickResult:
-    """One bounded discovery tick (see the module docstring). `now` is naive UTC."""
+    """One bounded discovery tick (see the module docstring). `now` is naive UTC; `policy` is
+    the rewrite policy for known keys listed in a new version (`ledger.versions`)."""
     result = TickResult(cursor=cursor)
-    tick = _Tick(store, engine, limits, tz_offset_hours, result)
+    tick = _Tick(store, engine, limits, tz_offset_hours, policy, result)
     first_hour = window_start(now, limits.window_hours)
     latest = stats.latest_hour_by_device(engine)
     hot = sorted(d for d, hour in latest.items() if hour >= first_hour)
@@ -209,9 +224,10 @@ def discover(
     return finish(cold_after=cold_after)
 
 
-def reconcile(store: ObjectStore, engine: sa.Engine, tz_offset_hours: int) -> registration.RegisterResult:
-    """List the whole raw store and register every object the ledger lacks (the safety net)."""
-    return registration.register_keys(engine, store.list(), tz_offset_hours)
+def reconcile(store: ObjectStore, engine: sa.Engine, tz_offset_hours: int, policy: str) -> registration.RegisterResult:
+    """List the whole raw store and register every object the ledger lacks, and every new version
+    of one it knows (the safety net)."""
+    return registration.register_keys(engine, store.list(), tz_offset_hours, policy)
 
 
 def utc_days_of(part_date: str, tz_offset_hours: int) -> list[str]:
@@ -222,7 +238,7 @@ def utc_days_of(part_date: str, tz_offset_hours: int) -> list[str]:
 
 
 def register_partition(
-    store: ObjectStore, engine: sa.Engine, part_date: str, region: str, tz_offset_hours: int
+    store: ObjectStore, engine: sa.Engine, part_date: str, region: str, tz_offset_hours: int, policy: str
 ) -> registration.RegisterResult:
     """List the raw objects one date x region partition can hold (each device of the region, under
     the UTC days of the local date: two list requests per device) and register those the ledger
@@ -230,4 +246,4 @@ def register_partition(
     days = utc_days_of(part_date, tz_offset_hours)
     devices = stats.devices_of_region(engine, region)
     objects = (obj for device in devices for day in days for obj in store.list(f"{device}/{day}"))
-    return registration.register_keys(engine, objects, tz_offset_hours)
+    return registration.register_keys(engine, objects, tz_offset_hours, policy)

@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
 
 from datalog_platform.core.ledger import registration
-from datalog_platform.core.store import ObjectInfo
+from datalog_platform.core.store import ObjectInfo, sequence_order
 
 # SQS limits: at most 10 messages per receive and per delete batch, a long poll of at most 20 s.
 _RECEIVE_MAX = 10
@@ -79,17 +79,19 @@ def parse_message(body: str, bucket: str, prefix: str) -> ParsedMessage:
         raise MalformedMessage(f"not JSON ({exc})") from None
     objects: list[ObjectInfo] = []
     skipped = 0
-    for event_bucket, key, size, etag in _created_objects(document):
+    for event_bucket, key, size, etag, sequencer, at in _created_objects(document):
         if event_bucket is None or event_bucket != bucket or not key.startswith(prefix) or key == prefix:
             skipped += 1
         else:
-            objects.append(ObjectInfo(key=key[len(prefix) :], size=size, etag=etag))
+            objects.append(
+                ObjectInfo(key=key[len(prefix) :], size=size, etag=etag, last_modified=at, sequencer=sequencer)
+            )
     return ParsedMessage(tuple(objects), skipped)
 
 
-# (bucket, key, size, etag) of a created object; bucket None for a record to skip.
-_Record = tuple[str | None, str, int, str | None]
-_SKIP: _Record = (None, "", 0, None)
+# (bucket, key, size, etag, sequencer, event time) of a created object; bucket None for a record to skip.
+_Record = tuple[str | None, str, int, str | None, str | None, datetime | None]
+_SKIP: _Record = (None, "", 0, None, None, None)
 
 
 def _created_objects(document: Any, wrapped: bool = False) -> Iterator[_Record]:
@@ -130,7 +132,7 @@ def _notification_record(record: Any) -> _Record:
     bucket = _field(s3, "bucket", "name")
     obj = s3.get("object") if isinstance(s3, dict) else None
     key = _field(s3, "object", "key")
-    return bucket, unquote_plus(key), _size(obj), _etag(obj, "eTag")
+    return bucket, unquote_plus(key), _size(obj), _etag(obj, "eTag"), _sequencer(obj), _time(record, "eventTime")
 
 
 def _eventbridge_event(event: dict[str, Any]) -> _Record:
@@ -140,7 +142,7 @@ def _eventbridge_event(event: dict[str, Any]) -> _Record:
     bucket = _field(detail, "bucket", "name")
     key = _field(detail, "object", "key")
     obj = detail["object"]  # present: _field checked it
-    return bucket, key, _size(obj), _etag(obj, "etag", "eTag")
+    return bucket, key, _size(obj), _etag(obj, "etag", "eTag"), _sequencer(obj), _time(event, "time")
 
 
 def _field(parent: Any, section: str, name: str) -> str:
@@ -155,6 +157,22 @@ def _size(obj: Any) -> int:
     """The object's size as the event reports it (0 when it does not)."""
     size = obj.get("size") if isinstance(obj, dict) else None
     return size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else 0
+
+
+def _sequencer(obj: Any) -> str | None:
+    """The event's `sequencer`: hexadecimal, larger for a later event of the same key."""
+    value = obj.get("sequencer") if isinstance(obj, dict) else None
+    return value if isinstance(value, str) and value and all(c in "0123456789abcdefABCDEF" for c in value) else None
+
+
+def _time(parent: Any, name: str) -> datetime | None:
+    """An ISO 8601 time of the event (naive UTC), or None."""
+    value = parent.get(name) if isinstance(parent, dict) else None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return parsed.astimezone(UTC).replace(tzinfo=None) if parsed and parsed.tzinfo else parsed
 
 
 def _etag(obj: Any, *names: str) -> str | None:
@@ -195,6 +213,9 @@ class DrainResult:
     delete_failed: int = 0  # deletes SQS refused: the message comes back, and registering it again is harmless
     keys_in_events: int = 0  # distinct keys of the raw store the events reported (per ledger transaction)
     registered: int = 0
+    new_versions: int = 0  # known keys the events reported in a new version
+    rewritten: int = 0  # of those, keys whose rows the lake holds (the rewrite policy decides)
+    reappeared: int = 0  # MISSING keys the events reported again
     unrouted: int = 0
     ignored: int = 0  # keys under the prefix that are not raw log keys (the registry CSV, ...)
     bytes: int = 0
@@ -206,7 +227,7 @@ class DrainResult:
     @property
     def known(self) -> int:
         """Keys of events that the ledger had already registered (duplicate events, or listing first)."""
-        return self.keys_in_events - self.registered - self.ignored
+        return self.keys_in_events - self.registered - self.ignored - self.new_versions - self.reappeared
 
 
 @dataclass(frozen=True)
@@ -246,6 +267,7 @@ def drain_queue(
     bucket: str,
     prefix: str,
     tz_offset_hours: int,
+    policy: str,
     limits: QueueLimits,
 ) -> DrainResult:
     """Receive messages until the queue is empty or a limit is reached; register the raw keys they
@@ -279,13 +301,13 @@ def drain_queue(
             for message in messages:
                 _take(message, bucket, prefix, result, pending)
             if len(pending.receipts) >= _FLUSH_MESSAGES:
-                _flush(client, queue_url, engine, tz_offset_hours, result, pending)
-        _flush(client, queue_url, engine, tz_offset_hours, result, pending)
+                _flush(client, queue_url, engine, tz_offset_hours, policy, result, pending)
+        _flush(client, queue_url, engine, tz_offset_hours, policy, result, pending)
     except (BotoCoreError, ClientError) as exc:
         result.error = sqs_error(exc)
         if pending.receipts:
             # the messages were received: register their keys, and let delete failures be counted
-            _flush(client, queue_url, engine, tz_offset_hours, result, pending, stop_on_error=False)
+            _flush(client, queue_url, engine, tz_offset_hours, policy, result, pending, stop_on_error=False)
     return result
 
 
@@ -306,7 +328,15 @@ def _take(message: dict[str, Any], bucket: str, prefix: str, result: DrainResult
     if not parsed.objects:
         result.skipped += 1
     for obj in parsed.objects:
-        pending.objects.setdefault(obj.key, obj)
+        pending.objects[obj.key] = newer_event(pending.objects.get(obj.key), obj)
+
+
+def newer_event(known: ObjectInfo | None, event: ObjectInfo) -> ObjectInfo:
+    """Of two events of one key in a drain, the later by sequencer (the one received last when
+    either has none)."""
+    if known is None or not (known.sequencer and event.sequencer):
+        return event
+    return event if sequence_order(event.sequencer) > sequence_order(known.sequencer) else known
 
 
 def _flush(
@@ -314,14 +344,18 @@ def _flush(
     queue_url: str,
     engine: sa.Engine,
     tz_offset_hours: int,
+    policy: str,
     result: DrainResult,
     pending: _Pending,
     stop_on_error: bool = True,
 ) -> None:
     """Register the pending keys (committed when this returns), then delete their messages."""
     if pending.objects:
-        found = registration.register_keys(engine, pending.objects.values(), tz_offset_hours)
+        found = registration.register_keys(engine, pending.objects.values(), tz_offset_hours, policy)
         result.keys_in_events += found.seen
+        result.new_versions += found.new_versions
+        result.rewritten += found.rewritten
+        result.reappeared += found.reappeared
         result.registered += found.registered
         result.unrouted += found.unrouted
         result.ignored += found.ignored

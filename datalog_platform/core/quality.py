@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from datalog_platform.core.lake import device_sql, live_columns, read_live
 from datalog_platform.core.ledger.fields import SchemaChange, schema_changes
+from datalog_platform.core.ledger.records import DATASET, QUARANTINE
 from datalog_platform.core.ledger.schema import (
     ABORTING,
     LIVE,
@@ -25,7 +26,6 @@ from datalog_platform.core.ledger.schema import (
     lake_files,
 )
 from datalog_platform.core.store import ObjectStore
-from datalog_platform.core.transform.convert import DATASET, QUARANTINE
 from datalog_platform.core.transform.shape import RECORD_HASH, RESCUED
 
 _INGESTED = (SUCCESS, QUARANTINED)

@@ -11,8 +11,10 @@ makes, the local store counts what S3 would need for the same listing (one reque
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlparse
@@ -22,10 +24,42 @@ LIST_PAGE_SIZE = 1000
 
 
 @dataclass(frozen=True)
+class Version:
+    """What tells one upload of a key from another: the size, and S3's ETag or the local file's
+    modification time in nanoseconds. Two versions differ when their sizes differ, or when both
+    know an ETag (or both an mtime) and those differ; the same bytes uploaded to S3 again keep
+    their ETag and change nothing."""
+
+    size: int
+    etag: str | None = None
+    mtime_ns: int | None = None
+
+    def differs_from(self, other: Version) -> bool:
+        return (
+            self.size != other.size
+            or (self.etag is not None and other.etag is not None and self.etag != other.etag)
+            or (self.mtime_ns is not None and other.mtime_ns is not None and self.mtime_ns != other.mtime_ns)
+        )
+
+
+def sequence_order(sequencer: str) -> str:
+    """An S3 event's `sequencer` as a text that sorts in event order: hexadecimal of varying
+    length, compared once the shorter is padded with zeros on the left."""
+    return sequencer.rjust(64, "0")
+
+
+@dataclass(frozen=True)
 class ObjectInfo:
     key: str
     size: int
     etag: str | None = None
+    mtime_ns: int | None = None  # a local file's
+    last_modified: datetime | None = None  # naive UTC; recorded, never compared
+    sequencer: str | None = None  # an S3 event's, which orders two events of one key
+
+    @property
+    def version(self) -> Version:
+        return Version(self.size, self.etag, self.mtime_ns)
 
 
 @dataclass(frozen=True)
@@ -59,6 +93,12 @@ class ObjectStore(Protocol):
 
     def list_prefixes(self, prefix: str = "", start_after: str | None = None) -> Iterator[str]:
         """The "directories" directly under `prefix` (each ending in `/`), in order, after `start_after`."""
+        ...
+
+    def stat_many(self, keys: Iterable[str], listing_prefix: Callable[[str], str]) -> dict[str, ObjectInfo]:
+        """The current version of each key that exists (absent keys are left out). A store that
+        lists rather than looks up lists once per `listing_prefix(key)` (a prefix that holds
+        many of the keys and few others)."""
         ...
 
     def read_bytes(self, key: str) -> bytes: ...
@@ -142,7 +182,7 @@ class LocalStore:
         base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
         if not base.is_dir():
             return
-        found: list[tuple[str, int]] = []
+        found: list[tuple[str, os.stat_result]] = []
         pending = [(str(base), base.relative_to(self.root).as_posix().lstrip("."))]
         while pending:
             directory, rel = pending.pop()
@@ -152,9 +192,18 @@ class LocalStore:
                     if entry.is_dir(follow_symlinks=False):
                         pending.append((entry.path, key))
                     elif key.startswith(prefix) and (start_after is None or key > start_after):
-                        found.append((key, entry.stat().st_size))
-        for key, size in sorted(found):
-            yield ObjectInfo(key=key, size=size)
+                        found.append((key, entry.stat()))
+        for key, stat in sorted(found, key=lambda item: item[0]):
+            yield _local_info(key, stat)
+
+    def stat_many(self, keys: Iterable[str], listing_prefix: Callable[[str], str]) -> dict[str, ObjectInfo]:
+        found = {}
+        for key in keys:
+            try:
+                found[key] = _local_info(key, self._path(key).stat())
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+        return found
 
     def read_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
@@ -186,6 +235,15 @@ class LocalStore:
         return str(self._path(key)) if key else str(self.root)
 
 
+def _local_info(key: str, stat: os.stat_result) -> ObjectInfo:
+    modified = datetime.fromtimestamp(stat.st_mtime_ns / 1e9, UTC).replace(tzinfo=None)
+    return ObjectInfo(key=key, size=stat.st_size, mtime_ns=stat.st_mtime_ns, last_modified=modified)
+
+
+# Listings `S3Store.stat_many` runs at once.
+_STAT_LISTINGS = 16
+
+
 @dataclass
 class S3Store:
     bucket: str
@@ -202,11 +260,24 @@ class S3Store:
         return f"{self.prefix}{key}"
 
     def _info(self, item: dict[str, Any]) -> ObjectInfo:
+        modified = item.get("LastModified")
         return ObjectInfo(
             key=item["Key"][len(self.prefix) :],
             size=int(item["Size"]),
             etag=item.get("ETag", "").strip('"') or None,
+            last_modified=modified.astimezone(UTC).replace(tzinfo=None) if modified else None,
         )
+
+    def stat_many(self, keys: Iterable[str], listing_prefix: Callable[[str], str]) -> dict[str, ObjectInfo]:
+        by_prefix: dict[str, set[str]] = {}
+        for key in keys:
+            by_prefix.setdefault(listing_prefix(key), set()).add(key)
+
+        def listed(prefix: str) -> list[ObjectInfo]:
+            return [obj for obj in self.list(prefix) if obj.key in by_prefix[prefix]]
+
+        with ThreadPoolExecutor(max_workers=_STAT_LISTINGS) as pool:
+            return {obj.key: obj for found in pool.map(listed, sorted(by_prefix)) for obj in found}
 
     def list_page(self, prefix: str = "", start_after: str | None = None, limit: int = LIST_PAGE_SIZE) -> ListPage:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._full(prefix), "MaxKeys": limit}
@@ -243,10 +314,14 @@ class S3Store:
             kwargs["ContinuationToken"] = page["NextContinuationToken"]
 
     def read_bytes(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
+        return self.open(key).read()
 
     def open(self, key: str) -> BinaryIO:
-        return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"]
+        """The object's body; FileNotFoundError when there is no such key, as on a local store."""
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"]
+        except self.client.exceptions.NoSuchKey:
+            raise FileNotFoundError(f"no such object: {self.uri(key)}") from None
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data)
@@ -268,6 +343,28 @@ class S3Store:
 
     def uri(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{self._full(key)}".rstrip("/") if key else self.url
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (for a batch's reader process) without its client: unpickled, it makes its own."""
+        return _s3_store, (self.bucket, self.prefix, self.access)
+
+
+def _s3_store(bucket: str, prefix: str, access: S3Access) -> S3Store:
+    return S3Store(bucket, prefix, s3_client(access), access)
+
+
+def s3_client(access: S3Access) -> Any:
+    """A boto3 S3 client for the endpoint and the credentials of `access` (boto3 is imported here:
+    a process that reads a local store never needs it)."""
+    import boto3
+
+    session = boto3.session.Session(
+        aws_access_key_id=access.access_key_id,
+        aws_secret_access_key=access.secret_access_key,
+        aws_session_token=access.session_token,
+        region_name=access.region,
+    )
+    return session.client("s3", endpoint_url=access.endpoint_url)
 
 
 def split_s3_url(url: str) -> tuple[str, str]:

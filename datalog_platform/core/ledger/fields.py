@@ -10,20 +10,12 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from datalog_platform.core.ledger.clock import utcnow
 from datalog_platform.core.ledger.engine import chunks
-from datalog_platform.core.ledger.protocol import utcnow
+from datalog_platform.core.ledger.records import FieldSeen
 from datalog_platform.core.ledger.schema import schema_fields
 
 _RECORD_ATTEMPTS = 3
-
-
-@dataclass(frozen=True)
-class FieldSeen:
-    """A field a batch carries that the dataset did not know: its type and the first key with a value."""
-
-    field: str
-    type: str
-    first_key: str
 
 
 @dataclass(frozen=True)

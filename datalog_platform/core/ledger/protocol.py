@@ -9,18 +9,21 @@ ABORTED hands the keys back. Rebuilds and compactions (see `swap`) commit throug
 from __future__ import annotations
 
 import json
-import re
+import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from datalog_platform.core.ledger import bulk
-from datalog_platform.core.ledger.batch_size import claimable, most_failed, retry_limit, within_budget
+from datalog_platform.core.ledger import versions
+from datalog_platform.core.ledger.batch_size import most_failed, retry_limit, within_budget
+from datalog_platform.core.ledger.claims import Batch, claim_statement, claimed_batch
+from datalog_platform.core.ledger.clock import utcnow
 from datalog_platform.core.ledger.engine import chunks
+from datalog_platform.core.ledger.holds import PartitionBusyError, hold_partition
+from datalog_platform.core.ledger.outcomes import KeyOutcome, record_outcomes, reread_duplicates
 from datalog_platform.core.ledger.schema import (
     ABORTED,
     ABORTING,
@@ -30,18 +33,13 @@ from datalog_platform.core.ledger.schema import (
     INGEST,
     LIVE,
     PENDING,
-    QUARANTINED,
     RETIRED,
-    SUCCESS,
     WRITING,
     LakeFile,
     batches,
     keys,
     lake_files,
 )
-from datalog_platform.core.names import is_device_id
-
-_RAW_KEY = re.compile(r"(?P<device>[^/]+)/(?P<hour>\d{10})/[^/]+\.json(\.gz)?")
 
 
 class StaleBatchError(RuntimeError):
@@ -54,115 +52,8 @@ class _Listable(Protocol):
     def delete(self, keys: Iterable[str]) -> int: ...
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-@dataclass(frozen=True)
-class RawKey:
-    device_id: str
-    hour: datetime
-
-
-def parse_raw_key(key: str) -> RawKey | None:
-    """`{device_id}/{YYYYMMDDHH}/{name}.json[.gz]` -> device and UTC hour; anything else, or a
-    device id outside its safe set (`names`), -> None."""
-    match = _RAW_KEY.fullmatch(key)
-    if not match or not is_device_id(match["device"]):
-        return None
-    digits = match["hour"]
-    try:  # what strptime("%Y%m%d%H") accepts of 10 digits, at a tenth of its cost (a page is 1,000 keys)
-        hour = datetime(int(digits[:4]), int(digits[4:6]), int(digits[6:8]), int(digits[8:]))
-    except ValueError:
-        return None
-    return RawKey(device_id=match["device"], hour=hour)
-
-
-def local_date(hour: datetime, tz_offset_hours: int) -> str:
-    return (hour + timedelta(hours=tz_offset_hours)).strftime("%Y-%m-%d")
-
-
 # ---------------------------------------------------------------------------------------------
 # Claim
-
-
-@dataclass(frozen=True)
-class ClaimedKey:
-    key_id: int
-    key: str
-    size: int
-
-
-@dataclass(frozen=True)
-class Batch:
-    batch_id: str
-    run_id: str | None
-    part_date: str
-    dstrct_code: str
-    keys: tuple[ClaimedKey, ...]
-    kind: str = INGEST
-
-    @property
-    def bytes(self) -> int:
-        return sum(k.size for k in self.keys)
-
-
-def claimed_batch(
-    batch_id: str, run_id: str | None, part_date: str, region: str, claimed: list[Any], kind: str = INGEST
-) -> Batch:
-    """The Batch of a claim from its (key_id, key, size) rows, its keys in key id order (sorted by
-    the id alone: comparing whole result rows costs milliseconds a batch)."""
-    return Batch(
-        batch_id=batch_id,
-        run_id=run_id,
-        part_date=part_date,
-        dstrct_code=region,
-        keys=tuple(sorted((ClaimedKey(int(i), k, int(s)) for i, k, s in claimed), key=lambda c: c.key_id)),
-        kind=kind,
-    )
-
-
-MSSQL_CLAIM_SQL = (
-    "UPDATE TOP (:limit) keys WITH (ROWLOCK, UPDLOCK, READPAST) "
-    "SET status = :claimed, batch_id = :batch_id "
-    "OUTPUT inserted.key_id, inserted.[key], inserted.size "
-    "WHERE status = :pending AND dstrct_code = :dstrct_code AND part_date = :part_date AND attempts = :attempts"
-)
-
-
-def claim_statement(
-    dialect_name: str, batch_id: str, part_date: str, region: str, limit: int, attempts: int = 0
-) -> Any:
-    """The one statement that leases up to `limit` PENDING keys of a partition that failed
-    `attempts` times so far to `batch_id`.
-
-    SQLAlchemy renders `with_for_update(skip_locked=True)` as nothing on MSSQL, so the MSSQL
-    locking hints are written out; PostgreSQL gets `FOR UPDATE SKIP LOCKED`; SQLite serialises
-    writers, so the plain statement is already exclusive there.
-    """
-    if dialect_name == "mssql":
-        return sa.text(MSSQL_CLAIM_SQL).bindparams(
-            limit=limit,
-            claimed=CLAIMED,
-            batch_id=batch_id,
-            pending=PENDING,
-            dstrct_code=region,
-            part_date=part_date,
-            attempts=attempts,
-        )
-    candidates = (
-        sa.select(keys.c.key_id)
-        .where(*claimable(part_date, region, attempts))
-        .order_by(keys.c.key_id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    return (
-        sa.update(keys)
-        .where(keys.c.key_id.in_(candidates.scalar_subquery()))
-        .values(status=CLAIMED, batch_id=batch_id)
-        .returning(keys.c.key_id, keys.c.key, keys.c.size)
-    )
 
 
 def insert_batch(
@@ -187,6 +78,10 @@ def insert_batch(
     return batch_id
 
 
+# A claim that must hold its partition's files waits this long for another holder to finish.
+HOLD_WAIT_SECONDS = 30.0
+
+
 def claim_batch(
     engine: sa.Engine,
     part_date: str,
@@ -201,8 +96,32 @@ def claim_batch(
 
     Keys that failed before come first, those that failed most first, in batches of
     `retry_limit`; then up to `limit` keys that never failed. With `max_bytes`, a batch also
-    stops before its raw objects exceed that many bytes (`within_budget`).
+    stops before its raw objects exceed that many bytes (`within_budget`). A batch with a key
+    whose rows the lake holds (a new version) holds the partition's files in the same
+    transaction; while another writer holds them it waits up to HOLD_WAIT_SECONDS, then raises
+    PartitionBusyError.
     """
+    waited = 0.0
+    while True:
+        try:
+            return _claim(engine, part_date, region, limit, run_id, lease_seconds, max_attempts, max_bytes)
+        except PartitionBusyError:
+            if waited >= HOLD_WAIT_SECONDS:
+                raise
+            time.sleep(1.0)
+            waited += 1.0
+
+
+def _claim(
+    engine: sa.Engine,
+    part_date: str,
+    region: str,
+    limit: int,
+    run_id: str | None,
+    lease_seconds: int,
+    max_attempts: int,
+    max_bytes: int | None,
+) -> Batch | None:
     with engine.connect() as conn, conn.begin() as tx:
         attempts = most_failed(conn, part_date, region)
         size = retry_limit(limit, attempts, max_attempts)
@@ -214,8 +133,11 @@ def claim_batch(
         if not claimed:
             tx.rollback()
             return None
+        holds = any(row.lake_version is not None for row in claimed)
+        if holds:
+            hold_partition(conn, batch_id, part_date, region)
         conn.execute(sa.update(batches).where(batches.c.batch_id == batch_id).values(keys=len(claimed)))
-    return claimed_batch(batch_id, run_id, part_date, region, claimed)
+    return claimed_batch(batch_id, run_id, part_date, region, claimed, holds=holds)
 
 
 def renew_lease(engine: sa.Engine, batch_id: str, lease_seconds: int) -> bool:
@@ -245,20 +167,6 @@ def record_intent(engine: sa.Engine, batch_id: str, target_dirs: Iterable[str]) 
 # Commit
 
 
-@dataclass(frozen=True)
-class KeyOutcome:
-    key_id: int
-    status: str  # SUCCESS or QUARANTINED
-    rows: int = 0
-    quarantined_lines: int = 0
-    duplicate_rows: int = 0
-    error: str | None = None
-
-
-# Keys per outcome statement: six parameters a key stay under MSSQL's 2,100 a statement.
-OUTCOME_CHUNK = 300
-
-
 def commit_statement() -> sa.Update:
     """The batch -> COMMITTED, guarded by WRITING."""
     return (
@@ -274,26 +182,6 @@ def commit_statement() -> sa.Update:
     )
 
 
-def outcomes_statement(batch_id: str, outcomes: list[KeyOutcome], now: datetime) -> sa.Update:
-    """Keys -> their final status, guarded by the batch id: one statement joined to a VALUES list
-    of the outcomes, not one statement a key (each of which also fires the count triggers)."""
-    given = sa.values(
-        sa.column("key_id", sa.BigInteger),
-        sa.column("status", sa.String),
-        sa.column("rows", sa.BigInteger),
-        sa.column("quarantined", sa.BigInteger),
-        sa.column("duplicates", sa.BigInteger),
-        sa.column("error", sa.String),
-        name="outcomes",
-    ).data([(o.key_id, o.status, o.rows, o.quarantined_lines, o.duplicate_rows, o.error) for o in outcomes])
-    given = given.cte("outcomes")  # SQLite names a VALUES list's columns only in a CTE
-    return (
-        sa.update(keys)
-        .where(keys.c.key_id == given.c.key_id, keys.c.batch_id == batch_id, keys.c.status == CLAIMED)
-        .values(**bulk.outcome_values(given.c, now))
-    )
-
-
 def commit_batch(
     engine: sa.Engine,
     batch_id: str,
@@ -301,9 +189,19 @@ def commit_batch(
     files: list[LakeFile],
     rows: int,
     quarantined_lines: int,
+    retired: list[str] | None = None,
+    policy: str = versions.REINGEST,
+    reread_days: list[str] | None = None,
 ) -> None:
-    """In one transaction: keys to their final status, the batch COMMITTED, its files LIVE in the
-    manifest and the files it replaces (marked with `retire_by` when it was claimed) RETIRED."""
+    """In one transaction: keys to their outcome, the batch COMMITTED, its files LIVE in the
+    manifest and the files it replaces RETIRED: those of `retired`, or, when it is None, every
+    file it holds (marked with `retire_by` when it was claimed); the rest it holds are released.
+
+    A key written in the version it was claimed in (SUCCESS, QUARANTINED) is settled by one
+    statement for the batch; a key whose object a discovery saw in a newer version meanwhile, and
+    every other outcome, one by one (`_settle`): a newer version waits for its own batch under
+    the rewrite `policy`. Keys that dropped duplicates of records on `reread_days`, which the
+    batch's new versions no longer hold, go back to PENDING (`outcomes.reread_duplicates`)."""
     now = utcnow()
     with engine.begin() as conn:
         result = conn.execute(
@@ -318,16 +216,11 @@ def commit_batch(
         )
         if result.rowcount != 1:
             raise StaleBatchError(f"batch {batch_id} is no longer WRITING; its lease was taken over")
-        if conn.dialect.name == "postgresql":  # the whole batch in one statement
-            conn.execute(bulk.outcomes_statement(), bulk.outcomes_page(batch_id, outcomes, now))
-        elif conn.dialect.name == "sqlite" and outcomes:  # one statement the driver runs for each key
-            conn.execute(bulk.outcome_statement(), bulk.outcome_rows(batch_id, outcomes, now))
-        else:
-            for chunk in chunks(outcomes, OUTCOME_CHUNK):
-                conn.execute(outcomes_statement(batch_id, chunk, now))
+        record_outcomes(conn, batch_id, outcomes, policy, now)
         part_date, region = conn.execute(
             sa.select(batches.c.part_date, batches.c.dstrct_code).where(batches.c.batch_id == batch_id)
         ).one()
+        reread_duplicates(conn, batch_id, region, reread_days or [])
         if files:
             conn.execute(
                 sa.insert(lake_files),
@@ -347,11 +240,17 @@ def commit_batch(
                     for f in files
                 ],
             )
-        conn.execute(
-            sa.update(lake_files)
-            .where(lake_files.c.retire_by == batch_id, lake_files.c.state == LIVE)
-            .values(state=RETIRED, retired_at=now)
-        )
+        held = (lake_files.c.retire_by == batch_id, lake_files.c.state == LIVE)
+        if retired is not None:
+            for chunk in chunks(retired):
+                conn.execute(
+                    sa.update(lake_files)
+                    .where(*held, lake_files.c.path.in_(chunk))
+                    .values(state=RETIRED, retired_at=now)
+                )
+            conn.execute(sa.update(lake_files).where(*held).values(retire_by=None))
+        else:
+            conn.execute(sa.update(lake_files).where(*held).values(state=RETIRED, retired_at=now))
 
 
 def delete_retired(engine: sa.Engine, lake: _Listable, batch_id: str | None = None) -> int:
@@ -377,20 +276,34 @@ def batch_file_prefixes(batch_id: str, target_dirs: Iterable[str]) -> list[str]:
     return [f"{d.rstrip('/')}/part-{batch_id}-" for d in target_dirs]
 
 
-def release_statement(max_attempts: int, error: str) -> sa.Update:
-    """Keys of an aborted batch: back to PENDING with attempts + 1, FAILED once attempts run out.
-    Keys a rebuild held that were already ingested get their status and batch back unchanged."""
-    ingested = keys.c.prior_status.in_((SUCCESS, QUARANTINED))
+def _delete_files(lake: _Listable, batch_id: str, target_dirs: str | None) -> None:
+    for prefix in batch_file_prefixes(batch_id, json.loads(target_dirs or "[]")):
+        lake.delete([obj.key for obj in lake.list(prefix)])
+
+
+def delete_batch_files(engine: sa.Engine, lake: _Listable, batch_id: str) -> None:
+    """Delete every file the batch may have written so far (its write intent's directories), as
+    its writer does before it writes them again."""
+    with engine.connect() as conn:
+        target_dirs = conn.execute(sa.select(batches.c.target_dirs).where(batches.c.batch_id == batch_id)).scalar()
+    _delete_files(lake, batch_id, target_dirs)
+
+
+def release_statement(max_attempts: int, error: str, charge_attempt: bool = True) -> sa.Update:
+    """Keys of an aborted batch: back to PENDING with attempts + 1, FAILED once attempts run out;
+    without `charge_attempt` (a transient failure: a lost connection, a full disk, throttling)
+    back to PENDING as they were. Keys a rebuild held that were not waiting to be ingested
+    (SUCCESS, QUARANTINED, MISSING, HELD) get their status and batch back unchanged."""
+    restored = keys.c.prior_status.notin_((PENDING, FAILED))
+    charged = keys.c.attempts + 1 if charge_attempt else keys.c.attempts
     return (
         sa.update(keys)
         .where(keys.c.batch_id == sa.bindparam("b_batch_id"), keys.c.status == CLAIMED)
         .values(
-            status=sa.case(
-                (ingested, keys.c.prior_status), (keys.c.attempts + 1 >= max_attempts, FAILED), else_=PENDING
-            ),
-            attempts=sa.case((ingested, keys.c.attempts), else_=keys.c.attempts + 1),
-            error=sa.case((ingested, keys.c.error), else_=error),
-            batch_id=sa.case((ingested, keys.c.prior_batch_id), else_=keys.c.batch_id),
+            status=sa.case((restored, keys.c.prior_status), (charged >= max_attempts, FAILED), else_=PENDING),
+            attempts=sa.case((restored, keys.c.attempts), else_=charged),
+            error=sa.case((restored, keys.c.error), else_=error),
+            batch_id=sa.case((restored, keys.c.prior_batch_id), else_=keys.c.batch_id),
             prior_status=None,
             prior_batch_id=None,
         )
@@ -404,8 +317,10 @@ def abort_batch(
     error: str,
     max_attempts: int,
     expired_before: datetime | None = None,
+    charge_attempt: bool = True,
 ) -> bool:
-    """Fence the batch, delete every file it may have written, then hand its keys back.
+    """Fence the batch, delete every file it may have written, then hand its keys back (see
+    `release_statement`; `charge_attempt` False for a transient failure).
 
     With `expired_before`, only a WRITING batch whose lease ended before then is taken over (the
     recovery of crashed writers); without it the caller owns the batch (its own failed write).
@@ -424,12 +339,11 @@ def abort_batch(
         ).one_or_none()
     if row is None or row.status not in (ABORTING, ABORTED):
         return False
-    for prefix in batch_file_prefixes(batch_id, json.loads(row.target_dirs or "[]")):
-        lake.delete([obj.key for obj in lake.list(prefix)])
+    _delete_files(lake, batch_id, row.target_dirs)
     if row.status == ABORTED:
         return False
     with engine.begin() as conn:
-        conn.execute(release_statement(max_attempts, error[:4000]), {"b_batch_id": batch_id})
+        conn.execute(release_statement(max_attempts, error[:4000], charge_attempt), {"b_batch_id": batch_id})
         conn.execute(
             sa.update(lake_files)
             .where(lake_files.c.retire_by == batch_id, lake_files.c.state == LIVE)
@@ -441,27 +355,6 @@ def abort_batch(
             .values(status=ABORTED)
         )
     return True
-
-
-def runs_of_batches(engine: sa.Engine, batch_ids: list[str]) -> set[str]:
-    """The run ids that claimed these batches."""
-    if not batch_ids:
-        return set()
-    with engine.connect() as conn:
-        found = conn.execute(sa.select(batches.c.run_id).where(batches.c.batch_id.in_(batch_ids))).scalars()
-        return {run_id for run_id in found if run_id}
-
-
-def writing_batches_of_run(engine: sa.Engine, run_id: str) -> list[str]:
-    """Batches the run claimed that are still WRITING (the run stopped before commit or abort)."""
-    with engine.connect() as conn:
-        return list(
-            conn.execute(
-                sa.select(batches.c.batch_id)
-                .where(batches.c.run_id == run_id, batches.c.status == WRITING)
-                .order_by(batches.c.created_at, batches.c.batch_id)
-            ).scalars()
-        )
 
 
 def recover_expired(engine: sa.Engine, lake: _Listable, max_attempts: int) -> list[str]:

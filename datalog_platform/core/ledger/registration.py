@@ -11,11 +11,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from datalog_platform.core.ledger import bulk
+from datalog_platform.core.ledger import bulk, versions
+from datalog_platform.core.ledger.clock import utcnow
 from datalog_platform.core.ledger.engine import CHUNK, chunks
-from datalog_platform.core.ledger.protocol import RawKey, local_date, parse_raw_key, utcnow
+from datalog_platform.core.ledger.raw_keys import RawKey, local_date, parse_raw_key
 from datalog_platform.core.ledger.schema import (
     FAILED,
+    HELD,
+    MISSING,
     PENDING,
     QUARANTINED,
     SUCCESS,
@@ -25,6 +28,7 @@ from datalog_platform.core.ledger.schema import (
     key_counts,
     keys,
 )
+from datalog_platform.core.store import ObjectInfo
 
 # A registration that lost a race to a concurrent registrar looks again this often.
 _REGISTER_ATTEMPTS = 3
@@ -71,8 +75,11 @@ class RegisterResult:
     seen: int
     registered: int
     unrouted: int
-    ignored: int
+    ignored: int  # objects that are not raw log keys
     bytes: int
+    new_versions: int = 0  # known keys seen in a new version (`versions`)
+    rewritten: int = 0  # of those, keys whose rows the lake holds: handled by the rewrite policy
+    reappeared: int = 0  # MISSING keys seen again
 
 
 # Keys per registration transaction. PostgreSQL inserts a page as one statement reading a JSON
@@ -82,8 +89,12 @@ _UPSERT_BATCH = 10 * CHUNK
 _UPSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
-def insert_new_keys(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Insert the rows of `keys` whose key is not in the ledger yet; returns those inserted.
+def insert_new_keys(
+    conn: sa.Connection, rows: list[dict[str, Any]], seen: dict[str, ObjectInfo], policy: str, now: datetime
+) -> tuple[list[dict[str, Any]], versions.Sightings]:
+    """Insert the rows of `keys` whose key is not in the ledger yet, and record what `seen` (the
+    objects by key) says of the keys it knows (`versions.record_sightings`); returns the rows
+    inserted and those sightings.
 
     The keys already known are looked up first (a discovery tick re-lists mostly known keys, and a
     look-up is cheaper than an INSERT that conflicts, which also spends a key id); where the
@@ -93,31 +104,36 @@ def insert_new_keys(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[dic
     if postgres:
         known_rows = conn.execute(bulk.known_keys_statement(), {"b_keys": bulk.page(row["key"] for row in rows)})
     else:
-        known_rows = conn.execute(sa.select(keys.c.key).where(keys.c.key.in_([r["key"] for r in rows])))
-    known = set(known_rows.scalars())
-    new_rows = [row for row in rows if row["key"] not in known]
+        known_rows = conn.execute(sa.select(*versions.KNOWN_COLUMNS).where(keys.c.key.in_([r["key"] for r in rows])))
+    known = known_rows.all()
+    sightings = versions.record_sightings(conn, known, seen, policy, now) if known else versions.Sightings()
+    known_keys = {row.key for row in known}
+    new_rows = [row for row in rows if row["key"] not in known_keys]
     insert = _UPSERTS.get(conn.dialect.name)
     if not new_rows or insert is None:
         if new_rows:
             conn.execute(sa.insert(keys), new_rows)
-        return new_rows
+        return new_rows, sightings
     if postgres:
         inserted_rows = conn.execute(bulk.insert_keys_statement(), {"b_page": bulk.page(new_rows)})
     else:
         stmt = insert(keys).on_conflict_do_nothing(index_elements=[keys.c.key]).returning(keys.c.key)
         inserted_rows = conn.execute(stmt, new_rows)
     inserted = set(inserted_rows.scalars())
-    return [row for row in new_rows if row["key"] in inserted]
+    return [row for row in new_rows if row["key"] in inserted], sightings
 
 
-def register_keys(engine: sa.Engine, objects: Iterable[Any], tz_offset_hours: int) -> RegisterResult:
-    """Record new raw objects in the ledger (idempotent): PENDING if the device is known, else UNROUTED.
-
-    `objects` are ObjectInfo-like (key, size, etag); keys that are not raw log keys are ignored.
+def register_keys(
+    engine: sa.Engine, objects: Iterable[ObjectInfo], tz_offset_hours: int, policy: str
+) -> RegisterResult:
+    """Record raw objects in the ledger (idempotent): a new key is PENDING if its device is known,
+    else UNROUTED; a known key seen in a new version, or back after it went MISSING, is handled by
+    `versions` under the rewrite `policy`. Keys that are not raw log keys are ignored.
     """
     seen = registered = unrouted = ignored = total_bytes = 0
+    sightings: list[versions.Sightings] = []
     batch_size = _UPSERT_BATCH if engine.dialect.name in _UPSERTS else CHUNK
-    batch: dict[str, tuple[Any, RawKey]] = {}
+    batch: dict[str, tuple[ObjectInfo, RawKey]] = {}
 
     def rows_of_batch(conn: sa.Connection, now: datetime) -> list[dict[str, Any]]:
         regions: dict[str, str] = {}
@@ -129,6 +145,9 @@ def register_keys(engine: sa.Engine, objects: Iterable[Any], tz_offset_hours: in
                 "key": obj.key,
                 "etag": obj.etag,
                 "size": obj.size,
+                "mtime_ns": obj.mtime_ns,
+                "last_modified": obj.last_modified,
+                "sequencer": obj.sequencer,
                 "device_id": raw.device_id,
                 "key_hour": raw.hour,
                 "dstrct_code": regions.get(raw.device_id),
@@ -147,12 +166,15 @@ def register_keys(engine: sa.Engine, objects: Iterable[Any], tz_offset_hours: in
         for attempt in range(_REGISTER_ATTEMPTS):
             try:
                 with engine.begin() as conn:
-                    new_rows = insert_new_keys(conn, rows_of_batch(conn, utcnow()))
+                    now = utcnow()
+                    seen_objects = {obj.key: obj for obj, _ in batch.values()}
+                    new_rows, found = insert_new_keys(conn, rows_of_batch(conn, now), seen_objects, policy, now)
                 break
             except sa.exc.IntegrityError:
                 # another registrar inserted some of these keys first: look again
                 if attempt == _REGISTER_ATTEMPTS - 1:
                     raise
+        sightings.append(found)
         registered += len(new_rows)
         unrouted += sum(1 for row in new_rows if row["status"] == UNROUTED)
         total_bytes += sum(row["size"] for row in new_rows)
@@ -164,11 +186,20 @@ def register_keys(engine: sa.Engine, objects: Iterable[Any], tz_offset_hours: in
         if raw is None:
             ignored += 1
             continue
-        batch.setdefault(obj.key, (obj, raw))
+        batch[obj.key] = (obj, raw)
         if len(batch) >= batch_size:
             flush()
     flush()
-    return RegisterResult(seen, registered, unrouted, ignored, total_bytes)
+    return RegisterResult(
+        seen,
+        registered,
+        unrouted,
+        ignored,
+        total_bytes,
+        new_versions=sum(s.new_versions for s in sightings),
+        rewritten=sum(s.rewritten for s in sightings),
+        reappeared=sum(s.reappeared for s in sightings),
+    )
 
 
 def route_unrouted(engine: sa.Engine) -> int:
@@ -191,12 +222,13 @@ class PartitionBacklog:
     fingerprint: str = ""
 
 
-def backlog_fingerprint(pending: int, key_ids: int, attempts: int) -> str:
+def backlog_fingerprint(pending: int, key_ids: int, attempts: int, versions: int) -> str:
     """The same PENDING keys give the same text; a new key raises the count and the sum of key ids
     (a key registered later has a higher id than those before it, so keys claimed and as many
-    registered meanwhile raise the sum too), and keys handed back by an aborted batch raise the sum
-    of attempts."""
-    return f"n{pending}-s{key_ids}-a{attempts}"
+    registered meanwhile raise the sum too), keys handed back by an aborted batch raise the sum
+    of attempts, and a key seen in a new version raises the sum of versions (the same key
+    rewritten again after its last ingest gives a fingerprint it never had)."""
+    return f"n{pending}-s{key_ids}-a{attempts}-v{versions}"
 
 
 def pending_partitions(engine: sa.Engine) -> list[PartitionBacklog]:
@@ -207,7 +239,7 @@ def pending_partitions(engine: sa.Engine) -> list[PartitionBacklog]:
     if counts_maintained(engine.dialect.name):
         c = key_counts.c
         stmt = (
-            sa.select(c.part_date, c.dstrct_code, c["keys"], c.key_ids, c.attempts)
+            sa.select(c.part_date, c.dstrct_code, c["keys"], c.key_ids, c.attempts, c.versions)
             .where(c.status == PENDING, c["keys"] > 0)
             .order_by(c.part_date, c.dstrct_code)
         )
@@ -219,6 +251,7 @@ def pending_partitions(engine: sa.Engine) -> list[PartitionBacklog]:
                 sa.func.count(),
                 sa.func.sum(keys.c.key_id),
                 sa.func.coalesce(sa.func.sum(keys.c.attempts), 0),
+                sa.func.sum(keys.c.version),
             )
             .where(keys.c.status == PENDING)
             .group_by(keys.c.part_date, keys.c.dstrct_code)
@@ -226,8 +259,8 @@ def pending_partitions(engine: sa.Engine) -> list[PartitionBacklog]:
         )
     with engine.connect() as conn:
         return [
-            PartitionBacklog(d, r, int(n), backlog_fingerprint(int(n), int(key_ids), int(attempts)))
-            for d, r, n, key_ids, attempts in conn.execute(stmt).all()
+            PartitionBacklog(d, r, int(n), backlog_fingerprint(int(n), int(key_ids), int(attempts), int(v)))
+            for d, r, n, key_ids, attempts, v in conn.execute(stmt).all()
         ]
 
 
@@ -273,23 +306,27 @@ def known_regions(engine: sa.Engine) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Operator actions
 
-REQUEUEABLE = (FAILED, QUARANTINED)
+REQUEUEABLE = (FAILED, QUARANTINED, MISSING)
 
 
 def requeue(engine: sa.Engine, status: str, region: str | None = None, since: str | None = None) -> int:
-    """Put keys of `status` (FAILED or QUARANTINED; optionally one region, part_date >= since) back
-    to PENDING with attempts reset and the error cleared. Returns how many keys were requeued.
+    """Put keys of `status` (FAILED, QUARANTINED or MISSING; optionally one region, part_date >=
+    since) back to PENDING with attempts reset and the error cleared. Returns how many keys were
+    requeued. A key whose rows the lake holds (of a version read before) keeps them, and their
+    counts, until its next batch replaces them.
 
-    SUCCESS is refused: its rows are in the lake, so ingesting the key again would duplicate them
-    (rebuilding a partition is a backfill's job). UNROUTED is refused: routing decides those.
+    SUCCESS is refused: its rows are in the lake and its object has not changed (rebuilding a
+    partition is a backfill's job). UNROUTED is refused: routing decides those.
     """
     if status == SUCCESS:
         raise ValueError(
-            "SUCCESS keys cannot be requeued: their rows are already in the lake and ingesting them "
-            "again would duplicate those rows; rebuild the partition with a backfill instead"
+            "SUCCESS keys cannot be requeued: their rows are in the lake and their objects have not changed "
+            "(a new version is found by discovery and ingested by itself); rebuild the partition with a "
+            "backfill instead"
         )
     if status not in REQUEUEABLE:
-        raise ValueError(f"only {' or '.join(REQUEUEABLE)} keys can be requeued, not {status!r}")
+        raise ValueError(f"only {', '.join(REQUEUEABLE)} keys can be requeued, not {status!r}")
+    written = keys.c.lake_version.isnot(None)
     stmt = (
         sa.update(keys)
         .where(keys.c.status == status)
@@ -298,14 +335,27 @@ def requeue(engine: sa.Engine, status: str, region: str | None = None, since: st
             attempts=0,
             error=None,
             batch_id=None,
-            rows=None,
-            quarantined_lines=None,
-            done_at=None,
+            rows=sa.case((written, keys.c.rows)),
+            quarantined_lines=sa.case((written, keys.c.quarantined_lines)),
+            done_at=sa.case((written, keys.c.done_at)),
         )
     )
+    with engine.begin() as conn:
+        return conn.execute(_in_scope(stmt, region, since)).rowcount
+
+
+def release_held(engine: sa.Engine, region: str | None = None, since: str | None = None) -> int:
+    """HELD keys (new versions the `quarantine` rewrite policy held) -> PENDING: their next batch
+    replaces the rows of the version read before. Optionally one region, part_date >= since."""
+    stmt = sa.update(keys).where(keys.c.status == HELD).values(status=PENDING, attempts=0, error=None)
+    with engine.begin() as conn:
+        return conn.execute(_in_scope(stmt, region, since)).rowcount
+
+
+def _in_scope(stmt: sa.Update, region: str | None, since: str | None) -> sa.Update:
+    """`stmt` for the keys of one region and of part dates from `since` on, where given."""
     if region is not None:
         stmt = stmt.where(keys.c.dstrct_code == region)
     if since is not None:
         stmt = stmt.where(keys.c.part_date >= since)
-    with engine.begin() as conn:
-        return conn.execute(stmt).rowcount
+    return stmt

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import sqlalchemy as sa
+
+from datalog_platform.core.ledger.records import LakeFile
+from datalog_platform.core.ledger.summaries import install_summaries
 
 metadata = sa.MetaData()
 
@@ -18,7 +20,13 @@ SUCCESS = "SUCCESS"
 FAILED = "FAILED"
 QUARANTINED = "QUARANTINED"
 UNROUTED = "UNROUTED"
-KEY_STATUSES = (PENDING, CLAIMED, SUCCESS, FAILED, QUARANTINED, UNROUTED)
+# The object was gone from the raw store when its batch went to read it (rows of a version read
+# before, if any, stay in the lake); its next sighting makes it PENDING again.
+MISSING = "MISSING"
+# A new version of an ingested object, held by the `quarantine` rewrite policy until a person
+# releases it (`datalog ledger release`); the lake keeps the rows of the version read before.
+HELD = "HELD"
+KEY_STATUSES = (PENDING, CLAIMED, SUCCESS, FAILED, QUARANTINED, UNROUTED, MISSING, HELD)
 
 WRITING = "WRITING"
 ABORTING = "ABORTING"
@@ -50,8 +58,19 @@ keys = sa.Table(
     sa.Column("key_id", _BigId, primary_key=True, autoincrement=True),
     # VARCHAR(1024) keeps the unique index within MSSQL's 1,700-byte limit for S3's longest keys.
     sa.Column("key", sa.String(1024), nullable=False, unique=True),
+    # The newest version of the object seen (store.Version: size with S3's ETag or a local file's
+    # mtime), when its store says it was written, and the S3 event sequencer that reported it.
     sa.Column("etag", sa.String(128)),
     sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger),
+    sa.Column("last_modified", sa.DateTime),
+    sa.Column("sequencer", sa.String(64)),
+    # Versions are numbered 1, 2, ... as they are seen; `discovered_at` is when the newest was.
+    sa.Column("version", sa.Integer, nullable=False, default=1, server_default=sa.text("1")),
+    # The version whose rows (and quarantine records) the lake holds, and the batch that wrote them;
+    # NULL: none. An ingest of a key that has one replaces those rows instead of adding to them.
+    sa.Column("lake_version", sa.Integer),
+    sa.Column("lake_batch_id", sa.String(36)),
     sa.Column("device_id", sa.String(255), nullable=False),
     sa.Column("key_hour", sa.DateTime, nullable=False),
     sa.Column("dstrct_code", sa.String(64)),
@@ -71,6 +90,23 @@ keys = sa.Table(
     sa.Column("discovered_at", sa.DateTime, nullable=False),
     sa.Column("done_at", sa.DateTime),
     sa.Index("ix_keys_claim", "status", "dstrct_code", "part_date", "key_id"),
+)
+
+# The versions of each key that a newer one replaced: the newest is the key's own row.
+key_versions = sa.Table(
+    "key_versions",
+    metadata,
+    sa.Column("key_id", sa.BigInteger, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("etag", sa.String(128)),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger),
+    sa.Column("last_modified", sa.DateTime),
+    sa.Column("sequencer", sa.String(64)),
+    sa.Column("seen_at", sa.DateTime, nullable=False),
+    # The committed batch that wrote this version's rows; NULL: never written (replaced first).
+    sa.Column("batch_id", sa.String(36)),
+    sa.Column("replaced_at", sa.DateTime, nullable=False),
 )
 
 # Discovery asks, every tick, for each device's latest hour. Where the ledger keeps summaries
@@ -110,10 +146,12 @@ key_counts = sa.Table(
     sa.Column("keys", sa.BigInteger, nullable=False),
     sa.Column("attempts", sa.BigInteger, nullable=False),
     sa.Column("rows", sa.BigInteger, nullable=False),
-    # The sum of the keys' ids: with `keys` and `attempts`, the fingerprint of a partition's
-    # PENDING keys (new keys have higher ids than all before them, so no exchange of keys leaves
-    # count and sum as they were). NULL only in a ledger being upgraded, until it is refilled.
+    # The sum of the keys' ids: with `keys`, `attempts` and `versions`, the fingerprint of a
+    # partition's PENDING keys (new keys have higher ids than all before them, so no exchange of
+    # keys leaves count and sum as they were; a new version of a key raises `versions`). NULL only
+    # in a ledger being upgraded, until it is refilled.
     sa.Column("key_ids", sa.BigInteger),
+    sa.Column("versions", sa.BigInteger),
 )
 
 # Each device's newest key hour, kept by a trigger on inserts into `keys` (keys never change
@@ -201,31 +239,23 @@ schema_fields = sa.Table(
 )
 
 
-@dataclass(frozen=True)
-class LakeFile:
-    """A Parquet file a batch wrote: its path in the lake (`dataset/hiveperiod=D/dstrct_code=R/name`)."""
-
-    path: str
-    rows: int | None
-    bytes: int | None
-
-    @property
-    def dataset(self) -> str:
-        return self.path.split("/", 1)[0]
-
-    @property
-    def hiveperiod(self) -> str:
-        return self.path.split("hiveperiod=", 1)[1][:10]
-
-
 # Columns added since the first ledgers were created; `create_schema` adds them where missing.
 _ADDED_COLUMNS = (
     (batches, batches.c.kind),
     (keys, keys.c.prior_status),
     (keys, keys.c.prior_batch_id),
     (keys, keys.c.duplicate_rows),
+    (keys, keys.c.mtime_ns),
+    (keys, keys.c.last_modified),
+    (keys, keys.c.sequencer),
+    (keys, keys.c.version),
+    (keys, keys.c.lake_version),
+    (keys, keys.c.lake_batch_id),
     (key_counts, key_counts.c.key_ids),
+    (key_counts, key_counts.c.versions),
 )
+# The summary columns whose absence means the counts and their triggers are from an older version.
+_COUNT_SUMS = ("key_ids", "versions")
 
 
 def create_schema(engine: sa.Engine) -> None:
@@ -236,8 +266,8 @@ def create_schema(engine: sa.Engine) -> None:
     existing = {name: {i["name"] for i in inspector.get_indexes(name)} for name in inspector.get_table_names()}
     metadata.create_all(engine)
     counted = counts_maintained(engine.dialect.name)
-    # counts from before `key_ids`: refilled, their triggers replaced
-    stale_counts = inspector.has_table("key_counts") and "key_ids" not in {
+    # counts from before `key_ids` or `versions`: refilled, their triggers replaced
+    stale_counts = inspector.has_table("key_counts") and not set(_COUNT_SUMS) <= {
         c["name"] for c in inspector.get_columns("key_counts")
     }
     for table in metadata.sorted_tables:
@@ -247,15 +277,22 @@ def create_schema(engine: sa.Engine) -> None:
             if table.name in existing and index.name not in existing[table.name]:
                 with engine.begin() as conn:
                     conn.execute(sa.schema.CreateIndex(index, if_not_exists=engine.dialect.name != "mssql"))
+    added = []
     for table, column in _ADDED_COLUMNS:
         if column.name not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
             kind = column.type.compile(engine.dialect)
+            if column.server_default is not None:
+                kind += f" NOT NULL DEFAULT {column.server_default.arg.text}"
             with engine.begin() as conn:
                 conn.execute(sa.text(f"ALTER TABLE {table.name} ADD {column.name} {kind}"))
+            added.append(column)
+    if keys.c.lake_version in added:
+        with engine.begin() as conn:
+            _fill_lake_versions(conn)
     if fresh:
         _fill_manifest(engine)
     if counted:
-        _install_counts(engine, replace=stale_counts)
+        install_summaries(engine, replace=stale_counts)
     dropped = {
         t: (*names, *(_UNCOUNTED_INDEXES.get(t, ()) if counted else ())) for t, names in _DROPPED_INDEXES.items()
     }
@@ -276,135 +313,18 @@ def counts_maintained(dialect_name: str) -> bool:
     return dialect_name in COUNTED_DIALECTS
 
 
-_COUNT_COLUMNS = "part_date, dstrct_code, status, keys, attempts, rows, key_ids"
-_COUNT_GROUP = "part_date, coalesce(dstrct_code, ''), status"
-_COUNT_FILL = (
-    f"INSERT INTO key_counts ({_COUNT_COLUMNS}) "
-    f"SELECT {_COUNT_GROUP}, count(*), sum(attempts), sum(coalesce(rows, 0)), sum(key_id) FROM keys "
-    f"GROUP BY {_COUNT_GROUP}"
-)
-
-# PostgreSQL: one statement-level trigger per event; the rows a statement inserted, changed or
-# deleted are summed per group and added in group order (so two writers lock shared rows in the
-# same order and cannot deadlock on them).
-_PG_NEW = f"SELECT {_COUNT_GROUP}, 1, attempts, coalesce(rows, 0), key_id FROM new_keys"
-_PG_OLD = f"SELECT {_COUNT_GROUP}, -1, -attempts, -coalesce(rows, 0), -key_id FROM old_keys"
-
-
-def _pg_add(source: str) -> str:
-    return f"""
-    INSERT INTO key_counts AS c ({_COUNT_COLUMNS})
-    SELECT part_date, dstrct_code, status, sum(n), sum(a), sum(r), sum(k)
-    FROM ({source}) AS d (part_date, dstrct_code, status, n, a, r, k)
-    GROUP BY part_date, dstrct_code, status
-    HAVING sum(n) <> 0 OR sum(a) <> 0 OR sum(r) <> 0 OR sum(k) <> 0
-    ORDER BY part_date, dstrct_code, status
-    ON CONFLICT (part_date, dstrct_code, status) DO UPDATE
-    SET keys = c.keys + excluded.keys, attempts = c.attempts + excluded.attempts, rows = c.rows + excluded.rows,
-        key_ids = c.key_ids + excluded.key_ids;"""
-
-
-_PG_COUNT_FUNCTION = f"""
-CREATE OR REPLACE FUNCTION key_counts_apply() RETURNS trigger LANGUAGE plpgsql AS $body$
-BEGIN
-    IF TG_OP = 'INSERT' THEN{_pg_add(_PG_NEW)}
-    ELSIF TG_OP = 'DELETE' THEN{_pg_add(_PG_OLD)}
-    ELSE{_pg_add(f"{_PG_NEW} UNION ALL {_PG_OLD}")}
-    END IF;
-    RETURN NULL;
-END
-$body$
-"""
-_PG_COUNT_TRIGGERS = {
-    "key_counts_insert": "AFTER INSERT ON keys REFERENCING NEW TABLE AS new_keys",
-    "key_counts_update": "AFTER UPDATE ON keys REFERENCING OLD TABLE AS old_keys NEW TABLE AS new_keys",
-    "key_counts_delete": "AFTER DELETE ON keys REFERENCING OLD TABLE AS old_keys",
-}
-_HOURS_FILL = (
-    "INSERT INTO device_hours (device_id, latest_hour) SELECT device_id, max(key_hour) FROM keys GROUP BY device_id"
-)
-# Each inserting statement moves its devices' latest hours forward, devices in order (no deadlock).
-_PG_HOURS_FUNCTION = """
-CREATE OR REPLACE FUNCTION device_hours_apply() RETURNS trigger LANGUAGE plpgsql AS $body$
-BEGIN
-    INSERT INTO device_hours AS h (device_id, latest_hour)
-    SELECT device_id, max(key_hour) FROM new_keys GROUP BY device_id ORDER BY device_id
-    ON CONFLICT (device_id) DO UPDATE SET latest_hour = excluded.latest_hour
-    WHERE excluded.latest_hour > h.latest_hour;
-    RETURN NULL;
-END
-$body$
-"""
-_HOURS_TRIGGER = "device_hours_insert"
-_PG_HOURS_WHEN = "AFTER INSERT ON keys REFERENCING NEW TABLE AS new_keys"
-_SQLITE_HOURS_BODY = (
-    "AFTER INSERT ON keys BEGIN "
-    "INSERT INTO device_hours (device_id, latest_hour) VALUES (NEW.device_id, NEW.key_hour) "
-    "ON CONFLICT (device_id) DO UPDATE SET latest_hour = excluded.latest_hour "
-    "WHERE excluded.latest_hour > latest_hour; "
-    "END"
-)
-_TRIGGERS = (*_PG_COUNT_TRIGGERS, _HOURS_TRIGGER)
-
-
-def _sqlite_add(row: str, sign: str) -> str:
-    return (
-        f"INSERT INTO key_counts ({_COUNT_COLUMNS}) VALUES ({row}.part_date, coalesce({row}.dstrct_code, ''), "
-        f"{row}.status, {sign}1, {sign}{row}.attempts, {sign}coalesce({row}.rows, 0), {sign}{row}.key_id) "
-        "ON CONFLICT (part_date, dstrct_code, status) DO UPDATE SET keys = keys + excluded.keys, "
-        "attempts = attempts + excluded.attempts, rows = rows + excluded.rows, key_ids = key_ids + excluded.key_ids;"
+def _fill_lake_versions(conn: sa.Connection) -> None:
+    """A ledger from before versions: every key whose outcome a batch committed (or that a
+    rebuild now holds, with such an outcome before) has its first version in the lake."""
+    ingested = (SUCCESS, QUARANTINED)
+    conn.execute(
+        sa.update(keys).where(keys.c.status.in_(ingested)).values(lake_version=1, lake_batch_id=keys.c.batch_id)
     )
-
-
-# SQLite: row-level triggers (its only kind); writers are serialised, so no order is needed.
-_SQLITE_COUNT_TRIGGERS = {
-    "key_counts_insert": f"AFTER INSERT ON keys BEGIN {_sqlite_add('NEW', '')} END",
-    "key_counts_update": (
-        "AFTER UPDATE OF part_date, dstrct_code, status, attempts, rows ON keys "
-        f"BEGIN {_sqlite_add('OLD', '-')} {_sqlite_add('NEW', '')} END"
-    ),
-    "key_counts_delete": f"AFTER DELETE ON keys BEGIN {_sqlite_add('OLD', '-')} END",
-}
-
-
-def _counts_installed(conn: sa.Connection) -> bool:
-    if conn.dialect.name == "postgresql":
-        found = sa.text("SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('keys') AND tgname = ANY(:names)")
-    else:
-        found = sa.text("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name IN :names").bindparams(
-            sa.bindparam("names", expanding=True)
-        )
-    return conn.execute(found, {"names": list(_TRIGGERS)}).scalar_one() == len(_TRIGGERS)
-
-
-def _install_counts(engine: sa.Engine, replace: bool = False) -> None:
-    """Fill `key_counts` and `device_hours` from the keys and create the triggers that keep them (or,
-    with `replace`, those of an older version), in one transaction that no write to `keys` can
-    interleave with (a lock on PostgreSQL, the single writer on SQLite)."""
-    with engine.connect() as conn:
-        if not replace and _counts_installed(conn):
-            return
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(sa.text("LOCK TABLE keys IN SHARE ROW EXCLUSIVE MODE"))
-        if not replace and _counts_installed(conn):
-            return
-        conn.execute(sa.delete(key_counts))
-        conn.execute(sa.text(_COUNT_FILL))
-        conn.execute(sa.delete(device_hours))
-        conn.execute(sa.text(_HOURS_FILL))
-        if conn.dialect.name == "postgresql":
-            conn.execute(sa.text(_PG_COUNT_FUNCTION))
-            conn.execute(sa.text(_PG_HOURS_FUNCTION))
-            triggers = {name: (when, "key_counts_apply") for name, when in _PG_COUNT_TRIGGERS.items()}
-            triggers[_HOURS_TRIGGER] = (_PG_HOURS_WHEN, "device_hours_apply")
-            for name, (when, function) in triggers.items():
-                conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {name} ON keys"))
-                conn.execute(sa.text(f"CREATE TRIGGER {name} {when} FOR EACH STATEMENT EXECUTE FUNCTION {function}()"))
-        else:
-            for name, body in {**_SQLITE_COUNT_TRIGGERS, _HOURS_TRIGGER: _SQLITE_HOURS_BODY}.items():
-                conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {name}"))
-                conn.execute(sa.text(f"CREATE TRIGGER {name} {body}"))
+    conn.execute(
+        sa.update(keys)
+        .where(keys.c.status == CLAIMED, keys.c.prior_status.in_(ingested))
+        .values(lake_version=1, lake_batch_id=keys.c.prior_batch_id)
+    )
 
 
 def _fill_manifest(engine: sa.Engine) -> None:

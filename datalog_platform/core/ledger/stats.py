@@ -1,4 +1,5 @@
-"""Read-only ledger queries for discovery: which devices are known and how fresh, and the backlog."""
+"""Read-only ledger queries: which devices are known and how fresh, the backlog, and which runs hold
+which batches."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import sqlalchemy as sa
 from datalog_platform.core.ledger.schema import (
     PENDING,
     UNROUTED,
+    WRITING,
+    batches,
     counts_maintained,
     device_hours,
     devices,
@@ -102,3 +105,24 @@ def partitions_with_keys(engine: sa.Engine, first_date: str, last_date: str) -> 
     stmt = sa.select(day, region).where(day.between(first_date, last_date), *routed).distinct().order_by(day, region)
     with engine.connect() as conn:
         return [(day, region) for day, region in conn.execute(stmt).all()]
+
+
+def runs_of_batches(engine: sa.Engine, batch_ids: list[str]) -> set[str]:
+    """The run ids that claimed these batches."""
+    if not batch_ids:
+        return set()
+    with engine.connect() as conn:
+        found = conn.execute(sa.select(batches.c.run_id).where(batches.c.batch_id.in_(batch_ids))).scalars()
+        return {run_id for run_id in found if run_id}
+
+
+def writing_batches_of_run(engine: sa.Engine, run_id: str) -> list[str]:
+    """Batches the run claimed that are still WRITING (the run stopped before commit or abort)."""
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.select(batches.c.batch_id)
+                .where(batches.c.run_id == run_id, batches.c.status == WRITING)
+                .order_by(batches.c.created_at, batches.c.batch_id)
+            ).scalars()
+        )

@@ -16,12 +16,16 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from datalog_platform.core.ledger.protocol import Batch, claimed_batch, insert_batch
+from datalog_platform.core.ledger.claims import CLAIMED_COLUMNS, Batch, claimed_batch
+from datalog_platform.core.ledger.holds import hold_partition, mark_files
+from datalog_platform.core.ledger.protocol import insert_batch
 from datalog_platform.core.ledger.schema import (
     CLAIMED,
     COMPACT,
     FAILED,
+    HELD,
     LIVE,
+    MISSING,
     PENDING,
     QUARANTINED,
     REBUILD,
@@ -33,55 +37,23 @@ from datalog_platform.core.ledger.schema import (
 )
 
 # Every key a rebuild reprocesses: all of the partition but keys another batch holds and UNROUTED.
-REBUILT_STATUSES = (PENDING, FAILED, SUCCESS, QUARANTINED)
-
-
-class PartitionBusyError(RuntimeError):
-    """Another rebuild or compaction holds files of the partition; try again when it has ended."""
-
-
-def _mark(conn: sa.Connection, batch_id: str, *where: sa.ColumnElement[bool]) -> None:
-    conn.execute(
-        sa.update(lake_files)
-        .where(*where, lake_files.c.state == LIVE, lake_files.c.retire_by.is_(None))
-        .values(retire_by=batch_id)
-    )
-
-
-def hold_files(conn: sa.Connection, batch_id: str, what: str, *where: sa.ColumnElement[bool]) -> None:
-    """Mark every LIVE file matching `where` to be replaced by `batch_id`, in the caller's
-    transaction; PartitionBusyError (which rolls the transaction back) if another rebuild,
-    compaction or derive already holds some of them."""
-    _mark(conn, batch_id, *where)
-    holders = sorted(
-        conn.execute(
-            sa.select(lake_files.c.retire_by)
-            .where(*where, lake_files.c.state == LIVE, lake_files.c.retire_by != batch_id)
-            .distinct()
-        ).scalars()
-    )
-    if holders:
-        raise PartitionBusyError(
-            f"{what} has files held by batch(es) {', '.join(holders)} (a rebuild, compaction or derive in "
-            "progress); run it again when they have ended"
-        )
+REBUILT_STATUSES = (PENDING, FAILED, SUCCESS, QUARANTINED, MISSING, HELD)
 
 
 def claim_rebuild(
     engine: sa.Engine, part_date: str, region: str, run_id: str | None, lease_seconds: int
 ) -> Batch | None:
     """Lease every key of (part_date, region) that no other batch holds to a new REBUILD batch,
-    and mark every LIVE file of the partition to be replaced by it. None if the partition has no
-    keys; PartitionBusyError if another rebuild or compaction holds some of its files.
+    and mark every LIVE file of the partition's ingest datasets to be replaced by it. None if the
+    partition has no keys; PartitionBusyError if another writer holds some of its files.
 
     Keys already ingested remember their status and batch (`prior_status`, `prior_batch_id`), so
     that an abort gives them back exactly as they were. The claim has no size limit: the files it
     replaces hold the rows of all those keys.
     """
-    of_partition = (lake_files.c.part_date == part_date, lake_files.c.dstrct_code == region)
     with engine.connect() as conn, conn.begin() as tx:
         batch_id = insert_batch(conn, REBUILD, part_date, region, run_id, lease_seconds)
-        hold_files(conn, batch_id, f"partition {part_date} / {region}", *of_partition)
+        hold_partition(conn, batch_id, part_date, region)
         claimed = conn.execute(
             sa.update(keys)
             .where(
@@ -90,13 +62,13 @@ def claim_rebuild(
                 keys.c.status.in_(REBUILT_STATUSES),
             )
             .values(status=CLAIMED, batch_id=batch_id, prior_status=keys.c.status, prior_batch_id=keys.c.batch_id)
-            .returning(keys.c.key_id, keys.c.key, keys.c.size)
+            .returning(*CLAIMED_COLUMNS)
         ).all()
         if not claimed:
             tx.rollback()
             return None
         conn.execute(sa.update(batches).where(batches.c.batch_id == batch_id).values(keys=len(claimed)))
-    return claimed_batch(batch_id, run_id, part_date, region, claimed, REBUILD)
+    return claimed_batch(batch_id, run_id, part_date, region, claimed, REBUILD, holds=True)
 
 
 @dataclass(frozen=True)
@@ -147,7 +119,7 @@ def claim_compaction(
     )
     with engine.connect() as conn, conn.begin() as tx:
         batch_id = insert_batch(conn, COMPACT, directory.part_date, directory.dstrct_code, run_id, lease_seconds)
-        _mark(conn, batch_id, *where)
+        mark_files(conn, batch_id, *where)
         marked = conn.execute(
             sa.select(lake_files.c.path, lake_files.c.rows, lake_files.c.bytes)
             .where(*where, lake_files.c.retire_by == batch_id)
@@ -177,6 +149,15 @@ def live_files(
         stmt = stmt.where(lake_files.c.dstrct_code == region)
     if part_date is not None:
         stmt = stmt.where(lake_files.c.part_date == part_date)
+    with engine.connect() as conn:
+        return [LakeFile(p, r, b) for p, r, b in conn.execute(stmt.order_by(lake_files.c.path)).all()]
+
+
+def held_files(engine: sa.Engine, batch_id: str) -> list[LakeFile]:
+    """The LIVE files that `batch_id` holds (will replace, or release, at its commit)."""
+    stmt = sa.select(lake_files.c.path, lake_files.c.rows, lake_files.c.bytes).where(
+        lake_files.c.retire_by == batch_id, lake_files.c.state == LIVE
+    )
     with engine.connect() as conn:
         return [LakeFile(p, r, b) for p, r, b in conn.execute(stmt.order_by(lake_files.c.path)).all()]
 
