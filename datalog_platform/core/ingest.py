@@ -1,21 +1,29 @@
-"""One batch end to end: convert its files, verify, commit; abort (files deleted) on any failure.
+"""One batch end to end: convert its files in a reader process, verify, commit; abort (files
+deleted) on any failure.
 
-Plain functions over an engine, a DuckDB connection and two stores; no Dagster here.
+Plain functions over an engine, the reader's settings and two stores; no Dagster here.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import duckdb
 import sqlalchemy as sa
 
-from datalog_platform.core.ledger import fields, protocol, swap
-from datalog_platform.core.ledger.schema import QUARANTINED, REBUILD, SUCCESS
+from datalog_platform.core.duckdb_setup import ReaderSettings
+from datalog_platform.core.errors import is_transient
+from datalog_platform.core.isolation import ReaderCrash, ReadTask, run_isolated
+from datalog_platform.core.ledger import claims, fields, outcomes, protocol, swap
+from datalog_platform.core.ledger.records import DATASET
+from datalog_platform.core.ledger.schema import FAILED, MISSING, QUARANTINED, REBUILD, SUCCESS
 from datalog_platform.core.store import ObjectStore
-from datalog_platform.core.transform.convert import DATASET, BatchConverter, ConvertResult, SourceFile
+from datalog_platform.core.transform.convert import ConvertResult
+from datalog_platform.core.transform.lines import FileOutcome, SourceFile
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,11 @@ class BatchReport:
     seconds: float
     replaced_files: int = 0
     phase_seconds: dict[str, float] = field(default_factory=dict)  # read, stage, ..., commit -> seconds
+    missing_keys: int = 0  # objects gone when the batch read them (MISSING)
+    changed_keys: int = 0  # objects changed before or during the read: their new version waits
+    kept_keys: int = 0  # a rebuild's keys whose objects are gone: the lake keeps their rows
+    failed_keys: int = 0  # objects that crashed the reader (FAILED)
+    carried_rows: int = 0  # rows of other keys carried over from the files a re-ingest rewrote
 
     @property
     def rows_per_second(self) -> float:
@@ -68,28 +81,10 @@ class LeaseRenewer:
         self._thread.join()
 
 
-class RawObjectsMissingError(RuntimeError):
-    """A rebuild found keys of its partition whose raw objects are gone from the raw store."""
-
-
-def missing_raw_objects(raw: ObjectStore, batch: protocol.Batch) -> list[str]:
-    """The batch's keys that the raw store no longer holds, found with one listing per device and
-    UTC day (`{device}/{YYYYMMDD}`) rather than one request per key."""
-    by_prefix: dict[str, set[str]] = {}
-    for k in batch.keys:
-        device, hour, _ = k.key.split("/", 2)
-        by_prefix.setdefault(f"{device}/{hour[:8]}", set()).add(k.key)
-    missing: list[str] = []
-    for prefix, wanted in sorted(by_prefix.items()):
-        found = {obj.key for obj in raw.list(prefix)}
-        missing += sorted(wanted - found)
-    return missing
-
-
 class LedgerCatalog:
     """The ledger as one batch's conversion sees it (`convert.LakeCatalog`)."""
 
-    def __init__(self, engine: sa.Engine, batch: protocol.Batch) -> None:
+    def __init__(self, engine: sa.Engine, batch: claims.Batch) -> None:
         self.engine = engine
         self.batch = batch
 
@@ -107,64 +102,165 @@ class LedgerCatalog:
         protocol.record_intent(self.engine, self.batch.batch_id, dirs)
 
 
-def outcomes_of(result: ConvertResult) -> list[protocol.KeyOutcome]:
-    return [
-        protocol.KeyOutcome(
-            key_id=o.key_id,
-            status=QUARANTINED if o.error else SUCCESS,
-            rows=o.rows,
-            quarantined_lines=o.quarantined_lines,
-            duplicate_rows=o.duplicate_rows,
-            error=o.error,
+def outcomes_of(batch: claims.Batch, result: ConvertResult, raw: ObjectStore) -> list[outcomes.KeyOutcome]:
+    """The ledger's outcome of each key of the batch from what its conversion found."""
+    claimed = {k.key_id: k for k in batch.keys}
+    found = []
+    for o in result.outcomes:
+        key = claimed[o.key_id]
+        error = o.error
+        if o.failure is not None:
+            status, error = FAILED, o.failure
+        elif o.gone:
+            status = outcomes.KEPT if batch.kind == REBUILD and key.lake_version is not None else MISSING
+            error = f"the object {raw.uri(key.key)} was gone from the raw store when its batch read it"
+        elif o.changed_to is not None:
+            status = outcomes.CHANGED
+        else:
+            status = QUARANTINED if o.error else SUCCESS
+        found.append(
+            outcomes.KeyOutcome(
+                key_id=o.key_id,
+                status=status,
+                rows=o.rows,
+                quarantined_lines=o.quarantined_lines,
+                duplicate_rows=o.duplicate_rows,
+                error=error,
+                version=key.version,
+                seen=o.changed_to,
+            )
         )
-        for o in result.outcomes
-    ]
+    return found
+
+
+def reader_failure(exc: BaseException) -> str | None:
+    """Why `exc` means the reader could not take its files ("crashed the reader: ...", "exhausted
+    the reader: ...", "broke the reader: ..."), or None: a crash of its process, or an error of
+    DuckDB that is not the infrastructure's (`errors.is_transient`)."""
+    if isinstance(exc, ReaderCrash):
+        return f"crashed the reader: {exc}"
+    if isinstance(exc, duckdb.Error) and not is_transient(exc):
+        what = "exhausted" if isinstance(exc, duckdb.OutOfMemoryException) else "broke"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return f"{what} the reader: {type(exc).__name__}: {first_line}"
+    return None
+
+
+def _breaking(files: Sequence[SourceFile], probe: Callable[[Sequence[SourceFile]], None]) -> dict[SourceFile, str]:
+    """The files that break the reader alone (`reader_failure`), each with why, found by halving
+    the set that broke it."""
+    try:
+        probe(files)
+        return {}
+    except Exception as exc:
+        failure = reader_failure(exc)
+        if failure is None:
+            raise
+        if len(files) == 1:
+            return {files[0]: failure}
+        half = len(files) // 2
+        return {**_breaking(files[:half], probe), **_breaking(files[half:], probe)}
+
+
+def convert_batch(
+    engine: sa.Engine,
+    reader: ReaderSettings,
+    raw: ObjectStore,
+    lake: ObjectStore,
+    batch: claims.Batch,
+    tz_offset_hours: int,
+) -> ConvertResult:
+    """Convert the batch's files in a reader process (`isolation`). If the reader dies or fails
+    on its data, the files that do it are found by halving; each is tried alone on the line path,
+    which quarantines the lines the reader cannot take, and one that breaks the reader even so is
+    FAILED with the cause ("crashed the reader: ..."). The others are converted again, in the
+    same run and at no cost to them. A failure no single file repeats is the batch's."""
+    held = tuple(swap.held_files(engine, batch.batch_id)) if batch.holds else ()
+    files = tuple(SourceFile(k.key_id, k.key, k.object_version, k.lake_version is not None) for k in batch.keys)
+    catalog = LedgerCatalog(engine, batch)
+    task = ReadTask(reader, raw, lake, batch.batch_id, batch.part_date, batch.dstrct_code, tz_offset_hours, files, held)
+
+    def probe(subset: Sequence[SourceFile], line_path: frozenset[int] = frozenset()) -> None:
+        run_isolated(replace(task, files=tuple(subset), line_path=line_path, probe=True))
+
+    try:
+        return run_isolated(task, catalog)
+    except Exception as exc:
+        if reader_failure(exc) is None:
+            raise
+        first = exc
+    protocol.delete_batch_files(engine, lake, batch.batch_id)
+    breaking = _breaking(files, probe)
+    if not breaking:
+        raise first
+    failed: dict[int, str] = {}
+    for f in breaking:
+        try:
+            probe([f], frozenset([f.key_id]))
+        except Exception as exc:
+            failure = reader_failure(exc)
+            if failure is None:
+                raise
+            failed[f.key_id] = f"{failure} while reading {raw.uri(f.key)}"
+    line_path = frozenset(f.key_id for f in breaking if f.key_id not in failed)
+    rest = tuple(f for f in files if f.key_id not in failed)
+    result: ConvertResult = run_isolated(replace(task, files=rest, line_path=line_path), catalog)
+    result.outcomes += [FileOutcome(key_id, failure=reason) for key_id, reason in failed.items()]
+    return result
 
 
 def ingest_batch(
     engine: sa.Engine,
-    conn: duckdb.DuckDBPyConnection,
+    reader: ReaderSettings,
     raw: ObjectStore,
     lake: ObjectStore,
-    batch: protocol.Batch,
+    batch: claims.Batch,
     tz_offset_hours: int,
     lease_seconds: int,
     max_attempts: int,
+    policy: str,
 ) -> BatchReport:
     """Write the batch's rows to the lake and commit it, exactly once.
 
     On any error the batch is aborted before the error propagates: its files are deleted and its
-    keys go back to PENDING (or FAILED once attempts run out).
-
-    A REBUILD batch first checks that every raw object of its partition is still there (if not,
-    it stops and the partition keeps its files); once committed, the files it replaced are deleted.
+    keys go back to PENDING (or FAILED once attempts run out); a transient failure (`errors`)
+    costs them no attempt. A batch that holds its partition's files replaces, at its commit, the
+    files with rows of the keys it read again (`convert`); the retired ones are deleted after.
+    `policy` is the rewrite policy for a key found in a newer version meanwhile.
     """
     started = time.perf_counter()
-    converter = BatchConverter(conn, raw, lake, batch.batch_id, batch.part_date, batch.dstrct_code, tz_offset_hours)
-    files = [SourceFile(k.key_id, k.key) for k in batch.keys]
     try:
         with LeaseRenewer(engine, batch.batch_id, lease_seconds):
-            if batch.kind == REBUILD and (missing := missing_raw_objects(raw, batch)):
-                raise RawObjectsMissingError(
-                    f"rebuild of {batch.part_date} / {batch.dstrct_code} stopped: {len(missing)} raw object(s) "
-                    f"of the partition are gone from the raw store, e.g. {missing[:3]}; its files are kept"
-                )
-            result = converter.convert(files, LedgerCatalog(engine, batch))
-            outcomes = outcomes_of(result)
+            result = convert_batch(engine, reader, raw, lake, batch, tz_offset_hours)
+            settled = outcomes_of(batch, result, raw)
             committing = time.perf_counter()
-            protocol.commit_batch(engine, batch.batch_id, outcomes, result.files, result.rows, result.quarantined_lines)
+            protocol.commit_batch(
+                engine,
+                batch.batch_id,
+                settled,
+                result.files,
+                result.rows,
+                result.quarantined_lines,
+                retired=result.replaced_files if batch.holds else None,
+                policy=policy,
+                reread_days=result.vanished_days,
+            )
             result.phases["commit"] = time.perf_counter() - committing
     except Exception as exc:
-        protocol.abort_batch(engine, lake, batch.batch_id, f"{type(exc).__name__}: {exc}", max_attempts)
+        transient = is_transient(exc)
+        protocol.abort_batch(
+            engine, lake, batch.batch_id, f"{type(exc).__name__}: {exc}", max_attempts, charge_attempt=not transient
+        )
         raise
     replaced = protocol.delete_retired(engine, lake, batch.batch_id)
+    counted = Counter(o.status for o in settled)
     return BatchReport(
         batch_id=batch.batch_id,
         keys=len(batch.keys),
         bytes_read=batch.bytes,
         rows=result.rows,
         quarantined_lines=result.quarantined_lines,
-        quarantined_keys=sum(1 for o in outcomes if o.status == QUARANTINED),
+        quarantined_keys=counted[QUARANTINED],
         duplicate_rows=result.duplicate_rows,
         rescued_values=result.rescued_values,
         new_fields=result.new_fields,
@@ -176,4 +272,9 @@ def ingest_batch(
         seconds=time.perf_counter() - started,
         replaced_files=replaced,
         phase_seconds=result.phases,
+        missing_keys=counted[MISSING],
+        changed_keys=counted[outcomes.CHANGED],
+        kept_keys=counted[outcomes.KEPT],
+        failed_keys=counted[FAILED],
+        carried_rows=result.carried_rows,
     )

@@ -1,33 +1,40 @@
 """JSON lines of one batch -> hive-partitioned Parquet rows | quarantine records, in DuckDB.
 
-Fast path: one `read_json` over every file of the batch (DuckDB's own reader, straight from the
-store). With `ignore_errors`, a line DuckDB cannot parse becomes a row of NULLs, so it has no valid
-heartbeat: a file is clean exactly when every row it produced has a valid instant. Files that are
-not clean take the line path, which is what gives line numbers, raw lines and reasons: Python only
-splits the bytes into lines (C speed); DuckDB validates each line and the clean lines are read back
-by the same `read_json`. Where the two reads inferred different types for a field, the field is
-carried as JSON on both sides.
+The batch's files are read by `read.BatchReader` (the fast path, the line path, the guards and the
+version checks around them). Here their rows are staged with the dataset's types, deduplicated
+within the batch and against the lake, counted, and written with their quarantine records. Where
+the fast and the line path inferred different types for a field, the field is carried as JSON on
+both sides.
+
+A batch that holds its partition's files (a rebuild, or keys seen in a new version) replaces the
+rows the lake holds of the keys it read again: the held files with rows of those keys are
+rewritten without them (the other rows carried over as they are), beside the new rows, and only
+those files are replaced at the commit. A key whose object changed or was gone around the read is
+not written, and its rows in the lake, if any, are carried over.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import duckdb
-import pyarrow as pa
 
-from datalog_platform.core.ledger.fields import FieldSeen
-from datalog_platform.core.ledger.protocol import LakeFile
+from datalog_platform.core.ledger.records import DATASET, QUARANTINE, FieldSeen, LakeFile
 from datalog_platform.core.store import ObjectStore
-from datalog_platform.core.transform.lines import FileOutcome, SourceFile, validate_lines
+from datalog_platform.core.transform.lines import FileOutcome, SourceFile
+from datalog_platform.core.transform.read import (
+    INTERNAL_COLUMNS,
+    PATH_COLUMN,
+    BatchReader,
+    Phases,
+    ReadLimits,
+    schema_of,
+)
 from datalog_platform.core.transform.shape import (
     HASH_SCHEME,
     HEARTBEAT,
@@ -40,20 +47,11 @@ from datalog_platform.core.transform.shape import (
     shape_fields,
     widened_type,
 )
-from datalog_platform.core.transform.timestamps import is_numeric, with_instant
+from datalog_platform.core.transform.timestamps import is_numeric
 from datalog_platform.core.transform.write import copy_to_lake
-
-DATASET = "datalog_v2"
-QUARANTINE = "quarantine"
 
 # Columns this pipeline writes; a record field of the same name is replaced by ours.
 OUTPUT_COLUMNS = ("datetime_wita", "source_file", "hiveperiod", "dstrct_code")
-_PATH_COLUMN = "__dl_path"
-_INTERNAL = (_PATH_COLUMN, "__dl_ts", "__dl_key")
-# DuckDB expands these as globs in a file list; such keys (and, on S3, anything unusual in a URL)
-# are read by the line path instead.
-_LOCAL_SAFE = re.compile(r"[^*?\[\]{}]+")
-_S3_SAFE = re.compile(r"[A-Za-z0-9._\-/=]+")
 
 
 @dataclass
@@ -70,21 +68,9 @@ class ConvertResult:
     line_path_files: int = 0
     partitions: dict[str, int] = field(default_factory=dict)  # hiveperiod -> rows
     phases: dict[str, float] = field(default_factory=dict)  # phase -> seconds
-
-
-class Phases:
-    """Seconds spent in each named phase: `with phases("read"): ...`."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+    replaced_files: list[str] = field(default_factory=list)  # held files rewritten: retired at the commit
+    carried_rows: int = 0  # rows (and quarantine records) of other keys carried over from them
+    vanished_days: list[str] = field(default_factory=list)  # dates of records the replaced keys no longer hold
 
 
 class LakeCatalog(Protocol):
@@ -103,28 +89,6 @@ class LakeCatalog(Protocol):
         """Note the directories the batch is about to write into."""
 
 
-def _fast_path_eligible(store: ObjectStore, key: str) -> bool:
-    pattern = _S3_SAFE if store.uri().startswith("s3://") else _LOCAL_SAFE
-    return pattern.fullmatch(key) is not None
-
-
-def _read_json_sql() -> str:
-    """read_json over the file list in the variable `dl_files` (see `BatchConverter._set_files`)."""
-    return (
-        # sample_size = -1: infer types from every line, not the first 20,480 of each file; a
-        # field or type first seen later would otherwise be dropped or nulled without a trace.
-        "read_json(getvariable('dl_files'), format = 'newline_delimited', records = true, "
-        f"ignore_errors = true, union_by_name = true, filename = '{_PATH_COLUMN}', "
-        # a `name=value` directory in a raw path is not a column of the records
-        "sample_size = -1, hive_partitioning = false)"
-    )
-
-
-def _schema(conn: duckdb.DuckDBPyConnection, relation: str) -> dict[str, str]:
-    """Column -> type of a table, view or query."""
-    return {name: kind for name, kind, *_ in conn.execute(f"DESCRIBE {relation}").fetchall()}
-
-
 def _conflicting_columns(schemas: list[dict[str, str]]) -> set[str]:
     """Columns whose inferred types differ between relations in a way DuckDB's union cannot
     reconcile (numbers of different widths can); those are carried as JSON on every side."""
@@ -136,7 +100,11 @@ def _conflicting_columns(schemas: list[dict[str, str]]) -> set[str]:
 
 
 class BatchConverter:
-    """Converts the files of one batch; one instance per batch and DuckDB connection."""
+    """Converts the files of one batch; one instance per batch and DuckDB connection.
+
+    `held` are the LIVE files the batch holds (see the module docstring); `line_path` the key ids
+    to read line by line whatever the fast path would make of them.
+    """
 
     def __init__(
         self,
@@ -147,7 +115,11 @@ class BatchConverter:
         part_date: str,
         region: str,
         tz_offset_hours: int,
+        limits: ReadLimits,
+        held: Sequence[LakeFile] = (),
+        line_path: frozenset[int] = frozenset(),
     ) -> None:
+        self.reader = BatchReader(conn, raw, limits, line_path)
         self.conn = conn
         self.raw = raw
         self.lake = lake
@@ -155,97 +127,54 @@ class BatchConverter:
         self.part_date = part_date
         self.region = region
         self.tz_offset_hours = tz_offset_hours
-        self._has_lines = False
+        self.held = list(held)
 
     def convert(self, files: Sequence[SourceFile], catalog: LakeCatalog) -> ConvertResult:
         outcomes = {f.key_id: FileOutcome(f.key_id) for f in files}
         phases = Phases()
         scratch = Path(tempfile.mkdtemp(prefix=f"datalog-{self.batch_id}-"))
         try:
-            paths: dict[str, SourceFile] = {}
-            fast = [f for f in files if _fast_path_eligible(self.raw, f.key)]
-            slow = [f for f in files if not _fast_path_eligible(self.raw, f.key)]
-            relations: list[str] = []
-            if fast:
-                fast_paths = {self.raw.uri(f.key): f for f in fast}
-                with phases("read"):
-                    read = self._fast_read(fast_paths)
-                if read is None:
-                    slow += fast
-                else:
-                    paths.update(fast_paths)
-                    relations.append("_dl_fast")
-                    slow += [fast_paths[p] for p in read]
-            if slow:
-                with phases("line_path"):
-                    clean = validate_lines(self.conn, self.raw, slow, outcomes, scratch)
-                    self._has_lines = True
-                    if clean:
-                        paths.update(clean)
-                        self._set_files(clean)
-                        self.conn.execute(f"CREATE OR REPLACE TEMP TABLE _dl_clean AS {self._read_with_instant()}")
-                        relations.append("_dl_clean")
-            result = ConvertResult(outcomes=list(outcomes.values()), line_path_files=len(slow), phases=phases.seconds)
+            with phases("versions"):
+                readable = self.reader.unchanged(files, outcomes)
+            paths, relations, line_path_files = self.reader.read(readable, outcomes, scratch, phases)
+            with phases("versions"):
+                self.reader.unchanged(readable, outcomes)
+                paths = {p: f for p, f in paths.items() if _written(outcomes[f.key_id])}
+                if self.reader.has_lines:
+                    dropped = [f.key_id for f in readable if not _written(outcomes[f.key_id])]
+                    self.conn.execute("DELETE FROM _dl_lines WHERE list_contains($ids, key_id)", {"ids": dropped})
+            result = ConvertResult(outcomes=list(outcomes.values()), line_path_files=line_path_files)
+            result.phases = phases.seconds
             with phases("stage"):
-                self._set_files(paths)
+                self.reader.set_files(paths)
                 self._define_good_rows(relations)
                 self._stage(result, catalog)
+            with phases("replace"):
+                replaced = [f.key for f in files if f.in_lake and _written(outcomes[f.key_id])]
+                touched = self._touched(replaced)
+                result.vanished_days = self._vanished_days(touched)
             with phases("dedupe_stored"):
-                self._remove_stored_duplicates(catalog)
+                self._remove_stored_duplicates(catalog, touched, replaced)
             with phases("count"):
                 self._count(result, outcomes)
-                catalog.record_intent(self._target_dirs(result))
+                carried_dirs = sorted({f.rsplit("/", 1)[0] for f in touched})
+                catalog.record_intent(self._target_dirs(result) + carried_dirs)
             with phases("write_verify"):
                 self._write(result)
+                self._carry(result, touched, replaced)
             return result
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
             self.conn.execute("DROP TABLE IF EXISTS _dl_out")
 
-    # -- fast path -----------------------------------------------------------------------------
-
-    @staticmethod
-    def _read_with_instant() -> str:
-        """read_json of a file list, plus the UTC instant `__dl_ts` of each row's heartbeat.
-
-        `to_json` makes the rules independent of the type read_json inferred for the field; a
-        batch whose records all lack `heartbeat` fails to bind and takes the line path.
-        """
-        return with_instant(f"SELECT * FROM {_read_json_sql()}", "to_json(heartbeat)", "JSON", "__dl_ts")
-
-    def _set_files(self, paths: dict[str, SourceFile]) -> None:
-        """Table `_dl_paths` (path -> key, key id) and variable `dl_files` (the path list).
-
-        Passed as Arrow: a Python list parameter of 1,000 paths costs DuckDB ~0.2 s to convert.
-        """
-        table = pa.table(
-            {
-                _PATH_COLUMN: pa.array(list(paths), pa.string()),
-                "__dl_key": pa.array([f.key for f in paths.values()], pa.string()),
-                "__dl_key_id": pa.array([f.key_id for f in paths.values()], pa.int64()),
-            }
-        )
-        self.conn.register("_dl_paths_arrow", table)
-        self.conn.execute("CREATE OR REPLACE TEMP TABLE _dl_paths AS SELECT * FROM _dl_paths_arrow")
-        self.conn.unregister("_dl_paths_arrow")
-        self.conn.execute(f"SET VARIABLE dl_files = (SELECT list({_PATH_COLUMN}) FROM _dl_paths)")
-
-    def _fast_read(self, paths: dict[str, SourceFile]) -> list[str] | None:
-        """Read every file once, with its instants, into `_dl_fast`; return the files that need
-        the line path (also as table `_dl_flagged`), or None if read_json could not read the set
-        (then every file does)."""
-        self._set_files(paths)
+    def probe(self, files: Sequence[SourceFile]) -> None:
+        """Read `files` as `convert` would, and nothing more: whether the reader survives them."""
+        outcomes = {f.key_id: FileOutcome(f.key_id) for f in files}
+        scratch = Path(tempfile.mkdtemp(prefix=f"datalog-{self.batch_id}-"))
         try:
-            self.conn.execute(f"CREATE OR REPLACE TEMP TABLE _dl_fast AS {self._read_with_instant()}")
-        except duckdb.OutOfMemoryException:
-            raise  # the line path would need more memory, not less
-        except duckdb.Error:
-            return None
-        self.conn.execute(
-            f"CREATE OR REPLACE TEMP TABLE _dl_flagged AS "
-            f"SELECT DISTINCT {_PATH_COLUMN} FROM _dl_fast WHERE __dl_ts IS NULL"
-        )
-        return [path for (path,) in self.conn.execute(f"SELECT {_PATH_COLUMN} FROM _dl_flagged").fetchall()]
+            self.reader.read(files, outcomes, scratch, Phases())
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     # -- staging, counting, writing --------------------------------------------------------------
 
@@ -255,28 +184,28 @@ class BatchConverter:
         Rows of flagged files come from the line path only. A view, not a table: the COPY reads
         the rows where they are instead of copying them once more.
         """
-        schemas = {t: {c: k for c, k in _schema(self.conn, t).items() if c != "__dl_ts"} for t in relations}
+        schemas = {t: {c: k for c, k in schema_of(self.conn, t).items() if c != "__dl_ts"} for t in relations}
         to_json = _conflicting_columns(list(schemas.values()))
         selects = []
         for table, schema in schemas.items():
             columns = ", ".join(f"to_json({quote(c)}) AS {quote(c)}" if c in to_json else quote(c) for c in schema)
             where = "__dl_ts IS NOT NULL"
             if table == "_dl_fast":
-                where += f" AND {_PATH_COLUMN} NOT IN (SELECT {_PATH_COLUMN} FROM _dl_flagged)"
+                where += f" AND {PATH_COLUMN} NOT IN (SELECT {PATH_COLUMN} FROM _dl_flagged)"
             selects.append(f"SELECT {columns}, __dl_ts FROM {table} WHERE {where}")
         if not selects:
-            selects.append(f"SELECT NULL::VARCHAR AS {_PATH_COLUMN}, NULL::TIMESTAMP AS __dl_ts WHERE false")
+            selects.append(f"SELECT NULL::VARCHAR AS {PATH_COLUMN}, NULL::TIMESTAMP AS __dl_ts WHERE false")
         self.conn.execute(
             f"""CREATE OR REPLACE TEMP VIEW _dl_good AS
             SELECT g.*, p.__dl_key, p.__dl_key_id
-            FROM ({" UNION ALL BY NAME ".join(selects)}) g JOIN _dl_paths p USING ({_PATH_COLUMN})"""
+            FROM ({" UNION ALL BY NAME ".join(selects)}) g JOIN _dl_paths p USING ({PATH_COLUMN})"""
         )
 
     def _stage(self, result: ConvertResult, catalog: LakeCatalog) -> None:
         """Table `_dl_out`: the batch's rows as they will be written (fields with the dataset's
         types, `_rescued`, the output columns, `_record_hash`), each record once."""
-        reserved = {*OUTPUT_COLUMNS, *_INTERNAL, "__dl_key_id", RESCUED, RECORD_HASH, HASH_SCHEME}
-        batch = {c: k for c, k in _schema(self.conn, "_dl_good").items() if c not in reserved}
+        reserved = {*OUTPUT_COLUMNS, *INTERNAL_COLUMNS, "__dl_key_id", RESCUED, RECORD_HASH, HASH_SCHEME}
+        batch = {c: k for c, k in schema_of(self.conn, "_dl_good").items() if c not in reserved}
         known = catalog.known_fields()
         new: list[FieldSeen] = []
         unknown = [c for c in batch if c not in known]
@@ -333,8 +262,48 @@ class BatchConverter:
                 ).fetchall()
             )
 
-    def _remove_stored_duplicates(self, catalog: LakeCatalog, attempts: int = 5) -> None:
-        """Delete from `_dl_out` the records the lake's LIVE files of the same directories hold.
+    def _touched(self, replaced: list[str]) -> list[str]:
+        """The held files (lake paths) that hold rows or quarantine records of the `replaced` keys:
+        they are rewritten without them. The key list is variable `dl_replaced` from here on."""
+        self.conn.execute("SET VARIABLE dl_replaced = $keys::VARCHAR[]", {"keys": replaced})
+        if not (self.held and replaced):
+            return []
+        by_uri = {self.lake.uri(f.path): f.path for f in self.held}
+        found = self.conn.execute(
+            """SELECT DISTINCT filename FROM read_parquet($files, filename = true, union_by_name = true,
+                hive_partitioning = false)
+            WHERE list_contains(getvariable('dl_replaced'), source_file)""",
+            {"files": list(by_uri)},
+        ).fetchall()
+        return sorted(by_uri[name] for (name,) in found)
+
+    def _vanished_days(self, touched: list[str]) -> list[str]:
+        """The dates of records that the replaced keys' rows held and their new versions do not:
+        another key that carried the same record had its copy dropped as a duplicate, and must
+        be read again for the record to stay in the lake (`outcomes.reread_duplicates`)."""
+        files = [self.lake.uri(p) for p in touched if p.startswith(f"{DATASET}/")]
+        if not files:
+            return []
+        self.conn.execute("SET VARIABLE dl_touched = $files", {"files": files})
+        old = """(SELECT * FROM read_parquet(getvariable('dl_touched'), union_by_name = true,
+            hive_partitioning = true, hive_types_autocast = false)
+            WHERE list_contains(getvariable('dl_replaced'), source_file))"""
+        hashed = self._stored_hash_sql(schema_of(self.conn, f"SELECT * FROM {old}"))
+        found = self.conn.execute(
+            f"""SELECT DISTINCT o.hiveperiod FROM (
+                SELECT hiveperiod, datetime_wita, {hashed.columns[0]} AS h FROM {old}) o
+            ANTI JOIN _dl_out n ON n.datetime_wita = o.datetime_wita AND n.{RECORD_HASH} = o.h
+            ORDER BY 1""",
+            hashed.params,
+        ).fetchall()
+        return [day for (day,) in found]
+
+    def _remove_stored_duplicates(
+        self, catalog: LakeCatalog, touched: list[str], replaced: list[str], attempts: int = 5
+    ) -> None:
+        """Delete from `_dl_out` the records the lake holds in the same directories: its LIVE
+        files that stay (those of other writers, and those this batch holds but does not rewrite)
+        and the rows this batch carries over from the files it rewrites.
 
         Only the stored rows within the batch's time span can repeat its records: the range lets
         DuckDB skip every row group whose statistics lie outside it, so a partition that grows
@@ -345,14 +314,20 @@ class BatchConverter:
         days = [d for (d,) in self.conn.execute("SELECT DISTINCT hiveperiod FROM _dl_out").fetchall()]
         dirs = [f"{DATASET}/hiveperiod={day}/dstrct_code={self.region}" for day in days]
         first, last = self.conn.execute("SELECT min(datetime_wita), max(datetime_wita) FROM _dl_out").fetchone()
+        held = [f.path for f in self.held if f.path.rsplit("/", 1)[0] in dirs]
+        # the rows of the replaced keys are in the touched files only; the others stay or are carried
+        kept = " WHERE NOT list_contains(getvariable('dl_replaced'), source_file)" if touched else ""
         for attempt in range(1, attempts + 1):
-            stored = catalog.stored_files(dirs)
+            stored = catalog.stored_files(dirs) + held
             if not stored:
                 return
             self.conn.execute("SET VARIABLE dl_stored = $files", {"files": [self.lake.uri(p) for p in stored]})
-            files = "read_parquet(getvariable('dl_stored'), union_by_name = true, hive_partitioning = false)"
+            files = (
+                "(SELECT * FROM read_parquet(getvariable('dl_stored'), union_by_name = true, "
+                f"hive_partitioning = false){kept})"
+            )
             try:
-                hashed = self._stored_hash_sql(_schema(self.conn, f"SELECT * FROM {files}"))
+                hashed = self._stored_hash_sql(schema_of(self.conn, f"SELECT * FROM {files}"))
                 self.conn.execute(
                     f"""DELETE FROM _dl_out USING (
                         SELECT DISTINCT datetime_wita, {hashed.columns[0]} AS h FROM {files}
@@ -387,7 +362,7 @@ class BatchConverter:
             outcomes[key_id].rows += rows
             outcomes[key_id].duplicate_rows -= rows
             result.partitions[day] = result.partitions.get(day, 0) + rows
-        if self._has_lines:
+        if self.reader.has_lines:
             for key_id, bad in self.conn.execute(
                 "SELECT key_id, count(*) FROM _dl_lines WHERE reason IS NOT NULL GROUP BY ALL"
             ).fetchall():
@@ -423,7 +398,38 @@ class BatchConverter:
                 result,
             )
 
-    def _copy(self, select: str, params: dict[str, object], dataset: str, expected: int, result: ConvertResult) -> None:
-        written = copy_to_lake(self.conn, self.lake, select, params, dataset, self.batch_id, expected)
+    def _carry(self, result: ConvertResult, touched: list[str], replaced: list[str]) -> None:
+        """Rewrite the touched files of each dataset without the rows of the replaced keys (the
+        variable `dl_replaced`): the other keys' rows, as they are stored, into new files of this
+        batch beside its own (`part-{batch_id}-k*`)."""
+        result.replaced_files = touched
+        for dataset in (DATASET, QUARANTINE):
+            files = [self.lake.uri(p) for p in touched if p.startswith(f"{dataset}/")]
+            if not files:
+                continue
+            select = """SELECT * FROM read_parquet($files, union_by_name = true, hive_partitioning = true,
+                    hive_types_autocast = false)
+                WHERE NOT list_contains(getvariable('dl_replaced'), source_file)"""
+            (rows,) = self.conn.execute(f"SELECT count(*) FROM ({select})", {"files": files}).fetchone()
+            if rows:
+                self._copy(select, {"files": files}, dataset, rows, result, name="k")
+            result.carried_rows += rows
+
+    def _copy(
+        self,
+        select: str,
+        params: dict[str, object],
+        dataset: str,
+        expected: int,
+        result: ConvertResult,
+        name: str = "",
+    ) -> None:
+        written = copy_to_lake(self.conn, self.lake, select, params, dataset, self.batch_id, expected, name=name)
         result.files += written
         result.bytes_written += sum(f.bytes for f in written)
+
+
+def _written(outcome: FileOutcome) -> bool:
+    """Whether the key's version read is the one its outcome records (its object was neither gone
+    nor changed around the read)."""
+    return not outcome.gone and outcome.changed_to is None

@@ -4,6 +4,11 @@ Each file is streamed from the store in blocks of about `LINE_BLOCK_BYTES`, so a
 passes with Python holding one block; Python only splits the bytes into lines (C speed). DuckDB
 validates each line into `_dl_lines` (a reason for each bad line), spilling to disk beyond its
 memory limit, and the clean lines go to one local NDJSON file per source file for its reader.
+
+Two kinds of line are quarantined before DuckDB parses them: a line longer than the line limit
+(`DATALOG_MAX_LINE_BYTES`, which is also DuckDB's `maximum_object_size`), of which only the first
+LINE_HEAD_BYTES are ever held, and a line nested deeper than MAX_DEPTH, which would overflow the
+stack of DuckDB's JSON reader.
 """
 
 from __future__ import annotations
@@ -17,19 +22,28 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from datalog_platform.core.store import ObjectStore
+from datalog_platform.core.store import ObjectInfo, ObjectStore, Version
 from datalog_platform.core.transform.timestamps import with_instant
 
 MALFORMED_JSON = "malformed_json"
 INVALID_TIMESTAMP = "invalid_timestamp"
+LINE_TOO_LONG = "line_too_long"  # longer than the line limit: its first LINE_HEAD_BYTES are kept
+TOO_DEEP = "too_deep"  # nested deeper than MAX_DEPTH
 # The line path reads a file in blocks of this many bytes.
 LINE_BLOCK_BYTES = 8 * 1024 * 1024
+# What the quarantine keeps of a line longer than the limit.
+LINE_HEAD_BYTES = 4096
+# Arrays and objects nested deeper than this are not read: DuckDB's JSON reader recurses once a
+# level and overflows its thread's stack at about 30,000 (a segfault), long before this is close.
+MAX_DEPTH = 128
 
 
 @dataclass(frozen=True)
 class SourceFile:
     key_id: int
     key: str
+    version: Version | None = None  # what the ledger holds of the object; None: not checked
+    in_lake: bool = False  # the lake holds rows of the key (of an earlier version): they are replaced
 
 
 @dataclass
@@ -38,33 +52,90 @@ class FileOutcome:
     rows: int = 0
     quarantined_lines: int = 0
     duplicate_rows: int = 0  # valid rows not written: the record is already in the batch or the lake
-    error: str | None = None  # set when the file could not be read at all
+    error: str | None = None  # set when the file could not be read at all (or is quarantined whole)
+    gone: bool = False  # the object was not there when its batch read it
+    changed_to: ObjectInfo | None = None  # the object changed before or during the read: not written
+    failure: str | None = None  # FAILED: the file broke the reader (its process, memory, an error) on both paths
 
 
-def line_blocks(store: ObjectStore, key: str) -> Iterator[list[tuple[int, str, bool]]]:
-    """(1-based line number, text, whether it is valid UTF-8) of every non-blank line of an
-    object, in blocks of about LINE_BLOCK_BYTES; a line that is not UTF-8 keeps its text with
-    replacement characters, for the quarantine record. `.gz` objects are decompressed."""
+# A line of a file as the line path sees it: (1-based line number, text, whether it is valid
+# UTF-8, the reason it is quarantined without parsing it, if any).
+Line = tuple[int, str, bool, str | None]
+
+
+def json_depth(line: bytes) -> int:
+    """How deeply arrays and objects nest in a JSON text (brackets inside strings not counted)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
+def _is_too_deep(line: bytes) -> bool:
+    """Whether a line nests deeper than MAX_DEPTH; counting brackets at C speed rules out all but
+    lines with that many of them before the exact look."""
+    return len(line) > MAX_DEPTH and line.count(b"[") + line.count(b"{") > MAX_DEPTH and json_depth(line) > MAX_DEPTH
+
+
+def _line(number: int, line: bytes, reason: str | None) -> Line:
+    try:
+        return number, line.decode("utf-8"), True, reason
+    except UnicodeDecodeError:
+        return number, line.decode("utf-8", errors="replace"), False, reason
+
+
+def _checked(number: int, line: bytes, max_line_bytes: int) -> Line:
+    if len(line) > max_line_bytes:
+        return _line(number, line[:LINE_HEAD_BYTES], LINE_TOO_LONG)
+    return _line(number, line, TOO_DEEP if _is_too_deep(line) else None)
+
+
+def line_blocks(store: ObjectStore, key: str, max_line_bytes: int) -> Iterator[list[Line]]:
+    """The non-blank lines of an object (`Line`), in blocks of about LINE_BLOCK_BYTES; a line that
+    is not UTF-8 keeps its text with replacement characters, for the quarantine record. A line
+    longer than `max_line_bytes` is never held whole: its first LINE_HEAD_BYTES are kept and the
+    rest is read past. `.gz` objects are decompressed."""
     with store.open(key) as raw:
         stream = gzip.GzipFile(fileobj=raw) if key.endswith(".gz") else raw
         number = 0
         rest = b""
+        skipping: bytes | None = None  # the head of an overlong line whose end is still ahead
         while True:
             data = stream.read(LINE_BLOCK_BYTES)
+            block = []
+            if skipping is not None:
+                end = data.find(b"\n")
+                if end < 0 and data:
+                    yield block
+                    continue
+                number += 1
+                block.append(_line(number, skipping, LINE_TOO_LONG))
+                skipping, data = None, data[end + 1 :] if end >= 0 else b""
             lines = (rest + data).split(b"\n")
             rest = lines.pop() if data else b""
-            block = []
             for line in lines:
                 number += 1
                 line = line.rstrip(b"\r")
-                if not line.strip():
-                    continue
-                try:
-                    block.append((number, line.decode("utf-8"), True))
-                except UnicodeDecodeError:
-                    block.append((number, line.decode("utf-8", errors="replace"), False))
+                if line.strip():
+                    block.append(_checked(number, line, max_line_bytes))
+            if len(rest) > max_line_bytes:
+                skipping, rest = rest[:LINE_HEAD_BYTES], b""
             yield block
-            if not data:
+            if not data and skipping is None:
                 return
 
 
@@ -74,10 +145,11 @@ def validate_lines(
     files: list[SourceFile],
     outcomes: dict[int, FileOutcome],
     scratch: Path,
+    max_line_bytes: int,
 ) -> dict[str, SourceFile]:
     """Every line of `files` into table `_dl_lines` with its reason (NULL when clean); a file that
-    cannot be read gets its error in `outcomes` and no lines. Returns the clean files written
-    under `scratch`, by path."""
+    cannot be read gets its error in `outcomes` and no lines, one that is gone is marked so.
+    Returns the clean files written under `scratch`, by path."""
     conn.execute(
         """CREATE OR REPLACE TEMP TABLE _dl_lines (key_id BIGINT, source_file VARCHAR,
             line_number BIGINT, raw_line VARCHAR, reason VARCHAR)"""
@@ -85,8 +157,11 @@ def validate_lines(
     lines = _LineBuffer(conn)
     for f in files:
         try:
-            for block in line_blocks(raw, f.key):
+            for block in line_blocks(raw, f.key, max_line_bytes):
                 lines.add(f, block)
+        except FileNotFoundError:
+            outcomes[f.key_id].gone = True
+            lines.drop(f.key_id)
         except (OSError, EOFError, zlib.error) as exc:
             outcomes[f.key_id].error = f"unreadable: {type(exc).__name__}: {exc}"
             lines.drop(f.key_id)
@@ -103,15 +178,16 @@ class _LineBuffer:
         self.columns: dict[str, list[object]] = {name: [] for name in _BUFFER_TYPES}
         self.size = 0
 
-    def add(self, source: SourceFile, block: list[tuple[int, str, bool]]) -> None:
+    def add(self, source: SourceFile, block: list[Line]) -> None:
         if not block:
             return
-        numbers, texts, utf8 = zip(*block, strict=True)
+        numbers, texts, utf8, reasons = zip(*block, strict=True)
         self.columns["key_id"] += [source.key_id] * len(block)
         self.columns["source_file"] += [source.key] * len(block)
         self.columns["line_number"] += numbers
         self.columns["raw_line"] += texts
         self.columns["utf8"] += utf8
+        self.columns["pre_reason"] += reasons
         self.size += sum(map(len, texts))
         if self.size >= LINE_BLOCK_BYTES:
             self.flush()
@@ -127,8 +203,8 @@ class _LineBuffer:
             return
         table = pa.table({name: pa.array(self.columns[name], kind) for name, kind in _BUFFER_TYPES.items()})
         self.conn.register("_dl_lines_arrow", table)
-        objects = """SELECT key_id, source_file, line_number, raw_line,
-                CASE WHEN utf8 AND json_valid(raw_line)
+        objects = """SELECT key_id, source_file, line_number, raw_line, pre_reason,
+                CASE WHEN pre_reason IS NULL AND utf8 AND json_valid(raw_line)
                      THEN json_type(raw_line) = 'OBJECT' ELSE false END AS __dl_object
             FROM _dl_lines_arrow"""
         heartbeats = f"""SELECT *, CASE WHEN __dl_object THEN json_extract(raw_line, '$.heartbeat') END AS __dl_hb
@@ -136,7 +212,8 @@ class _LineBuffer:
         self.conn.execute(
             f"""INSERT INTO _dl_lines
             SELECT key_id, source_file, line_number, raw_line,
-                CASE WHEN NOT __dl_object THEN '{MALFORMED_JSON}'
+                CASE WHEN pre_reason IS NOT NULL THEN pre_reason
+                     WHEN NOT __dl_object THEN '{MALFORMED_JSON}'
                      WHEN __dl_ts IS NULL THEN '{INVALID_TIMESTAMP}' END
             FROM ({with_instant(heartbeats, "__dl_hb", "JSON", "__dl_ts")})"""
         )
@@ -151,6 +228,7 @@ _BUFFER_TYPES = {
     "line_number": pa.int64(),
     "raw_line": pa.string(),
     "utf8": pa.bool_(),
+    "pre_reason": pa.string(),
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import duckdb
 
-from datalog_platform.core.ledger.protocol import LakeFile
+from datalog_platform.core.ledger.records import LakeFile
 from datalog_platform.core.store import ObjectStore
 
 PARTITIONED = "PARTITION_BY (hiveperiod, dstrct_code)"
@@ -19,9 +19,11 @@ def copy_to_lake(
     batch_id: str,
     expected: int,
     layout: str = PARTITIONED,
+    name: str = "",
 ) -> list[LakeFile]:
     """COPY the rows of `select` under the lake directory `target` as Parquet files
-    `part-{batch_id}-{i}`, then verify every file's footer and the row count.
+    `part-{batch_id}-{name}{i}`, then verify every file's footer and the row count. A batch that
+    writes twice into one dataset gives each COPY its own `name`.
 
     `layout` is a COPY option: by default the rows (with `hiveperiod` and `dstrct_code` columns)
     are split into hive directories under the dataset `target`; `FILE_SIZE_BYTES n` writes files
@@ -30,7 +32,7 @@ def copy_to_lake(
     count, files = conn.execute(
         f"""COPY ({select}) TO $target (FORMAT parquet, COMPRESSION zstd, {layout},
             OVERWRITE_OR_IGNORE true, FILENAME_PATTERN $pattern, RETURN_FILES true)""",
-        {**params, "target": lake.uri(target), "pattern": f"part-{batch_id}-{{i}}"},
+        {**params, "target": lake.uri(target), "pattern": f"part-{batch_id}-{name}{{i}}"},
     ).fetchone()
     if count != expected:
         raise RuntimeError(f"COPY to {target} wrote {count} rows, expected {expected}")
