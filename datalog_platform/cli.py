@@ -29,6 +29,8 @@ from datalog_platform.settings import (
 
 DEMO_HOURS = 30
 START_DATE_SETTING = "DATALOG_PARTITIONS_START_DATE"
+# `datalog ingest` finished, but some objects were not ingested: missing, quarantined whole or failed.
+EXIT_PARTIAL = 3
 
 # Dagster's console logger at this level while `datalog ingest` runs partitions in process.
 _RUN_CONFIG_LOGGING = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -90,6 +92,8 @@ def cmd_devices_load(settings: Settings, path: str) -> int:
 class IngestSummary:
     registered: int = 0
     ignored: int = 0
+    rewritten: int = 0  # known objects seen in a new version
+    reappeared: int = 0  # MISSING objects back in the raw store
     unrouted: int = 0
     routed: int = 0
     runs: int = 0
@@ -97,6 +101,9 @@ class IngestSummary:
     rows: int = 0
     quarantined_lines: int = 0
     keys: int = 0
+    missing_keys: int = 0  # objects gone when their batch read them
+    quarantined_keys: int = 0  # objects quarantined whole (unreadable, too many fields)
+    failed_keys: int = 0  # objects that failed (a crash of the reader, attempts run out)
     partitions: set[str] = field(default_factory=set)
     step_seconds: float = 0.0  # time inside datalog_parquet, without Dagster's own overhead
     phase_seconds: dict[str, float] = field(default_factory=dict)  # the step's time by phase
@@ -105,6 +112,10 @@ class IngestSummary:
 
     def as_json(self) -> dict[str, object]:
         return {**asdict(self), "partitions": sorted(self.partitions)}
+
+    @property
+    def not_ingested(self) -> int:
+        return self.missing_keys + self.quarantined_keys + self.failed_keys
 
 
 def run_ingest(settings: Settings) -> IngestSummary:
@@ -124,8 +135,9 @@ def run_ingest(settings: Settings) -> IngestSummary:
     defs = build_definitions(settings)
     stores = defs.resources["stores"]
     engine = ledger_engine(settings.ledger_url)
-    found = registration.register_keys(engine, stores.raw().list(), settings.tz_offset_hours)
+    found = registration.register_keys(engine, stores.raw().list(), settings.tz_offset_hours, settings.rewrite_policy)
     summary.registered, summary.ignored = found.registered, found.ignored
+    summary.rewritten, summary.reappeared = found.new_versions, found.reappeared
     summary.routed = registration.route_unrouted(engine)
     with dg.DagsterInstance.get() as instance:
         known = set(instance.get_dynamic_partitions(REGION_PARTITIONS_NAME))
@@ -160,6 +172,9 @@ def run_ingest(settings: Settings) -> IngestSummary:
                         summary.rows += mat.metadata["rows"].value
                         summary.keys += mat.metadata["keys"].value
                         summary.quarantined_lines += mat.metadata["quarantined_lines"].value
+                        summary.missing_keys += mat.metadata["missing_keys"].value
+                        summary.quarantined_keys += mat.metadata["quarantined_keys"].value
+                        summary.failed_keys += mat.metadata["failed_keys"].value
                         summary.step_seconds += mat.metadata["seconds"].value
                         for phase, seconds in mat.metadata["seconds_by_phase"].value.items():
                             summary.phase_seconds[phase] = summary.phase_seconds.get(phase, 0.0) + seconds
@@ -170,18 +185,29 @@ def run_ingest(settings: Settings) -> IngestSummary:
     return summary
 
 
+def _exit_code(s: IngestSummary) -> int:
+    """1 if a run failed; EXIT_PARTIAL if every run finished but some objects were not ingested."""
+    return 1 if s.failed_runs else EXIT_PARTIAL if s.not_ingested else 0
+
+
 def cmd_ingest(settings: Settings, as_json: bool = False) -> int:
     s = run_ingest(settings)
     for failed in s.failed_runs:
         print(f"FAILED: {failed}", file=sys.stderr)
     if as_json:
         print(json.dumps(s.as_json(), indent=2))
-        return 1 if s.failed_runs else 0
+        return _exit_code(s)
+    rewritten = f"{s.rewritten} rewritten, " if s.rewritten else ""
     print(
-        f"registered {s.registered} new object(s) ({s.ignored} ignored), routed {s.routed}; "
+        f"registered {s.registered} new object(s) ({s.ignored} ignored), {rewritten}routed {s.routed}; "
         f"{s.runs} run(s) ingested {s.keys} key(s): {s.rows} rows, {s.quarantined_lines} line(s) "
         f"quarantined, {len(s.partitions)} partition(s) written in {s.seconds:.1f}s"
     )
+    if s.not_ingested:
+        print(
+            f"not ingested: {s.missing_keys} object(s) gone from the raw store (MISSING), {s.quarantined_keys} "
+            f"quarantined whole, {s.failed_keys} failed; `datalog ledger status` counts them by status"
+        )
     if s.unrouted:
         print(f"{s.unrouted} key(s) wait for devices missing from the registry (UNROUTED)")
     if s.out_of_range_keys:
@@ -189,7 +215,7 @@ def cmd_ingest(settings: Settings, as_json: bool = False) -> int:
             f"{s.out_of_range_keys} pending key(s) have a date outside the date partitions "
             "(DATALOG_PARTITIONS_START_DATE .. today's local date) and were not ingested"
         )
-    return 1 if s.failed_runs else 0
+    return _exit_code(s)
 
 
 def cmd_ledger_status(settings: Settings, as_json: bool) -> int:
@@ -215,6 +241,16 @@ def cmd_ledger_requeue(settings: Settings, status: str, region: str | None, sinc
     count = registration.requeue(ledger_engine(settings.ledger_url), status, region, since)
     where = "".join([f" in region {region}" if region else "", f" dated {since} or later" if since else ""])
     print(f"requeued {count} {status} key(s){where}: PENDING again, attempts reset")
+    return 0
+
+
+def cmd_ledger_release(settings: Settings, region: str | None, since: str | None) -> int:
+    from datalog_platform.core.ledger.engine import ledger_engine
+    from datalog_platform.core.ledger.registration import release_held
+
+    count = release_held(ledger_engine(settings.ledger_url), region, since)
+    where = "".join([f" in region {region}" if region else "", f" dated {since} or later" if since else ""])
+    print(f"released {count} HELD key(s){where}: PENDING, their next run replaces the rows of the version before")
     return 0
 
 
@@ -276,7 +312,7 @@ def record_demo_start_date(settings: Settings, start: datetime) -> str:
     """The date partitions begin at the demo's first local date (the earliest, if run again), so
     the UI lists the dates that have data rather than every date since the default start; returns
     the date recorded."""
-    from datalog_platform.core.ledger.protocol import local_date
+    from datalog_platform.core.ledger.raw_keys import local_date
 
     first = local_date(start, settings.tz_offset_hours)
     recorded = read_home_settings(settings.home).get(START_DATE_SETTING)
@@ -294,7 +330,7 @@ def cmd_demo(settings: Settings) -> int:
     code = cmd_ingest(settings)
     import duckdb
 
-    from datalog_platform.core.transform.convert import DATASET
+    from datalog_platform.core.ledger.records import DATASET
 
     lake = settings.lake_url.rstrip("/")
     if not lake.startswith("s3://"):
@@ -342,13 +378,19 @@ def build_parser() -> argparse.ArgumentParser:
     status = ledger.add_parser("status", help="keys by status and region")
     status.add_argument("--json", action="store_true", help="print a JSON object")
     requeue = ledger.add_parser(
-        "requeue", help="put FAILED or QUARANTINED keys back to PENDING (attempts reset, error cleared)"
+        "requeue", help="put FAILED, QUARANTINED or MISSING keys back to PENDING (attempts reset, error cleared)"
     )
     requeue.add_argument(
-        "--status", required=True, help="FAILED or QUARANTINED (SUCCESS is refused: it would duplicate rows)"
+        "--status", required=True, help="FAILED, QUARANTINED or MISSING (SUCCESS is refused: nothing changed)"
     )
     requeue.add_argument("--region", help="only keys of this region (dstrct_code)")
     requeue.add_argument("--since", type=_iso_date, help="only keys whose local date is DATE or later")
+    release = ledger.add_parser(
+        "release",
+        help="let HELD keys (new versions DATALOG_REWRITE_POLICY=quarantine held) replace their rows in the lake",
+    )
+    release.add_argument("--region", help="only keys of this region (dstrct_code)")
+    release.add_argument("--since", type=_iso_date, help="only keys whose local date is DATE or later")
     gen = sub.add_parser("generate", help="write synthetic device logs into the raw store")
     gen.add_argument("--devices", type=int, required=True)
     gen.add_argument("--hours", type=int, required=True)
@@ -412,6 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_ingest(settings, args.json)
         if args.command == "ledger" and args.action == "requeue":
             return cmd_ledger_requeue(settings, args.status.upper(), args.region, args.since)
+        if args.command == "ledger" and args.action == "release":
+            return cmd_ledger_release(settings, args.region, args.since)
         if args.command == "ledger":
             return cmd_ledger_status(settings, args.json)
         if args.command == "generate":

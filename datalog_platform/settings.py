@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 
 import sqlalchemy as sa
 
+from datalog_platform.core.ledger.versions import REINGEST, REWRITE_POLICIES
+
 # DuckDB's `memory_limit`: a number and a unit (1000^i or 1024^i), e.g. 2GB, 1.5GB, 512MiB.
 _MEMORY_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*[kmgt](?:i?b)?\s*", re.IGNORECASE)
 # A store URL with a scheme; only s3:// is one (anything else is a local directory).
@@ -30,6 +32,9 @@ _Number = TypeVar("_Number", int, float)
 
 DEFAULT_TZ_OFFSET_HOURS = 8
 DEFAULT_PARTITIONS_START_DATE = "2020-01-01"
+# DuckDB's own `maximum_object_size`, which it does not go below.
+DEFAULT_MAX_LINE_SIZE = "16MiB"
+DEFAULT_MAX_FIELDS = 1000
 
 
 class SettingsError(ValueError):
@@ -66,6 +71,12 @@ class Settings:
     discovery_prefixes_per_tick: int = 10_000
     # An SQS queue receiving the raw bucket's ObjectCreated events; None: discovery by listing only.
     s3_events_queue_url: str | None = None
+    # What a new version of an ingested object does (`ledger.versions`): reingest, ignore, quarantine.
+    rewrite_policy: str = REINGEST
+    # The longest line a raw file may have (longer ones are quarantined), a DuckDB memory size.
+    max_line_size: str = DEFAULT_MAX_LINE_SIZE
+    # The most distinct top-level field names the records of one raw file may carry.
+    max_fields: int = DEFAULT_MAX_FIELDS
     # The variables these settings were read from that the process environment holds: the
     # definitions pass those that may carry credentials to Dagster by name (EnvVar), never by value.
     environ_names: frozenset[str] = frozenset()
@@ -117,6 +128,9 @@ class Settings:
             discovery_cold_requests=read.integer("DATALOG_DISCOVERY_COLD_REQUESTS", 10, 0),
             discovery_prefixes_per_tick=read.integer("DATALOG_DISCOVERY_PREFIXES_PER_TICK", 10_000, 1),
             s3_events_queue_url=read.queue_url("DATALOG_S3_EVENTS_QUEUE_URL", raw_url),
+            rewrite_policy=read.choice("DATALOG_REWRITE_POLICY", REINGEST, REWRITE_POLICIES),
+            max_line_size=read.memory_size("DATALOG_MAX_LINE_SIZE", DEFAULT_MAX_LINE_SIZE),
+            max_fields=read.integer("DATALOG_MAX_FIELDS", DEFAULT_MAX_FIELDS, 1),
             environ_names=frozenset(n for n, v in environ.items() if env is None and n.startswith("DATALOG_") and v),
         )
 
@@ -178,6 +192,12 @@ class _Reader:
         match = _MEMORY_SIZE.fullmatch(text)
         if not match or not float(match.group(1)):
             raise self._error(name, repr(text), "a memory size such as 2GB, 1.5GB or 512MiB")
+        return text
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        text = self.text(name, default)
+        if text not in choices:
+            raise self._error(name, repr(text), f"one of {', '.join(choices)}")
         return text
 
     def iso_date(self, name: str, default: str) -> str:

@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -14,9 +15,10 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from datalog_platform.core.discovery import DiscoveryLimits
-from datalog_platform.core.duckdb_setup import enable_s3
+from datalog_platform.core.duckdb_setup import ReaderSettings, enable_s3, memory_bytes
 from datalog_platform.core.events import MAX_WAIT_SECONDS, QueueLimits, queue_endpoint
 from datalog_platform.core.ledger.engine import database_engine, ledger_engine
+from datalog_platform.core.ledger.versions import REINGEST
 from datalog_platform.core.store import (
     LocalStore,
     ObjectStore,
@@ -25,10 +27,11 @@ from datalog_platform.core.store import (
     is_s3_url,
     split_s3_url,
 )
+from datalog_platform.core.transform.read import ReadLimits
 from datalog_platform.core.transform.timestamps import install_macros
 from datalog_platform.core.warehouse import create_warehouse_schema
 from datalog_platform.defs.partitions import date_range
-from datalog_platform.settings import DEFAULT_PARTITIONS_START_DATE
+from datalog_platform.settings import DEFAULT_MAX_FIELDS, DEFAULT_MAX_LINE_SIZE, DEFAULT_PARTITIONS_START_DATE
 
 
 class LedgerResource(dg.ConfigurableResource):
@@ -53,6 +56,13 @@ class LedgerResource(dg.ConfigurableResource):
     max_runs_per_tick: int = Field(
         default=20,
         description="Most runs pending_keys_sensor or the hourly schedule requests at once (DATALOG_MAX_RUNS_PER_TICK)",
+    )
+    rewrite_policy: str = Field(
+        default=REINGEST,
+        description=(
+            "What a new version of an ingested object does: reingest (replace its rows), ignore (keep them) or "
+            "quarantine (HELD until `datalog ledger release`) (DATALOG_REWRITE_POLICY)"
+        ),
     )
 
     def get_engine(self) -> sa.Engine:
@@ -127,6 +137,34 @@ class S3EventsResource(dg.ConfigurableResource):
         return boto3.session.Session().client(
             "sqs", region_name=region or self.region_name, endpoint_url=endpoint, config=config
         )
+
+
+class ReaderResource(dg.ConfigurableResource):
+    """How a batch's reader process reads raw files: DuckDB's memory and threads, where it spills,
+    and what one file may be. Its DuckDB connection is configured as the `duckdb` resource's is.
+
+    Example:
+        ReaderResource(ram_limit="2GB", threads=2, spill_dir=".datalog/tmp/duckdb")
+    """
+
+    ram_limit: str = Field(description="RAM limit of a run, reader included (DATALOG_RAM_LIMIT)")
+    threads: int = Field(description="DuckDB threads (DATALOG_THREADS)")
+    spill_dir: str = Field(description="Where DuckDB spills beyond its memory limit")
+    max_line_size: str = Field(
+        default=DEFAULT_MAX_LINE_SIZE,
+        description="Longest line of a raw file; longer lines are quarantined (DATALOG_MAX_LINE_SIZE)",
+    )
+    max_fields: int = Field(
+        default=DEFAULT_MAX_FIELDS,
+        description="Most distinct field names in one raw file; a wider file is quarantined (DATALOG_MAX_FIELDS)",
+    )
+
+    def settings(self, s3: S3Access | None, ram_limit: str | None = None) -> ReaderSettings:
+        """The reader's settings, with the run's own RAM limit if it has one; ValueError for a
+        size that is not one."""
+        limits = ReadLimits(max_line_bytes=memory_bytes(self.max_line_size), max_fields=self.max_fields)
+        memory_bytes(ram_limit or self.ram_limit)
+        return ReaderSettings(ram_limit or self.ram_limit, self.threads, Path(self.spill_dir), limits, s3)
 
 
 class CompactionResource(dg.ConfigurableResource):

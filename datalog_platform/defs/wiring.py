@@ -13,6 +13,7 @@ from datalog_platform.core.duckdb_setup import connection_config
 from datalog_platform.defs.analytics.assets import device_anomalies, hourly_device_stats
 from datalog_platform.defs.analytics.jobs import analytics_job
 from datalog_platform.defs.analytics.schedules import daily_analytics_schedule
+from datalog_platform.defs.analytics.sensors import stale_analytics_sensor
 from datalog_platform.defs.discovery.assets import raw_datalog_logs
 from datalog_platform.defs.discovery.jobs import reconcile_raw_keys_job
 from datalog_platform.defs.discovery.s3_events import s3_events_sensor
@@ -34,6 +35,7 @@ from datalog_platform.defs.resources import (
     DiscoveryResource,
     LedgerResource,
     QualityResource,
+    ReaderResource,
     S3EventsResource,
     StoresResource,
     WarehouseResource,
@@ -95,7 +97,14 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         ),
         asset_checks=[datalog_parquet_checks],
         jobs=[ingest_partition_job, reconcile_raw_keys_job, compact_lake_job, analytics_job],
-        sensors=[raw_logs_sensor, pending_keys_sensor, batch_recovery_sensor, expired_lease_sensor, *event_sensors],
+        sensors=[
+            raw_logs_sensor,
+            pending_keys_sensor,
+            batch_recovery_sensor,
+            expired_lease_sensor,
+            stale_analytics_sensor,
+            *event_sensors,
+        ],
         schedules=[
             hourly_ingest_schedule,
             daily_reconciliation_schedule,
@@ -112,6 +121,14 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 tz_offset_hours=settings.tz_offset_hours,
                 max_runs_per_tick=settings.max_runs_per_tick,
                 partitions_start_date=settings.partitions_start_date,
+                rewrite_policy=settings.rewrite_policy,
+            ),
+            "reader": ReaderResource(
+                ram_limit=settings.ram_limit,
+                threads=settings.threads,
+                spill_dir=str(settings.spill_dir),
+                max_line_size=settings.max_line_size,
+                max_fields=settings.max_fields,
             ),
             "discovery": DiscoveryResource(
                 max_requests=settings.discovery_max_requests,

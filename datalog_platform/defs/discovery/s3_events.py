@@ -17,7 +17,7 @@ import dagster as dg
 from botocore.exceptions import BotoCoreError, ClientError
 
 from datalog_platform.core.events import DrainResult, QueueDepth, drain_queue, queue_depth, sqs_error
-from datalog_platform.core.ledger.protocol import utcnow
+from datalog_platform.core.ledger.clock import utcnow
 from datalog_platform.core.store import split_s3_url
 from datalog_platform.defs.discovery.assets import raw_datalog_logs
 from datalog_platform.defs.discovery.sensors import backlog_metadata
@@ -41,6 +41,8 @@ def drain_metadata(result: DrainResult, depth: QueueDepth | None) -> dict[str, i
         "messages_delete_failed": result.delete_failed,
         "keys_in_events": result.keys_in_events,
         "keys_found": result.registered,
+        "keys_rewritten": result.new_versions,
+        "keys_reappeared": result.reappeared,
         "keys_already_known": result.known,
         "keys_unrouted": result.unrouted,
         "objects_ignored": result.ignored,
@@ -75,7 +77,14 @@ def s3_events_sensor(
     bucket, prefix = split_s3_url(stores.raw_url)
     client = s3_events.get_client()
     result = drain_queue(
-        client, s3_events.queue_url, engine, bucket, prefix, ledger.tz_offset_hours, s3_events.limits()
+        client,
+        s3_events.queue_url,
+        engine,
+        bucket,
+        prefix,
+        ledger.tz_offset_hours,
+        ledger.rewrite_policy,
+        s3_events.limits(),
     )
     for bad in result.malformed:
         context.log.warning(
@@ -96,7 +105,8 @@ def s3_events_sensor(
     metadata = {**drain_metadata(result, depth), **backlog_metadata(engine, utcnow())}
     summary = (
         f"{result.received} message(s): {result.deleted} deleted, {result.skipped} without a raw key, "
-        f"{len(result.malformed)} malformed; {result.registered} new key(s), {result.known} already known"
+        f"{len(result.malformed)} malformed; {result.registered} new key(s), {result.new_versions} rewritten, "
+        f"{result.reappeared} back after missing, {result.known} already known"
     )
     if result.error is not None:
         context.log.error(
@@ -116,7 +126,7 @@ def s3_events_sensor(
 
     plan = None
     # Keys a listing registered a moment before their event still get their run from this tick.
-    if result.registered or result.known:
+    if result.keys_in_events > result.ignored:
         plan = backlog_runs(context.instance, engine, SENSOR_NAME, ledger.max_runs_per_tick, ledger.date_range())
         context.log.info(plan.summary())
     if plan is None or not plan.run_requests:

@@ -14,7 +14,7 @@ from datalog_platform.core.discovery import (
     discover,
 )
 from datalog_platform.core.ledger import stats
-from datalog_platform.core.ledger.protocol import utcnow
+from datalog_platform.core.ledger.clock import utcnow
 from datalog_platform.defs.discovery.assets import raw_datalog_logs
 from datalog_platform.defs.resources import DiscoveryResource, LedgerResource, StoresResource
 
@@ -33,6 +33,8 @@ def backlog_metadata(engine: sa.Engine, now: datetime) -> dict[str, int | float]
 def tick_metadata(result: TickResult) -> dict[str, int | bool | str]:
     return {
         "keys_found": result.registered,
+        "keys_rewritten": result.new_versions,
+        "keys_reappeared": result.reappeared,
         "bytes_found": result.bytes,
         "keys_unrouted": result.unrouted,
         "keys_listed": result.keys_listed,
@@ -70,17 +72,20 @@ def raw_logs_sensor(
         now=utcnow(),
         limits=discovery.limits(),
         tz_offset_hours=ledger.tz_offset_hours,
+        policy=ledger.rewrite_policy,
     )
     metadata = {**tick_metadata(result), **backlog_metadata(engine, utcnow())}
     summary = (
-        f"{result.registered} new key(s) ({result.bytes} bytes) from {result.keys_listed} listed "
-        f"in {result.list_requests} list request(s); {metadata['pending_backlog']} pending"
+        f"{result.registered} new key(s) ({result.bytes} bytes), {result.new_versions} rewritten and "
+        f"{result.reappeared} back after missing, from {result.keys_listed} listed in {result.list_requests} "
+        f"list request(s); {metadata['pending_backlog']} pending"
     )
     context.log.info(summary + ("; the next tick continues the round" if result.more else ""))
     # An observation only when something changed: new keys, or a backlog other than the last one reported.
     backlog = f"{metadata['pending_backlog']}/{metadata['unrouted_backlog']}"
-    changed = result.registered > 0 or backlog != result.cursor.reported_backlog
+    found = result.registered + result.new_versions + result.reappeared
+    changed = found > 0 or backlog != result.cursor.reported_backlog
     events = [dg.AssetObservation(asset_key=raw_datalog_logs.key, metadata=metadata)] if changed else []
-    skip = None if result.registered else f"no new raw objects: {summary}"
+    skip = None if found else f"no new raw objects: {summary}"
     cursor = replace(result.cursor, reported_backlog=backlog)
     return dg.SensorResult(cursor=cursor.to_json(), asset_events=events, skip_reason=skip)

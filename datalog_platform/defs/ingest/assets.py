@@ -4,22 +4,20 @@ from collections.abc import Iterator
 from typing import Literal
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from datalog_platform.core.discovery import register_partition
-from datalog_platform.core.duckdb_setup import duckdb_memory_limit, enable_s3
 from datalog_platform.core.freshness import batch_lag
 from datalog_platform.core.ingest import BatchReport, ingest_batch
-from datalog_platform.core.ledger import fields, protocol, swap
-from datalog_platform.core.transform.convert import DATASET
+from datalog_platform.core.isolation import start_reader_server
+from datalog_platform.core.ledger import claims, fields, holds, protocol, swap
+from datalog_platform.core.ledger.records import DATASET
 from datalog_platform.core.transform.shape import HASH_SCHEME, RECORD_HASH, RESCUED
-from datalog_platform.core.transform.timestamps import install_macros
 from datalog_platform.defs.constants import OWNERS, TRIGGER_TAG
 from datalog_platform.defs.discovery.assets import raw_datalog_logs
 from datalog_platform.defs.partitions import DECLARED_PARTITIONS, date_and_region, partition_key
 from datalog_platform.defs.registry.assets import device_registry
-from datalog_platform.defs.resources import LedgerResource, StoresResource
+from datalog_platform.defs.resources import LedgerResource, ReaderResource, StoresResource
 
 
 class IngestConfig(dg.Config):
@@ -99,7 +97,7 @@ def _claim(
     ledger: LedgerResource,
     stores: StoresResource,
     rebuild: bool,
-) -> tuple[protocol.Batch | None, dict[str, object]]:
+) -> tuple[claims.Batch | None, dict[str, object]]:
     """The run's own batch (None when there is nothing to claim) and what the claim found."""
     part_date, region = date_and_region(context.partition_key)
     engine = ledger.get_engine()
@@ -109,28 +107,33 @@ def _claim(
     found: dict[str, object] = {"recovered_batches": len(recovered)}
     if not rebuild:
         limit = config.key_limit_per_run or ledger.key_limit_per_run
-        batch = protocol.claim_batch(
-            engine,
-            part_date,
-            region,
-            limit,
-            context.run.run_id,
-            ledger.lease_seconds,
-            ledger.max_attempts,
-            max_bytes=ledger.batch_mb * 1024 * 1024,
-        )
+        try:
+            batch = protocol.claim_batch(
+                engine,
+                part_date,
+                region,
+                limit,
+                context.run.run_id,
+                ledger.lease_seconds,
+                ledger.max_attempts,
+                max_bytes=ledger.batch_mb * 1024 * 1024,
+            )
+        except holds.PartitionBusyError as exc:
+            raise dg.Failure(description=str(exc)) from exc
         return batch, found
-    registered = register_partition(stores.raw(), engine, part_date, region, ledger.tz_offset_hours)
+    registered = register_partition(
+        stores.raw(), engine, part_date, region, ledger.tz_offset_hours, ledger.rewrite_policy
+    )
     found["keys_registered"] = registered.registered
     try:
         batch = swap.claim_rebuild(engine, part_date, region, context.run.run_id, ledger.lease_seconds)
-    except swap.PartitionBusyError as exc:
+    except holds.PartitionBusyError as exc:
         raise dg.Failure(description=str(exc)) from exc
     return batch, found
 
 
 def _parquet_metadata(
-    report: BatchReport, batch: protocol.Batch, row_count: int, known: dict[str, str], path: str
+    report: BatchReport, batch: claims.Batch, row_count: int, known: dict[str, str], path: str
 ) -> dict[str, object]:
     return {
         "dagster/row_count": row_count,
@@ -141,6 +144,11 @@ def _parquet_metadata(
         "files_replaced": report.replaced_files,
         "quarantined_lines": report.quarantined_lines,
         "quarantined_keys": report.quarantined_keys,
+        "missing_keys": report.missing_keys,
+        "changed_keys": report.changed_keys,
+        "failed_keys": report.failed_keys,
+        "kept_keys": report.kept_keys,
+        "rows_carried_over": report.carried_rows,
         "line_path_files": report.line_path_files,
         "duplicates_removed": report.duplicate_rows,
         "rescued_values": sum(report.rescued_values.values()),
@@ -156,6 +164,24 @@ def _parquet_metadata(
         "rows_per_second": round(report.rows_per_second),
         "path": dg.MetadataValue.path(path),
     }
+
+
+def _warn_of_keys_not_written(context: dg.AssetExecutionContext, report: BatchReport) -> None:
+    """Say in the run's log which of the batch's objects were not written, and where to look."""
+    parts = [
+        f"{report.missing_keys} object(s) were gone from the raw store (MISSING; a later sighting makes them "
+        "PENDING again, or `datalog ledger requeue --status MISSING`)"
+        if report.missing_keys
+        else "",
+        f"{report.changed_keys} object(s) changed during the read (their new version waits for the next run)"
+        if report.changed_keys
+        else "",
+        f"{report.failed_keys} object(s) crashed the reader and are FAILED" if report.failed_keys else "",
+    ]
+    if any(parts):
+        context.log.warning(
+            f"batch {report.batch_id}: " + "; ".join(p for p in parts if p) + "; `datalog ledger status` lists them"
+        )
 
 
 def _live_rows(ledger: LedgerResource, day: str, region: str) -> int:
@@ -177,7 +203,7 @@ def ingest_partition(
     config: IngestConfig,
     ledger: LedgerResource,
     stores: StoresResource,
-    duckdb: DuckDBResource,
+    reader: ReaderResource,
 ) -> Iterator[dg.MaterializeResult]:
     """One batch of a date x region partition: claim, convert, verify, commit.
 
@@ -185,6 +211,7 @@ def ingest_partition(
     launches (Materialize, a backfill) rebuilds the partition from every raw object it holds, so
     the partition is complete and each row in it once afterwards.
     """
+    start_reader_server()  # its imports overlap the claim
     trigger = context.run.tags.get(TRIGGER_TAG)
     rebuild = config.mode == "rebuild" or (config.mode == "auto" and trigger is None)
     kind = "rebuild" if rebuild else "incremental"
@@ -206,23 +233,18 @@ def ingest_partition(
         },
     )
     lake = stores.lake()
-    access = stores.s3_access()
-    with duckdb.get_connection() as conn:
-        if config.ram_limit:
-            conn.execute("SET memory_limit = ?", [duckdb_memory_limit(config.ram_limit)])
-        install_macros(conn)
-        if access is not None:
-            enable_s3(conn, access)
-        report = ingest_batch(
-            ledger.get_engine(),
-            conn,
-            stores.raw(),
-            lake,
-            batch,
-            ledger.tz_offset_hours,
-            ledger.lease_seconds,
-            ledger.max_attempts,
-        )
+    report = ingest_batch(
+        ledger.get_engine(),
+        reader.settings(stores.s3_access(), config.ram_limit),
+        stores.raw(),
+        lake,
+        batch,
+        ledger.tz_offset_hours,
+        ledger.lease_seconds,
+        ledger.max_attempts,
+        ledger.rewrite_policy,
+    )
+    _warn_of_keys_not_written(context, report)
     known = fields.known_fields(ledger.get_engine(), DATASET)
     # Freshness, plotted by the UI: the commit minus the discovery of the batch's newest and oldest key.
     lag = batch_lag(ledger.get_engine(), batch.batch_id)

@@ -7,7 +7,7 @@ from pydantic import Field
 from datalog_platform.core.compaction import compact_directory
 from datalog_platform.core.duckdb_setup import enable_s3
 from datalog_platform.core.ledger import protocol, swap
-from datalog_platform.core.transform.convert import DATASET
+from datalog_platform.core.ledger.records import DATASET
 from datalog_platform.defs.ingest.assets import datalog_parquet
 from datalog_platform.defs.partitions import partition_key
 from datalog_platform.defs.resources import CompactionResource, LedgerResource, StoresResource

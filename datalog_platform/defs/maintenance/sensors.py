@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger import protocol, stats
 from datalog_platform.defs.ingest.jobs import ingest_partition_job
 from datalog_platform.defs.resources import LedgerResource, StoresResource
 
@@ -45,7 +45,7 @@ def batch_recovery_sensor(
 ) -> dg.SkipReason | None:
     run_id = context.dagster_run.run_id
     engine = ledger.get_engine()
-    writing = protocol.writing_batches_of_run(engine, run_id)
+    writing = stats.writing_batches_of_run(engine, run_id)
     if not writing:
         # The usual case: the run aborted its own batch before failing, or never claimed one.
         return dg.SkipReason(f"run {run_id} left no WRITING batch")
@@ -78,7 +78,7 @@ def expired_lease_sensor(
     # A writer that died with its whole process tree (daemon restart, OOM kill) leaves its run
     # STARTED for ever; as in progress it would hold its partition back from every later run.
     orphaned = []
-    for run_id in sorted(protocol.runs_of_batches(engine, recovered)):
+    for run_id in sorted(stats.runs_of_batches(engine, recovered)):
         run = context.instance.get_run_by_id(run_id)
         if run is not None and not run.is_finished:
             context.instance.report_run_failed(

@@ -7,7 +7,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from datalog_platform.core import freshness
-from datalog_platform.core.ledger.protocol import utcnow
+from datalog_platform.core.ledger.clock import utcnow
 from datalog_platform.core.ledger.stats import partitions_with_keys
 from datalog_platform.core.quality import PartitionQuality, measure
 from datalog_platform.defs.ingest.assets import datalog_parquet
