@@ -53,6 +53,7 @@ from datalog_platform.core.generate import log_lines, registry_csv  # noqa: E402
 from datalog_platform.core.ledger import registration  # noqa: E402
 from datalog_platform.core.ledger.engine import ledger_engine  # noqa: E402
 from datalog_platform.core.ledger.schema import SUCCESS, keys  # noqa: E402
+from datalog_platform.core.ledger.versions import REINGEST  # noqa: E402
 from datalog_platform.core.store import LocalStore  # noqa: E402
 from datalog_platform_tests.support.cli_helpers import run_ok  # noqa: E402
 from datalog_platform_tests.support.daemon_helpers import (  # noqa: E402
@@ -273,13 +274,13 @@ def list_cost(work: Path, devices: int = 1000) -> ListCost:
     limits = DiscoveryLimits()
     cursor = DiscoveryCursor()
     for _ in range(100):  # the first round registers every device; the next ones are steady
-        first = discover(raw, engine, cursor, datetime.now(UTC).replace(tzinfo=None), limits, TZ_OFFSET_HOURS)
+        first = discover(raw, engine, cursor, datetime.now(UTC).replace(tzinfo=None), limits, TZ_OFFSET_HOURS, REINGEST)
         cursor = first.cursor
         if not first.more:
             break
     requests, listed, ticks = [], 0, 0
     while listed < devices:
-        tick = discover(raw, engine, cursor, datetime.now(UTC).replace(tzinfo=None), limits, TZ_OFFSET_HOURS)
+        tick = discover(raw, engine, cursor, datetime.now(UTC).replace(tzinfo=None), limits, TZ_OFFSET_HOURS, REINGEST)
         cursor = tick.cursor
         requests.append(tick.list_requests)
         listed += tick.devices_listed

@@ -32,8 +32,9 @@ import sqlalchemy as sa
 from report_sections import write_section
 
 from datalog_platform.core.ledger import protocol, registration, stats
-from datalog_platform.core.ledger.protocol import KeyOutcome
+from datalog_platform.core.ledger.outcomes import KeyOutcome
 from datalog_platform.core.ledger.schema import SUCCESS, create_schema
+from datalog_platform.core.ledger.versions import REINGEST
 from datalog_platform.core.store import LocalStore, ObjectInfo
 
 HERE = Path(__file__).resolve().parent
@@ -103,7 +104,7 @@ def measure_size(server: str, n: int, repeats: int, claims: int) -> dict[str, An
         started = time.perf_counter()
         registered = 0
         for page in pages(n):
-            registered += registration.register_keys(engine, page, 0).registered
+            registered += registration.register_keys(engine, page, 0, REINGEST).registered
         seconds = time.perf_counter() - started
         print(f"{n:,} keys: registered {registered:,} in {seconds:.1f} s ({registered / seconds:,.0f} keys/s)")
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -130,9 +131,9 @@ def measure_queries(engine: sa.Engine, n: int, repeats: int, claims: int) -> dic
             "partition_fingerprints": lambda: registration.partition_fingerprints(engine),
             "backlog": lambda: stats.backlog(engine),
             "latest_hour_by_device": lambda: stats.latest_hour_by_device(engine),
-            "register_keys_known_page": lambda: registration.register_keys(engine, known_page, 0),
+            "register_keys_known_page": lambda: registration.register_keys(engine, known_page, 0, REINGEST),
             "recover_expired": lambda: protocol.recover_expired(engine, lake, 3),
-            "writing_batches_of_run": lambda: protocol.writing_batches_of_run(engine, "no-such-run"),
+            "writing_batches_of_run": lambda: stats.writing_batches_of_run(engine, "no-such-run"),
             "regions_with_keys": lambda: stats.regions_with_keys(engine, days[len(days) // 2]),
             "status_counts": lambda: registration.status_counts(engine),
             "partitions_with_keys": lambda: stats.partitions_with_keys(engine, days[0], days[-1]),

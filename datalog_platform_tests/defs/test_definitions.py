@@ -23,6 +23,7 @@ import pytest
 
 from datalog_platform.core.ledger import registration
 from datalog_platform.core.ledger.engine import ledger_engine
+from datalog_platform.core.ledger.versions import REINGEST
 from datalog_platform.core.store import ObjectInfo
 from datalog_platform.definitions import defs
 from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME, date_range, date_region_partitions
@@ -145,7 +146,9 @@ def test_daily_analytics_schedule_runs_at_local_half_past_one_for_the_day_that_e
     settings = Settings.from_env({"DATALOG_HOME": str(tmp_path / "home"), "DATALOG_TZ_OFFSET_HOURS": "8"})
     engine = ledger_engine(settings.ledger_url)
     registration.upsert_devices(engine, [("dev00000", REGION)])
-    registration.register_keys(engine, [ObjectInfo("dev00000/2026110103/a.json", 10)], 8)  # 11:00 local on DAY
+    registration.register_keys(
+        engine, [ObjectInfo("dev00000/2026110103/a.json", 10)], 8, REINGEST
+    )  # 11:00 local on DAY
     built = build_definitions(settings)
     schedule = built.resolve_schedule_def("daily_analytics_schedule")
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("30 1 * * *", "Etc/GMT-8")

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from dagster_aws.s3 import S3Resource
 
 from datalog_platform.core.discovery import DiscoveryLimits, window_start
-from datalog_platform.core.ledger import protocol, registration
+from datalog_platform.core.ledger import clock, registration
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import PENDING, SUCCESS, keys
 from datalog_platform.core.store import LocalStore, StoreNotFoundError
@@ -61,7 +61,7 @@ def test_sensor_registers_reports_and_is_idempotent(
     raw = LocalStore(tmp_path / "raw")
     engine = ledger_engine(resources["ledger"].url)
     registration.upsert_devices(engine, [("devA", "R1"), ("devB", "R2")])
-    now = protocol.utcnow()
+    now = clock.utcnow()
     written = {raw_key("devA", hour_ago(h, now)): b"{}\n" * (h + 1) for h in range(3)}
     written[raw_key("devB", hour_ago(0, now))] = b"{}\n"
     written[raw_key("devC", hour_ago(0, now))] = b"{}\n"  # not in the registry: UNROUTED
@@ -92,7 +92,7 @@ def test_sensor_registers_reports_and_is_idempotent(
         conn.execute(
             sa.update(keys)
             .where(keys.c.key == raw_key("devA", hour_ago(2, now)))
-            .values(discovered_at=protocol.utcnow() - timedelta(hours=2))
+            .values(discovered_at=clock.utcnow() - timedelta(hours=2))
         )
     third = tick(instance, resources, second.cursor)
     meta = observed(third)
@@ -112,7 +112,7 @@ def test_late_keys_inside_the_window_and_reconciliation(
     raw = LocalStore(tmp_path / "raw")
     engine = ledger_engine(resources["ledger"].url)
     registration.upsert_devices(engine, [("devA", "R1")])
-    now = protocol.utcnow()
+    now = clock.utcnow()
     raw.write_bytes(raw_key("devA", hour_ago(1, now)), b"{}")
     cursor = tick(instance, resources, None).cursor
 

@@ -2,10 +2,11 @@
 `pending_keys_sensor`, `hourly_ingest_schedule`, `batch_recovery_sensor` (run failure) and
 `expired_lease_sensor`.
 
-Covers run keys (stable for the same backlog; new after new keys or keys handed back by a failed
-batch), partitions with a queued/running run or an already-run backlog skipped, region dynamic
-partitions requested with the runs, the per-tick cap, SkipReason texts, out-of-range dates, the
-schedule producing the same requests (and its default STOPPED, the sensors' default RUNNING), the
+Covers run keys (stable for the same backlog; new after new keys, keys handed back by a failed
+batch, or a key seen in a new version, each time it is), partitions with a queued/running run or
+an already-run backlog skipped, region dynamic partitions requested with the runs, the per-tick
+cap, SkipReason texts, out-of-range dates, the schedule producing the same requests (and its
+default STOPPED, the sensors' default RUNNING), the
 recovery sensor aborting a WRITING batch of a really failed run (files deleted, keys PENDING with
 attempts + 1, or FAILED at the limit), and the lease sensor taking over a crashed writer's batch
 once its lease lapsed while leaving a live one alone.
@@ -29,8 +30,10 @@ import sqlalchemy as sa
 from dagster_aws.s3 import S3Resource
 
 from datalog_platform.core.backlog import ingestible_backlog
-from datalog_platform.core.ledger import protocol, registration
-from datalog_platform.core.ledger.schema import ABORTED, CLAIMED, FAILED, PENDING, WRITING, batches, keys
+from datalog_platform.core.ledger import protocol, registration, stats
+from datalog_platform.core.ledger.outcomes import KeyOutcome
+from datalog_platform.core.ledger.schema import ABORTED, CLAIMED, FAILED, PENDING, SUCCESS, WRITING, batches, keys
+from datalog_platform.core.ledger.versions import REINGEST
 from datalog_platform.core.store import LocalStore, ObjectInfo
 from datalog_platform.defs.constants import TRIGGER_TAG
 from datalog_platform.defs.ingest.schedules import hourly_ingest_schedule
@@ -59,7 +62,7 @@ def registered_devices(engine: sa.Engine) -> None:
 
 def register(engine: sa.Engine, *names: str) -> None:
     """Register raw keys `{device}/{YYYYMMDDHH}/{name}` (UTC hour; local date = hour + 8h)."""
-    registration.register_keys(engine, [ObjectInfo(name, 10, "etag") for name in names], TZ)
+    registration.register_keys(engine, [ObjectInfo(name, 10, "etag") for name in names], TZ, REINGEST)
 
 
 def tick(instance: dg.DagsterInstance, ledger_url: str, max_runs: int = 20) -> dg.SensorResult | dg.SkipReason:
@@ -82,6 +85,28 @@ def add_run(instance: dg.DagsterInstance, status: dg.DagsterRunStatus, tags: dic
 
 # ---------------------------------------------------------------------------------------------
 # Pending-keys sensor
+
+
+@pytest.mark.usefixtures("registered_devices")
+def test_a_rewritten_key_gets_a_run_each_time_it_is_rewritten(
+    instance: dg.DagsterInstance, engine: sa.Engine, ledger_url: str
+) -> None:
+    """A key ingested, then seen in a new version, is pending again with a backlog it never had:
+    the sensor requests a run of its partition under a new run key, and again for the next
+    version, though the count, ids and attempts of the pending keys are the same each time."""
+    name = "dev001/2026110100/a.json"
+    seen: list[str] = []
+    for etag in ("v1", "v2", "v3"):
+        registration.register_keys(engine, [ObjectInfo(name, 10, etag)], TZ, REINGEST)
+        (run_key,) = run_keys(tick(instance, ledger_url)).values()
+        assert run_key not in seen
+        seen.append(run_key)
+        add_run(instance, dg.DagsterRunStatus.SUCCESS, {BACKLOG_TAG: run_key, "dagster/partition": f"{DAY}|BRCB"})
+        batch = protocol.claim_batch(engine, DAY, "BRCB", 10, "a-run", 60)
+        assert batch is not None
+        (key,) = batch.keys
+        protocol.commit_batch(engine, batch.batch_id, [KeyOutcome(key.key_id, SUCCESS, version=key.version)], [], 0, 0)
+        assert isinstance(tick(instance, ledger_url), dg.SkipReason)
 
 
 @pytest.mark.usefixtures("registered_devices")
@@ -253,8 +278,11 @@ def test_default_statuses_and_wiring() -> None:
         "pending_keys_sensor",
         "batch_recovery_sensor",
         "expired_lease_sensor",
+        "stale_analytics_sensor",
     }
     assert pending_keys_sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert wired.resolve_sensor_def("stale_analytics_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    assert wired.resolve_sensor_def("stale_analytics_sensor").job_name == "analytics_job"
     assert pending_keys_sensor.minimum_interval_seconds == 10
     assert batch_recovery_sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert expired_lease_sensor.default_status == dg.DefaultSensorStatus.RUNNING
@@ -307,8 +335,8 @@ def test_recovery_sensor_aborts_the_failed_runs_writing_batch(
     assert not result.success
     run_id = result.run_id
 
-    assert len(protocol.writing_batches_of_run(engine, run_id)) == 1
-    batch_id = protocol.writing_batches_of_run(engine, run_id)[0]
+    assert len(stats.writing_batches_of_run(engine, run_id)) == 1
+    batch_id = stats.writing_batches_of_run(engine, run_id)[0]
     target = f"datalog_v2/hiveperiod={DAY}/dstrct_code=BRCB"
     protocol.record_intent(engine, batch_id, [target])
     lake = LocalStore(settings.lake_url)
@@ -317,7 +345,7 @@ def test_recovery_sensor_aborts_the_failed_runs_writing_batch(
     # keys that failed twice before are retried one a batch, before their last attempt
     claimed = {k.key_id for k in key_list(engine) if k.status == CLAIMED}
     assert len(claimed) == (2 if attempts_before == 0 else 1)
-    assert protocol.writing_batches_of_run(engine, "another-run") == []
+    assert stats.writing_batches_of_run(engine, "another-run") == []
 
     resources = {"ledger": built.resources["ledger"], "stores": built.resources["stores"]}
     outcome = evaluate_recovery(instance, result, resources)
@@ -331,7 +359,7 @@ def test_recovery_sensor_aborts_the_failed_runs_writing_batch(
         assert run_id in row.error and "ingest_partition" in row.error and "memory size" in row.error
     with engine.connect() as conn:
         assert conn.execute(sa.select(batches.c.status).where(batches.c.batch_id == batch_id)).scalar_one() == ABORTED
-    assert protocol.writing_batches_of_run(engine, run_id) == []
+    assert stats.writing_batches_of_run(engine, run_id) == []
 
     # A second evaluation for the same run finds nothing left to do and changes nothing.
     again = evaluate_recovery(instance, result, resources)

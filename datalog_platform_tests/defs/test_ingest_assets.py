@@ -22,9 +22,10 @@ import pytest
 import sqlalchemy as sa
 
 from datalog_platform.core.generate import generate
-from datalog_platform.core.ledger import protocol, registration
+from datalog_platform.core.ledger import raw_keys, registration
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import COMMITTED, PENDING, SUCCESS, batches
+from datalog_platform.core.ledger.versions import REINGEST
 from datalog_platform.core.store import LocalStore
 from datalog_platform.defs.constants import TRIGGER_TAG
 from datalog_platform.defs.discovery.assets import raw_datalog_logs
@@ -93,13 +94,13 @@ def test_partition_materializes_as_the_sensor_launches_it(
         }
     )
     tz = settings.tz_offset_hours
-    assert protocol.local_date(protocol.parse_raw_key(LATE_KEY).hour, tz) == DAY, "test data assumes UTC+8"  # type: ignore[union-attr]
+    assert raw_keys.local_date(raw_keys.parse_raw_key(LATE_KEY).hour, tz) == DAY, "test data assumes UTC+8"  # type: ignore[union-attr]
     raw = LocalStore(settings.raw_url)
     summary = generate(raw, devices=3, hours=2, rows=20, seed=1)
     raw.write_bytes(LATE_KEY, ndjson(*LATE_LINES))
     engine = ledger_engine(settings.ledger_url)
     registration.upsert_devices(engine, summary.devices)
-    registration.register_keys(engine, raw.list(), tz)
+    registration.register_keys(engine, raw.list(), tz, REINGEST)
     regions = registration.known_regions(engine)
     instance.add_dynamic_partitions(REGION_PARTITIONS_NAME, regions)
     resources = dict(build_definitions(settings).resources)
@@ -174,7 +175,7 @@ def one_file_per_key(tmp_path: Path, instance: dg.DagsterInstance) -> tuple[Sett
     summary = generate(raw, devices=3, hours=3, rows=20, seed=2)
     engine = ledger_engine(settings.ledger_url)
     registration.upsert_devices(engine, summary.devices)
-    registration.register_keys(engine, raw.list(), settings.tz_offset_hours)
+    registration.register_keys(engine, raw.list(), settings.tz_offset_hours, REINGEST)
     instance.add_dynamic_partitions(REGION_PARTITIONS_NAME, registration.known_regions(engine))
     resources = dict(build_definitions(settings).resources)
     for _ in range(3):
@@ -286,3 +287,32 @@ def test_a_person_materializing_a_partition_rebuilds_it_complete(tmp_path: Path,
     # a second Materialize rebuilds again and changes nothing in what the partition holds
     assert materialize(instance, resources, DAY, REGION, tags={}).success
     assert row_ids(lake_rows(settings.lake_url)) == expected
+
+
+def test_a_run_with_an_object_gone_says_so(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    """A raw object deleted between its discovery and its run: the run succeeds with the other
+    objects, its materialization counts the missing one and its log names it and what to do."""
+    settings = Settings.from_env({"DATALOG_HOME": str(tmp_path / "home"), "DATALOG_TZ_OFFSET_HOURS": "8"})
+    raw = LocalStore(settings.raw_url)
+    summary = generate(raw, devices=1, hours=2, rows=20, seed=1, bad_file_share=0.0)
+    engine = ledger_engine(settings.ledger_url)
+    registration.upsert_devices(engine, summary.devices)
+    registration.register_keys(engine, raw.list(), settings.tz_offset_hours, REINGEST)
+    instance.add_dynamic_partitions(REGION_PARTITIONS_NAME, registration.known_regions(engine))
+    gone, kept = sorted(raw_log_keys(raw))
+    raw.delete([gone])
+
+    result = materialize(instance, dict(build_definitions(settings).resources), DAY, REGION)
+    assert result.success, [e.message for e in result.get_step_failure_events()]
+
+    (own,) = [
+        e.materialization
+        for e in result.get_asset_materialization_events()
+        if e.materialization.asset_key == datalog_parquet.key
+    ]
+    meta = {k: v.value for k, v in own.metadata.items()}
+    assert (meta["keys"], meta["missing_keys"], meta["rows"]) == (2, 1, 20)
+    warnings = [e.message for e in instance.all_logs(result.run_id) if "gone from the raw store" in e.message]
+    assert warnings and "MISSING" in warnings[0] and "datalog ledger requeue --status MISSING" in warnings[0]
+    assert {k: r["status"] for k, r in key_table(settings.ledger_url).items()} == {gone: "MISSING", kept: SUCCESS}
+    assert {r["source_file"] for r in lake_rows(settings.lake_url)} == {kept}

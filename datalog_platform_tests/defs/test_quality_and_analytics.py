@@ -23,12 +23,14 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 
-from datalog_platform.core.ledger import protocol, registration, swap
+from datalog_platform.core.ledger import clock, protocol, registration, swap
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import PENDING, batches, keys, lake_files
+from datalog_platform.core.ledger.versions import REINGEST
 from datalog_platform.core.store import LocalStore
 from datalog_platform.core.warehouse import hourly_device_stats as stats_table
 from datalog_platform.defs.analytics.assets import device_anomalies, hourly_device_stats
+from datalog_platform.defs.analytics.sensors import stale_analytics_sensor
 from datalog_platform.defs.constants import TRIGGER_TAG
 from datalog_platform.defs.discovery.assets import raw_datalog_logs
 from datalog_platform.defs.ingest.assets import datalog_parquet, ingest_partition
@@ -92,7 +94,7 @@ class Platform:
         return result
 
     def ingest(self) -> None:
-        registration.register_keys(self.engine, self.raw.list(), self.settings.tz_offset_hours)
+        registration.register_keys(self.engine, self.raw.list(), self.settings.tz_offset_hours, REINGEST)
         self.run([ingest_partition], tags={TRIGGER_TAG: "pending_keys_sensor"})
 
     def checks(self, *names: str, partition: bool = True) -> dict[str, dg.AssetCheckEvaluation]:
@@ -225,7 +227,7 @@ def test_checks_without_a_partition_check_every_partition_with_keys(platform: Pl
     every partition with keys and names the ones it failed in."""
     clean_partition(platform)
     platform.upload("dB/2026110203/c.json", record("dB", datetime(2026, 11, 2, 3, 0), temperature=21.0))
-    registration.register_keys(platform.engine, platform.raw.list(), platform.settings.tz_offset_hours)
+    registration.register_keys(platform.engine, platform.raw.list(), platform.settings.tz_offset_hours, REINGEST)
     assert platform.checks(partition=False)["no_orphan_files"].passed
 
     lake = Path(platform.settings.lake_url)
@@ -243,7 +245,7 @@ def test_checks_without_a_partition_check_every_partition_with_keys(platform: Pl
 def test_pending_keys_older_than_the_set_time_fail_freshness(platform: Platform) -> None:
     clean_partition(platform)
     platform.upload("dA/2026110104/late.json", record("dA", UTC0 + timedelta(hours=2), temperature=1.0))
-    registration.register_keys(platform.engine, platform.raw.list(), 8)
+    registration.register_keys(platform.engine, platform.raw.list(), 8, REINGEST)
     assert platform.checks()["freshness"].passed  # pending, but only just
     with platform.engine.begin() as conn:
         conn.execute(sa.update(keys).where(keys.c.status == PENDING).values(discovered_at=datetime(2026, 1, 1)))
@@ -260,7 +262,7 @@ def test_a_claimed_key_counts_for_freshness_on_the_clock_of_the_materializations
     assert committed["last_commit_lag_oldest_seconds"].value >= committed["last_commit_lag_newest_seconds"].value >= 0
 
     platform.upload("dA/2026110104/late.json", record("dA", UTC0 + timedelta(hours=2), temperature=1.0))
-    registration.register_keys(platform.engine, platform.raw.list(), 8)
+    registration.register_keys(platform.engine, platform.raw.list(), 8, REINGEST)
     with platform.engine.begin() as conn:
         conn.execute(sa.update(keys).where(keys.c.status == PENDING).values(discovered_at=datetime(2026, 1, 1)))
     batch = protocol.claim_batch(platform.engine, DAY, REGION, 10, "a-run-still-writing", 900)
@@ -278,8 +280,8 @@ def test_every_ingest_materialization_carries_its_lag(platform: Platform) -> Non
     platform.upload("dA/2026110102/a.json", record("dA", UTC0, temperature=1.0))
     # 17:00 UTC on Nov 1 is 01:00 local on Nov 2: the row lands in the next date's directory
     platform.upload("dA/2026110115/b.json", record("dA", datetime(2026, 11, 1, 17, 0), temperature=2.0))
-    registration.register_keys(platform.engine, platform.raw.list(), platform.settings.tz_offset_hours)
-    now = protocol.utcnow()
+    registration.register_keys(platform.engine, platform.raw.list(), platform.settings.tz_offset_hours, REINGEST)
+    now = clock.utcnow()
     with platform.engine.begin() as conn:
         for name, age in (("a.json", 600), ("b.json", 60)):
             stamp = now - timedelta(seconds=age)
@@ -443,3 +445,42 @@ def anomalies_in_lake(p: Platform) -> list[tuple[Any, ...]]:
         return conn.execute(
             "SELECT device_id, temperature, median, mad, robust_z FROM read_parquet(?) ORDER BY ALL", [files]
         ).fetchall()
+
+
+# ---------------------------------------------------------------------------------------------
+# Analytics that follow their rows
+
+
+def stale_tick(platform: Platform) -> dg.SensorResult | dg.SkipReason:
+    context = dg.build_sensor_context(instance=platform.instance, resources={"ledger": platform.resources["ledger"]})
+    result = stale_analytics_sensor(context)
+    assert isinstance(result, (dg.SensorResult, dg.SkipReason))
+    return result
+
+
+def test_a_reingested_date_gets_its_analytics_again(platform: Platform) -> None:
+    """The statistics of DAY are computed; then one of its objects is rewritten with another
+    reading and re-ingested: the sensor requests analytics_job for DAY once, and the statistics
+    computed then count the new reading."""
+    files = stats_lines()
+    for key, lines in files.items():
+        platform.upload(key, *lines)
+    platform.ingest()
+    platform.run([hourly_device_stats])
+    assert isinstance(stale_tick(platform), dg.SkipReason)
+
+    key, lines = next(iter(files.items()))
+    device = key.split("/")[0]
+    platform.upload(key, *lines, record(device, UTC0 + timedelta(minutes=59), temperature=99.0))
+    platform.ingest()
+
+    first = stale_tick(platform)
+    assert isinstance(first, dg.SensorResult)
+    (request,) = first.run_requests or []
+    assert str(request.partition_key) == f"{DAY}|{REGION}" and stale_analytics_sensor.job_name == "analytics_job"
+    assert request.run_key == stale_tick(platform).run_requests[0].run_key  # type: ignore[union-attr]
+
+    platform.run([hourly_device_stats])
+    stats = warehouse_rows(platform.resources["warehouse"].get_engine())
+    assert stats[(device, 10)]["temperature_max"] == 99.0
+    assert isinstance(stale_tick(platform), dg.SkipReason)

@@ -20,6 +20,7 @@ from datalog_platform.core.generate import REGISTRY_KEY
 from datalog_platform.core.ledger import registration
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import PENDING, UNROUTED, devices, keys
+from datalog_platform.core.ledger.versions import REINGEST
 from datalog_platform.core.store import LocalStore, ObjectInfo
 from datalog_platform.defs.partitions import REGION_PARTITIONS_NAME
 from datalog_platform.defs.registry.assets import device_registry
@@ -40,7 +41,7 @@ def test_registry_sync_routes_waiting_keys(
     raw = LocalStore(tmp_path / "raw")
     engine = ledger_engine(resources["ledger"].url)
     waiting = ["devA/2026110100/x.json", "devB/2026110100/x.json", "devZ/2026110100/x.json"]
-    registration.register_keys(engine, [ObjectInfo(k, 1) for k in waiting], 8)
+    registration.register_keys(engine, [ObjectInfo(k, 1) for k in waiting], 8, REINGEST)
     raw.write_bytes(REGISTRY_KEY, "\ufeffdevice_id,dstrct_code\ndevA,BRCB\ndevB,KPCS\n".encode())
 
     first = sync(instance, resources)
@@ -101,7 +102,7 @@ def test_unsafe_region_fails_the_sync_before_anything_changes(
     or routed key results from the file."""
     raw = LocalStore(tmp_path / "raw")
     engine = ledger_engine(resources["ledger"].url)
-    registration.register_keys(engine, [ObjectInfo("devA/2026110100/x.json", 1)], 8)
+    registration.register_keys(engine, [ObjectInfo("devA/2026110100/x.json", 1)], 8, REINGEST)
     for region in ("../../../../../escape", "Ü REGION"):
         raw.write_bytes(REGISTRY_KEY, f"device_id,dstrct_code\ndevA,{region}\n".encode())
         result = sync(instance, resources)

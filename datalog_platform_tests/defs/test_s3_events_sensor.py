@@ -4,7 +4,9 @@ Each test configures a real bucket notification (S3 -> SQS, and SNS / EventBridg
 server, uploads objects and evaluates the sensor. Covers: upload -> event -> registration, with
 the ingest runs requested in the same tick and the messages deleted afterwards (the test event
 and keys outside the raw prefix skipped and deleted too); a key with a space and a quote
-registered exactly as uploaded; duplicate and out-of-order events registering a key once;
+registered exactly as uploaded; duplicate and out-of-order events registering a key once; a
+rewrite reported by an event replacing the key's rows, and two events of one key out of order
+(the newer by `sequencer` wins);
 poison messages (not JSON, a foreign event) counted and left on the queue while the good ones
 beside them are processed; SNS-wrapped and EventBridge deliveries; a lost event (no
 notification) whose key the reconciliation job registers; an unreachable or missing queue
@@ -31,9 +33,11 @@ import pytest
 import sqlalchemy as sa
 from dagster_aws.s3 import S3Resource
 
-from datalog_platform.core.ledger import protocol, registration
+from datalog_platform.core.ingest import ingest_batch
+from datalog_platform.core.ledger import protocol, raw_keys, registration
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import PENDING
+from datalog_platform.core.ledger.versions import REINGEST
 from datalog_platform.defs.constants import TRIGGER_TAG
 from datalog_platform.defs.discovery.jobs import reconcile_raw_keys_job
 from datalog_platform.defs.discovery.s3_events import s3_events_sensor
@@ -41,9 +45,11 @@ from datalog_platform.defs.discovery.sensors import raw_logs_sensor
 from datalog_platform.defs.resources import DiscoveryResource, LedgerResource, S3EventsResource, StoresResource
 from datalog_platform.defs.wiring import build_definitions
 from datalog_platform.settings import Settings
+from datalog_platform_tests.support.lake import lake_rows
 from datalog_platform_tests.support.ledger_helpers import key_rows, key_statuses
 from datalog_platform_tests.support.net import free_port
-from datalog_platform_tests.support.raw_data import hour_ago, raw_key
+from datalog_platform_tests.support.pipeline import reader_for
+from datalog_platform_tests.support.raw_data import epoch_seconds, hour_ago, ndjson, raw_key
 from datalog_platform_tests.support.s3 import REGION, new_queue, notify_queue, sqs_client_for
 
 TZ = 8
@@ -155,7 +161,7 @@ def test_upload_event_registration_and_run_request(events: Events, instance: dg.
     assert meta["oldest_message_age_seconds"] >= 0
     assert key_statuses(events.engine) == {plain: PENDING, odd: PENDING}
     assert {r["dstrct_code"] for r in key_rows(events.engine).values()} == {"BRCB", "KPCS"}
-    date = protocol.local_date(hour, TZ)
+    date = raw_keys.local_date(hour, TZ)
     requested = {str(r.partition_key): r.tags for r in result.run_requests or []}
     assert set(requested) == {f"{date}|BRCB", f"{date}|KPCS"}
     assert all(tags[TRIGGER_TAG] == "s3_events_sensor" for tags in requested.values())
@@ -172,7 +178,9 @@ def test_duplicate_and_out_of_order_events_register_a_key_once(events: Events, i
     hour = hour_ago(2)
     twice, listed = raw_key("dev001", hour, "twice"), raw_key("dev001", hour, "listed")
     events.upload(listed)
-    registration.register_keys(events.engine, events.resources["stores"].raw().list(), TZ)  # listing came first
+    registration.register_keys(
+        events.engine, events.resources["stores"].raw().list(), TZ, REINGEST
+    )  # listing came first
     events.upload(twice)
     events.upload(twice, b'{"heartbeat": 2}\n')
     first = observed(tick(instance, events.resources))
@@ -296,3 +304,74 @@ def _client(service: str, endpoint: str) -> Any:
     return boto3.client(
         service, region_name=REGION, endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# New versions of known keys
+
+
+def ingest_partition_of(events: Events, part_date: str, region: str) -> None:
+    """Claim and ingest the partition's pending keys as its run would."""
+    stores = events.resources["stores"]
+    batch = protocol.claim_batch(events.engine, part_date, region, 100, None, 60)
+    assert batch is not None
+    raw = stores.raw()
+    ingest_batch(events.engine, reader_for(raw), raw, stores.lake(), batch, TZ, 60, 3, REINGEST)
+
+
+def test_a_rewrite_reported_by_an_event_replaces_the_keys_rows(
+    sqlite_events: Events, instance: dg.DagsterInstance
+) -> None:
+    """An object uploaded, ingested, then uploaded again with more lines: the second event is a new
+    version, the tick requests a run of its partition under a new run key, and the lake ends with
+    the second version's rows only."""
+    hour = hour_ago(1)
+    key = raw_key("dev001", hour)
+    date = raw_keys.local_date(hour, TZ)
+    lines = [json.dumps({"heartbeat": epoch_seconds(hour) + s, "seq": s}) for s in range(30)]
+    sqlite_events.upload(key, ndjson(*lines[:10]))
+    first = tick(instance, sqlite_events.resources)
+    ingest_partition_of(sqlite_events, date, "BRCB")
+
+    sqlite_events.upload(key, ndjson(*lines))
+    second = tick(instance, sqlite_events.resources)
+    meta = observed(second)
+    assert (meta["keys_found"], meta["keys_rewritten"], meta["keys_already_known"]) == (0, 1, 0)
+    (request,) = second.run_requests or []
+    (before,) = first.run_requests or []
+    assert str(request.partition_key) == f"{date}|BRCB" and request.run_key != before.run_key
+    ingest_partition_of(sqlite_events, date, "BRCB")
+
+    lake = sqlite_events.resources["stores"].lake_url
+    seqs = sorted(r["seq"] for r in lake_rows(lake))
+    assert seqs == list(range(30))
+    assert key_rows(sqlite_events.engine)[key]["version"] == 2
+
+
+def test_two_events_of_one_key_out_of_order(sqlite_events: Events, instance: dg.DagsterInstance) -> None:
+    """S3 orders the events of one key by their `sequencer` (moto's carry none, so these are
+    built as S3 sends them): an event older than the version recorded changes nothing, a newer
+    one is a new version, and of two in one receive the newer counts."""
+    key = raw_key("dev001", hour_ago(3))
+
+    def event(etag: str, size: int, sequencer: str) -> str:
+        obj = {"key": f"raw/{key}", "size": size, "eTag": etag, "sequencer": sequencer}
+        s3 = {"bucket": {"name": sqlite_events.bucket}, "object": obj}
+        return json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": s3}]})
+
+    def recorded() -> tuple[str, int, int]:
+        row = key_rows(sqlite_events.engine)[key]
+        return row["etag"], row["size"], row["version"]
+
+    sqlite_events.send(event("new", 20, "0062D3F0A1B2C3D4E2"))
+    assert observed(tick(instance, sqlite_events.resources))["keys_found"] == 1
+    sqlite_events.send(event("old", 10, "0062D3F0A1B2C3D4E1"))  # delivered late
+    late = observed(tick(instance, sqlite_events.resources))
+    assert (late["keys_rewritten"], late["keys_already_known"]) == (0, 1)
+    assert recorded() == ("new", 20, 1)
+
+    sqlite_events.send(event("newest", 30, "0062D3F0A1B2C3D4E4"))
+    sqlite_events.send(event("newer", 25, "62D3F0A1B2C3D4E3"))  # shorter text, older event
+    both = observed(tick(instance, sqlite_events.resources))
+    assert both["keys_rewritten"] == 1
+    assert recorded() == ("newest", 30, 2)

@@ -33,7 +33,7 @@ import pytest
 import sqlalchemy as sa
 
 from datalog_platform.core.generate import generate, log_lines, registry_csv
-from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger import raw_keys
 from datalog_platform.core.ledger.schema import (
     ABORTED,
     COMMITTED,
@@ -143,7 +143,8 @@ def test_local_ingest_records_runs_and_is_idempotent(tmp_path: Path) -> None:
 
 def test_keys_that_cannot_be_ingested_yet_wait(tmp_path: Path) -> None:
     """Keys of a device missing from the registry wait as UNROUTED (exit 0); once `devices load`
-    names it (a quoted id with a comma, in a region nobody had yet) the next ingest takes them.
+    names it (a quoted id with an apostrophe and a space in it, in a region nobody had yet) the next
+    ingest takes them.
 
     In the same raw store a device with a wrong clock uploaded under an hour a month ahead (beyond
     the last daily partition) and one years back (before DATALOG_PARTITIONS_START_DATE): `ingest`
@@ -160,11 +161,11 @@ def test_keys_that_cannot_be_ingested_yet_wait(tmp_path: Path) -> None:
         raw.write_bytes(key, ndjson(*lines))
         return key
 
-    stranger, new_region = "edge,07", "NEWR"
+    stranger, new_region = "edge '07", "NEWR"
     stranger_keys = [upload(stranger, datetime(2026, 11, 1, h), h) for h in range(2)]
     future = (datetime.now(UTC) + timedelta(days=30)).replace(tzinfo=None, minute=0, second=0, microsecond=0)
     odd_keys = [upload("dev00000", future, 7), upload("dev00000", datetime(2019, 6, 1, 0), 8)]
-    future_date = protocol.local_date(future, cli_helpers.TZ_OFFSET_HOURS)
+    future_date = raw_keys.local_date(future, cli_helpers.TZ_OFFSET_HOURS)
     expected = raw_records(raw)
     stranger_rows = sorted(r for r in expected if r[0] in stranger_keys)
     known_rows = sorted(r for r in expected if r[0] not in stranger_keys and r[0] not in odd_keys)
@@ -210,6 +211,36 @@ def test_keys_that_cannot_be_ingested_yet_wait(tmp_path: Path) -> None:
     }
     table = key_table(sqlite_url(home))
     assert {k: r["status"] for k, r in table.items()} == {k: PENDING if k in odd_keys else SUCCESS for k in table}
+
+
+def test_ingest_says_which_objects_it_could_not_ingest_and_exits_partial(tmp_path: Path) -> None:
+    """An object deleted between its discovery and its run: `datalog ingest` ingests the others,
+    names what it could not ingest in its summary and exits 3 ("partial"); `--json` says the same;
+    once the object is back, the next ingest takes it and exits 0."""
+    home = tmp_path / "home"
+    env = cli_helpers.cli_env(home)
+    raw = LocalStore(home / "raw")
+    summary = generate(raw, devices=1, hours=3, rows=10, seed=4, bad_file_share=0.0)
+    first = run_json(env, "ingest", "--json")  # the device is not in the registry yet: UNROUTED
+    assert (first["registered"], first["unrouted"]) == (3, 3)
+    gone = sorted(raw_log_keys(raw))[1]
+    kept_bytes = raw.read_bytes(gone)
+    raw.delete([gone])
+    run_ok(
+        env, "devices", "load", str(cli_helpers.write_csv(tmp_path / "d.csv", registry_csv(summary.devices).decode()))
+    )
+
+    proc = run_cli(env, "ingest")
+    assert proc.returncode == 3, cli_helpers.describe(proc)
+    assert "not ingested: 1 object(s) gone from the raw store (MISSING), 0 quarantined whole, 0 failed" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert key_table(sqlite_url(home))[gone]["status"] == "MISSING"
+    assert {r["source_file"] for r in lake_rows(str(home / "lake"))} == set(raw_log_keys(raw))
+
+    raw.write_bytes(gone, kept_bytes)
+    again = run_json(env, "ingest", "--json")
+    assert (again["missing_keys"], again["keys"]) == (0, 1)
+    assert {r["source_file"] for r in lake_rows(str(home / "lake"))} == set(raw_log_keys(raw))
 
 
 def test_devices_load_rejects_a_wrong_header(tmp_path: Path) -> None:

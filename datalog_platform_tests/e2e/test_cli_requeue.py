@@ -1,7 +1,7 @@
 """`datalog ledger requeue` in a child process: FAILED keys of one region back to PENDING.
 
 Covers the count the command prints, exit code 2 with a clear message (and nothing changed) for
-SUCCESS keys, which would duplicate rows, and for a malformed --since. The ledger holds
+SUCCESS keys, whose objects have not changed, and for a malformed --since. The ledger holds
 `ledger_helpers.REQUEUE_LAYOUT`: keys in every status. `registration.requeue` itself is in
 unit/test_ledger_requeue.py.
 
@@ -29,7 +29,7 @@ def test_requeue_command(tmp_path: Path) -> None:
 
     refused = cli_helpers.run_cli(env, "ledger", "requeue", "--status", "SUCCESS")
     assert refused.returncode == 2, cli_helpers.describe(refused)
-    assert "SUCCESS keys cannot be requeued" in refused.stderr and "duplicate" in refused.stderr
+    assert "SUCCESS keys cannot be requeued" in refused.stderr and "have not changed" in refused.stderr
     assert requeue_states(engine) == before
 
     bad_date = cli_helpers.run_cli(env, "ledger", "requeue", "--status", "FAILED", "--since", "03/11/2026")

@@ -52,9 +52,10 @@ import pytest
 import sqlalchemy as sa
 
 from datalog_platform.core.generate import device_registry, generate, log_lines, registry_csv
-from datalog_platform.core.ledger import protocol, registration
+from datalog_platform.core.ledger import claims, clock, protocol, raw_keys, registration
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import ABORTED, SUCCESS, WRITING
+from datalog_platform.core.ledger.versions import REINGEST
 from datalog_platform.core.store import LocalStore
 from datalog_platform.settings import Settings
 from datalog_platform_tests.support.cli_helpers import run_ok, write_csv
@@ -104,7 +105,7 @@ class Dataset:
 
 @dataclass(frozen=True)
 class DeadWriter:
-    batch: protocol.Batch
+    batch: claims.Batch
     dataset: Dataset
     stray_file: Path
 
@@ -129,7 +130,7 @@ class Platform:
         a device the ledger knows (dev00000 of the upload), so they are filed under hours of the
         discovery window, which a tick lists for every known device; older hours of a known device
         are found only by the daily reconcile. The two hours fall on one local date."""
-        start = protocol.utcnow().replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+        start = clock.utcnow().replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
         if local_date(start) != local_date(start + timedelta(hours=1)):
             start -= timedelta(hours=1)
         keys = upload(
@@ -161,14 +162,14 @@ def clean_env(home: Path, dagster_home: Path) -> dict[str, str]:
 
 
 def local_date(hour: datetime) -> str:
-    return protocol.local_date(hour, TZ_OFFSET_HOURS)
+    return raw_keys.local_date(hour, TZ_OFFSET_HOURS)
 
 
 def dataset(name: str, raw: LocalStore, keys: set[str], regions: dict[str, str]) -> Dataset:
     expected = tuple(sorted(r for r in raw_records(raw) if r[0] in keys))
     partitions = set()
     for key in keys:
-        parsed = protocol.parse_raw_key(key)
+        parsed = raw_keys.parse_raw_key(key)
         assert parsed is not None, key
         partitions.add((local_date(parsed.hour), regions[parsed.device_id]))
     return Dataset(name, frozenset(keys), expected, frozenset(partitions))
@@ -195,7 +196,7 @@ def stage_dead_writer(
     keys = upload(raw, write)
     data = dataset("dead writer", raw, keys, regions)
     engine = ledger_engine(settings.ledger_url)
-    found = registration.register_keys(engine, raw.list(f"{DEAD_DEVICE}/"), TZ_OFFSET_HOURS)
+    found = registration.register_keys(engine, raw.list(f"{DEAD_DEVICE}/"), TZ_OFFSET_HOURS, REINGEST)
     assert found.registered == len(keys), found
     (part_date, region) = next(iter(data.partitions))
     batch = protocol.claim_batch(engine, part_date, region, 1000, None, lease_seconds=2)
@@ -233,7 +234,7 @@ def daemon_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfo
     run_ok(env, "devices", "load", str(csv_path))
 
     raw, lake = LocalStore(settings.raw_url), Path(settings.lake_url)
-    today = protocol.utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    today = clock.utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
     dead = stage_dead_writer(settings, raw, lake, today - timedelta(days=6), regions)
 
     engine = sa.create_engine(settings.ledger_url, connect_args={"timeout": 30})
@@ -257,7 +258,7 @@ def daemon_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfo
                 raw, devices=3, hours=2, rows=20, seed=11, start=today - timedelta(days=10), bad_file_share=0
             ),
         )
-        uploaded_at, uploaded_monotonic = protocol.utcnow(), time.monotonic()
+        uploaded_at, uploaded_monotonic = clock.utcnow(), time.monotonic()
         yield Platform(
             home=home,
             settings=settings,
@@ -458,7 +459,7 @@ def test_run_orphaned_by_a_daemon_crash_does_not_block_its_partition(tmp_path: P
     run_ok(env, "dagster-home")
     run_ok(env, "devices", "load", str(write_csv(tmp_path / "registry.csv", registry_csv(device_registry(1)).decode())))
     raw = LocalStore(settings.raw_url)
-    start = protocol.utcnow().replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=4)
+    start = clock.utcnow().replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=4)
     keys = upload(raw, lambda: generate(raw, devices=1, hours=2, rows=20, seed=13, start=start, bad_file_share=0))
     data = dataset("orphan", raw, keys, dict(device_registry(1)))
     ((part_date, region),) = data.partitions

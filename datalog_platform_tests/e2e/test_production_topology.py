@@ -41,7 +41,7 @@ import pytest
 import sqlalchemy as sa
 
 from datalog_platform.core.generate import device_registry, generate, registry_csv
-from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger import clock, raw_keys
 from datalog_platform.core.ledger.schema import COMMITTED, REBUILD, SUCCESS, batches
 from datalog_platform.core.store import LocalStore, ObjectStore, S3Access, S3Store
 from datalog_platform_tests.support.cli_helpers import json_of, run_cli, run_ok, write_csv
@@ -125,7 +125,7 @@ class Production:
 
 
 def start_of_hour(days_ago: int, hour: int) -> datetime:
-    day = protocol.utcnow().replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=days_ago)
+    day = clock.utcnow().replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=days_ago)
     return day + timedelta(hours=hour)
 
 
@@ -141,9 +141,9 @@ def partitions_of(keys: set[str]) -> set[str]:
     regions = dict(device_registry(DEVICES))
     found = set()
     for key in keys:
-        parsed = protocol.parse_raw_key(key)
+        parsed = raw_keys.parse_raw_key(key)
         assert parsed is not None, key
-        found.add(f"{protocol.local_date(parsed.hour, TZ_OFFSET_HOURS)}|{regions[parsed.device_id]}")
+        found.add(f"{raw_keys.local_date(parsed.hour, TZ_OFFSET_HOURS)}|{regions[parsed.device_id]}")
     return found
 
 

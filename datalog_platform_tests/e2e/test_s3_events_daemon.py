@@ -28,7 +28,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from datalog_platform.core.generate import device_registry, generate, log_lines, registry_csv
-from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger import clock, raw_keys
 from datalog_platform.core.ledger.schema import SUCCESS
 from datalog_platform.core.store import S3Store
 from datalog_platform.settings import Settings
@@ -95,7 +95,7 @@ def test_uploads_reach_the_lake_through_s3_events(tmp_path: Path, moto_server: s
             daemon=daemon,
             detail=lambda: f"stored sensor states: {sensor_states(instance)}",
         )
-        start = protocol.utcnow().replace(minute=0, second=0, microsecond=0) - timedelta(days=3)
+        start = clock.utcnow().replace(minute=0, second=0, microsecond=0) - timedelta(days=3)
         generate(raw, devices=1, hours=1, rows=20, seed=21, start=start, bad_file_share=0)
         device = registry[0][0]
         odd = f"{device}/{start:%Y%m%d%H}/it's a log+1.json"
@@ -104,8 +104,8 @@ def test_uploads_reach_the_lake_through_s3_events(tmp_path: Path, moto_server: s
         expected = sorted(raw_records(raw))
         regions = dict(registry)
         partitions = {
-            f"{protocol.local_date(parsed.hour, TZ_OFFSET_HOURS)}|{regions[parsed.device_id]}"
-            for parsed in (protocol.parse_raw_key(k) for k in keys)
+            f"{raw_keys.local_date(parsed.hour, TZ_OFFSET_HOURS)}|{regions[parsed.device_id]}"
+            for parsed in (raw_keys.parse_raw_key(k) for k in keys)
             if parsed is not None
         }
         assert odd in keys and len(keys) == 2 and len(partitions) == 1

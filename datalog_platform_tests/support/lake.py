@@ -14,8 +14,8 @@ from typing import Any
 import duckdb
 
 from datalog_platform.core.duckdb_setup import enable_s3
+from datalog_platform.core.ledger.records import DATASET
 from datalog_platform.core.store import S3Access, S3Store
-from datalog_platform.core.transform.convert import DATASET
 from datalog_platform_tests.support.raw_data import RowId
 
 

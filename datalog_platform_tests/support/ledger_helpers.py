@@ -30,6 +30,7 @@ from datalog_platform.core.ledger.schema import (
     devices,
     keys,
 )
+from datalog_platform.core.ledger.versions import REINGEST
 from datalog_platform.core.store import ObjectInfo
 
 POSTGRES_URL_ENV = "DATALOG_TEST_POSTGRES_URL"
@@ -140,7 +141,7 @@ def register_same_objects(url: str, schema: str, count: int, worker: int, barrie
             conn.execute(sa.text("SELECT 1"))
         objects = [ObjectInfo(f"dev{n % 50:03d}/2026110100/log-{n}.json", 10) for n in range(count)]
         barrier.wait(timeout=60)
-        result = registration.register_keys(engine, objects, 8)
+        result = registration.register_keys(engine, objects, 8, REINGEST)
         engine.dispose()
         results.put((worker, result.registered))  # type: ignore[attr-defined]
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the test
@@ -234,7 +235,7 @@ def fill_requeue_layout(engine: sa.Engine) -> None:
     """Put REQUEUE_LAYOUT (and one key of an unknown device: UNROUTED) into the ledger of `engine`."""
     registration.upsert_devices(engine, REQUEUE_DEVICES)
     objects = [ObjectInfo(key, 10, "etag") for key in [*REQUEUE_LAYOUT, "unknown/2026110300/u.json"]]
-    registration.register_keys(engine, objects, 8)  # UTC+8
+    registration.register_keys(engine, objects, 8, REINGEST)  # UTC+8
     with engine.begin() as conn:
         for key, (status, attempts) in REQUEUE_LAYOUT.items():
             conn.execute(

@@ -7,22 +7,39 @@ pointed at moto's S3 server when the stores are S3) and the local or S3 stores.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import sqlalchemy as sa
 
-from datalog_platform.core.duckdb_setup import enable_s3
+from datalog_platform.core.duckdb_setup import ReaderSettings, enable_s3, memory_bytes
 from datalog_platform.core.ingest import BatchReport, ingest_batch
-from datalog_platform.core.ledger import protocol, registration, swap
+from datalog_platform.core.ledger import claims, protocol, registration, swap
+from datalog_platform.core.ledger.versions import REINGEST
 from datalog_platform.core.store import ObjectStore, S3Store
+from datalog_platform.core.transform.read import ReadLimits
 from datalog_platform.core.transform.timestamps import install_macros
+from datalog_platform.settings import DEFAULT_MAX_FIELDS, DEFAULT_MAX_LINE_SIZE
 from datalog_platform_tests.support.ledger_helpers import key_rows
 
 TZ_OFFSET_HOURS = 8
 LEASE_SECONDS = 60
 MAX_ATTEMPTS = 3
+RAM_LIMIT = "2GB"
+DEFAULT_LIMITS = ReadLimits(memory_bytes(DEFAULT_MAX_LINE_SIZE), DEFAULT_MAX_FIELDS)
+
+
+def reader_for(
+    store: ObjectStore | None, limits: ReadLimits = DEFAULT_LIMITS, ram_limit: str = RAM_LIMIT
+) -> ReaderSettings:
+    """A batch reader's settings as a run has them: two threads, a spill directory of its own,
+    httpfs pointed at the store's S3 endpoint."""
+    spill = Path(tempfile.mkdtemp(prefix="datalog-spill-"))
+    access = store.access if isinstance(store, S3Store) else None
+    return ReaderSettings(ram_limit, 2, spill, limits, access)
 
 
 def duckdb_for(store: ObjectStore | None = None) -> duckdb.DuckDBPyConnection:
@@ -54,13 +71,15 @@ class Pipeline:
         self.tz_offset_hours = TZ_OFFSET_HOURS
         self.engine = engine
         self.conn = make_duck(lake)
+        self.reader = reader_for(lake if isinstance(lake, S3Store) else raw)
+        self.policy = REINGEST
 
     def devices(self, rows: Iterable[tuple[str, str]]) -> None:
         registration.upsert_devices(self.engine, rows)
 
     def run(self, limit: int = 1000) -> list[BatchReport]:
         """Register every raw key, then claim and ingest batches until nothing is pending."""
-        registration.register_keys(self.engine, self.raw.list(), TZ_OFFSET_HOURS)
+        self.register()
         reports = []
         for part in registration.pending_partitions(self.engine):
             while batch := protocol.claim_batch(
@@ -69,20 +88,25 @@ class Pipeline:
                 reports.append(self.ingest(batch))
         return reports
 
-    def ingest(self, batch: protocol.Batch) -> BatchReport:
+    def register(self) -> registration.RegisterResult:
+        """Register every raw object, as a full listing does (new keys and new versions)."""
+        return registration.register_keys(self.engine, self.raw.list(), TZ_OFFSET_HOURS, self.policy)
+
+    def ingest(self, batch: claims.Batch) -> BatchReport:
         """`ingest_batch` of one claimed batch (an ingest or a rebuild), as a run does it."""
         return ingest_batch(
             self.engine,
-            self.conn,
+            self.reader,
             self.raw,
             self.lake,
             batch,
             TZ_OFFSET_HOURS,
             LEASE_SECONDS,
             MAX_ATTEMPTS,
+            self.policy,
         )
 
-    def rebuild(self, part_date: str, region: str) -> protocol.Batch:
+    def rebuild(self, part_date: str, region: str) -> claims.Batch:
         """Claim the rebuild of one date x region partition and ingest it: its files are replaced."""
         batch = swap.claim_rebuild(self.engine, part_date, region, None, LEASE_SECONDS)
         assert batch is not None

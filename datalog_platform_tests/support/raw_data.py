@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from datalog_platform.core.ledger import protocol
+from datalog_platform.core.ledger import clock
 from datalog_platform.core.store import ObjectStore
 
 RowId = tuple[str, int]  # (source_file, seq): one generated record
@@ -30,7 +30,7 @@ def raw_key(device: str, hour: datetime, name: str = "log") -> str:
 
 def hour_ago(hours: int, now: datetime | None = None) -> datetime:
     """The start of the UTC hour `hours` before `now` (naive UTC, as the ledger keeps times)."""
-    now = now or protocol.utcnow()
+    now = now or clock.utcnow()
     return (now - timedelta(hours=hours)).replace(minute=0, second=0, microsecond=0)
 
 

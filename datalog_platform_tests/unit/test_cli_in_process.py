@@ -1,9 +1,9 @@
 """The `datalog` commands called in this process (`cli.main([...])`): `devices load` reading CSV as
 spreadsheets write it (standard quoting, a UTF-8 byte-order mark), refusing a row with an empty
-value and loading nothing, `ledger status --json` on a ledger that does not exist yet, and `datalog
-dagster-home` writing the instance's dagster.yaml (consolidated event log, one run per partition at
-a time) and leaving an existing one alone. The same commands in child processes are in
-e2e/test_cli_commands.py.
+value and loading nothing, `ledger status --json` on a ledger that does not exist yet, `ledger
+release` of HELD keys, and `datalog dagster-home` writing the instance's dagster.yaml (consolidated
+event log, one run per partition at a time) and leaving an existing one alone. The same commands
+in child processes are in e2e/test_cli_commands.py.
 
 Real parts only: DATALOG_HOME in tmp_path (no other DATALOG_*/DAGSTER_* variable), a SQLite ledger
 file there, CSV files, and the Dagster instance opened from the dagster.yaml the command wrote.
@@ -20,7 +20,12 @@ import dagster as dg
 import pytest
 
 from datalog_platform import cli
-from datalog_platform_tests.support import cli_helpers
+from datalog_platform.core.ledger import protocol, registration, versions
+from datalog_platform.core.ledger.engine import ledger_engine
+from datalog_platform.core.ledger.outcomes import KeyOutcome
+from datalog_platform.core.ledger.schema import HELD, PENDING, SUCCESS
+from datalog_platform.core.store import ObjectInfo
+from datalog_platform_tests.support import cli_helpers, ledger_helpers
 from datalog_platform_tests.support.cli_helpers import sqlite_url
 from datalog_platform_tests.support.ledger_helpers import device_table, seed_registry
 
@@ -96,3 +101,23 @@ def test_dagster_home_gets_one_event_log_and_one_run_per_partition(
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     assert cli.main(["dagster-home"]) == 0
     assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
+
+
+def test_ledger_release_lets_held_versions_be_ingested(inproc_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A new version of an ingested key, held by the `quarantine` policy, is PENDING again after
+    `datalog ledger release` (scoped by region: another region's key stays HELD)."""
+    engine = ledger_engine(sqlite_url(inproc_home))
+    registration.upsert_devices(engine, [("d1", "BRCB"), ("d2", "KPCS")])
+    names = ["d1/2026110100/a.json", "d2/2026110100/b.json"]
+    registration.register_keys(engine, [ObjectInfo(n, 10, "v1") for n in names], 8, versions.QUARANTINE)
+    for region in ("BRCB", "KPCS"):
+        batch = protocol.claim_batch(engine, "2026-11-01", region, 10, None, 60)
+        assert batch is not None
+        outcomes = [KeyOutcome(k.key_id, SUCCESS, version=k.version) for k in batch.keys]
+        protocol.commit_batch(engine, batch.batch_id, outcomes, [], 0, 0)
+    registration.register_keys(engine, [ObjectInfo(n, 20, "v2") for n in names], 8, versions.QUARANTINE)
+    assert set(ledger_helpers.key_statuses(engine).values()) == {HELD}
+
+    assert cli.main(["ledger", "release", "--region", "BRCB"]) == 0
+    assert capsys.readouterr().out.startswith("released 1 HELD key(s) in region BRCB: PENDING")
+    assert ledger_helpers.key_statuses(engine) == {names[0]: PENDING, names[1]: HELD}

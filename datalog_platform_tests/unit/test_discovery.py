@@ -21,8 +21,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from datalog_platform.core.discovery import DiscoveryCursor, DiscoveryLimits, discover, reconcile
-from datalog_platform.core.ledger import protocol, registration
+from datalog_platform.core.ledger import clock, registration
 from datalog_platform.core.ledger.engine import ledger_engine
+from datalog_platform.core.ledger.versions import REINGEST
 from datalog_platform.core.store import LocalStore, ObjectInfo, ObjectStore, S3Access, S3Store
 from datalog_platform_tests.support.ledger_helpers import key_statuses
 from datalog_platform_tests.support.raw_data import hour_ago, raw_key
@@ -58,22 +59,22 @@ def test_tick_is_capped_by_requests_and_continues(tmp_path: Path, sqlite_engine:
     """Five active devices, 4 requests a tick: the first tick lists three of them and says more
     remains; the second continues after the third and finishes the round."""
     raw = LocalStore(tmp_path / "raw")
-    now = protocol.utcnow()
+    now = clock.utcnow()
     devices = [f"dev{n}" for n in range(5)]
     for device in devices:
         raw.write_bytes(raw_key(device, hour_ago(2, now), "old"), b"{}")
     registration.upsert_devices(sqlite_engine, [(d, "R1") for d in devices])
-    reconcile(raw, sqlite_engine, TZ)
+    reconcile(raw, sqlite_engine, TZ, REINGEST)
     new = {raw_key(d, hour_ago(0, now), f"new{i}") for d in devices for i in range(3)}
     for key in new:
         raw.write_bytes(key, b"{}")
     limits = DiscoveryLimits(max_requests=4, cold_requests=0)
 
-    first = discover(raw, sqlite_engine, DiscoveryCursor(), now, limits, TZ)
+    first = discover(raw, sqlite_engine, DiscoveryCursor(), now, limits, TZ, REINGEST)
     assert first.list_requests == 4  # the prefix listing + dev0, dev1, dev2
     assert first.registered == 9 and first.more
     assert first.cursor.hot_after == "dev2"
-    second = discover(raw, sqlite_engine, DiscoveryCursor.from_json(first.cursor.to_json()), now, limits, TZ)
+    second = discover(raw, sqlite_engine, DiscoveryCursor.from_json(first.cursor.to_json()), now, limits, TZ, REINGEST)
     assert second.registered == 6 and not second.more
     assert second.list_requests == 3
     assert new <= set(key_statuses(sqlite_engine))
@@ -83,7 +84,7 @@ def test_tick_is_capped_by_keys_and_resumes_mid_device(tmp_path: Path, sqlite_en
     """A new device with 2,500 keys and 1,000 keys a tick: three ticks, each resuming after the
     last key the previous one listed, register every key exactly once."""
     raw = LocalStore(tmp_path / "raw")
-    now = protocol.utcnow()
+    now = clock.utcnow()
     written = [raw_key("big", hour_ago(100 + n // 100, now), f"f{n:04d}") for n in range(2500)]
     for key in written:
         raw.write_bytes(key, b"{}")
@@ -91,13 +92,13 @@ def test_tick_is_capped_by_keys_and_resumes_mid_device(tmp_path: Path, sqlite_en
     cursor = DiscoveryCursor()
     counts = []
     for _ in range(3):
-        result = discover(raw, sqlite_engine, cursor, now, limits, TZ)
+        result = discover(raw, sqlite_engine, cursor, now, limits, TZ, REINGEST)
         counts.append(result.registered)
         cursor = result.cursor
     assert counts == [1000, 1000, 500]
     assert cursor.resume_prefix is None
     assert set(key_statuses(sqlite_engine)) == set(written)
-    again = discover(raw, sqlite_engine, cursor, now, limits, TZ)
+    again = discover(raw, sqlite_engine, cursor, now, limits, TZ, REINGEST)
     assert again.registered == 0
 
 
@@ -105,16 +106,16 @@ def test_cold_devices_are_visited_round_robin(tmp_path: Path, sqlite_engine: sa.
     """Devices silent for longer than the window cost `cold_requests` requests a tick, round-robin:
     a new key of the third silent device is found on the third tick, not before."""
     raw = LocalStore(tmp_path / "raw")
-    now = protocol.utcnow()
+    now = clock.utcnow()
     for device in ("c1", "c2", "c3"):
         raw.write_bytes(raw_key(device, hour_ago(48, now)), b"{}")
-    reconcile(raw, sqlite_engine, TZ)
+    reconcile(raw, sqlite_engine, TZ, REINGEST)
     raw.write_bytes(raw_key("c3", hour_ago(1, now), "back"), b"{}")
     limits = DiscoveryLimits(cold_requests=1)
     cursor = DiscoveryCursor()
     found = []
     for _ in range(3):
-        result = discover(raw, sqlite_engine, cursor, now, limits, TZ)
+        result = discover(raw, sqlite_engine, cursor, now, limits, TZ, REINGEST)
         assert result.cold_devices == 3 and result.list_requests == 2
         found.append(result.registered)
         cursor = result.cursor
@@ -151,7 +152,7 @@ def test_discovery_at_scale_on_s3(
 ) -> None:
     """One tick registers 1,000 new keys (and a late one) among 100,000 existing ones with a number of
     list requests bounded by the devices that have new keys; seconds go to the JUnit report."""
-    now = protocol.utcnow()
+    now = clock.utcnow()
     engine = ledger_engine(f"sqlite:///{tmp_path}/ledger.db")
     raw = S3Store(s3_bucket, "raw/", s3_client, s3_test_access)
     devices = [f"dev{n:05d}" for n in range(EXISTING_DEVICES)]
@@ -167,7 +168,7 @@ def test_discovery_at_scale_on_s3(
     seed_seconds = time.perf_counter() - started
     # the ledger already knows them (what the previous ticks and reconciliations left)
     registration.upsert_devices(engine, [(d, "R1") for d in devices])
-    registration.register_keys(engine, [ObjectInfo(k, 2) for k in existing], TZ)
+    registration.register_keys(engine, [ObjectInfo(k, 2) for k in existing], TZ, REINGEST)
 
     new = [raw_key(d, hour_ago(0, now), f"n{i:02d}") for d in active for i in range(NEW_PER_ACTIVE)]
     new += [
@@ -185,7 +186,7 @@ def test_discovery_at_scale_on_s3(
     limits = DiscoveryLimits(cold_requests=5)
     before = raw.list_requests
     started = time.perf_counter()
-    result = discover(raw, engine, DiscoveryCursor(), now, limits, TZ)
+    result = discover(raw, engine, DiscoveryCursor(), now, limits, TZ, REINGEST)
     tick_seconds = time.perf_counter() - started
 
     assert raw.list_requests - before == result.list_requests

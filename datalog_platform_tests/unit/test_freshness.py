@@ -12,10 +12,11 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from datalog_platform.core import freshness
-from datalog_platform.core.ledger import protocol
-from datalog_platform.core.ledger.protocol import KeyOutcome
+from datalog_platform.core.ledger import clock, protocol
+from datalog_platform.core.ledger.outcomes import KeyOutcome
 from datalog_platform.core.ledger.registration import register_keys, upsert_devices
 from datalog_platform.core.ledger.schema import SUCCESS, keys
+from datalog_platform.core.ledger.versions import REINGEST
 from datalog_platform.core.store import ObjectInfo
 
 DAY, REGION, TZ = "2026-11-01", "R1", 8
@@ -24,8 +25,8 @@ DAY, REGION, TZ = "2026-11-01", "R1", 8
 def seed(engine: sa.Engine, ages: dict[str, int]) -> None:
     """PENDING keys of one partition, each discovered `age` seconds ago."""
     upsert_devices(engine, [("devA", REGION)])
-    register_keys(engine, [ObjectInfo(f"devA/2026110102/{name}.json", 10) for name in ages], TZ)
-    now = protocol.utcnow()
+    register_keys(engine, [ObjectInfo(f"devA/2026110102/{name}.json", 10) for name in ages], TZ, REINGEST)
+    now = clock.utcnow()
     with engine.begin() as conn:
         for name, age in ages.items():
             stamp = now - timedelta(seconds=age)
@@ -38,7 +39,7 @@ def test_a_committed_batch_lags_from_its_newest_and_oldest_discovery(engine: sa.
     assert batch is not None
     assert freshness.batch_lag(engine, batch.batch_id) is None  # not committed yet
     waiting = freshness.waiting(engine, DAY, REGION)
-    assert waiting.keys == 2 and waiting.lag_seconds(protocol.utcnow()) >= 300  # CLAIMED keys still wait
+    assert waiting.keys == 2 and waiting.lag_seconds(clock.utcnow()) >= 300  # CLAIMED keys still wait
 
     outcomes = [KeyOutcome(key_id=k.key_id, status=SUCCESS, rows=1) for k in batch.keys]
     protocol.commit_batch(engine, batch.batch_id, outcomes, [], rows=2, quarantined_lines=0)

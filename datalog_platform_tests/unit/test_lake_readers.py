@@ -32,8 +32,9 @@ from datalog_platform.core.ingest import ingest_batch
 from datalog_platform.core.ledger import protocol, registration
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import keys
+from datalog_platform.core.ledger.versions import REINGEST
 from datalog_platform.core.store import LocalStore
-from datalog_platform.core.transform.timestamps import install_macros
+from datalog_platform_tests.support.pipeline import reader_for
 from datalog_platform_tests.support.raw_data import good_records
 
 DATASET = "datalog_v2"
@@ -91,17 +92,12 @@ def readers_lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
     raw, lake_store = LocalStore(tmp / "raw"), LocalStore(tmp / "lake")
     summary = generate(raw, devices=6, hours=20, rows=ROWS_PER_FILE, seed=3, bad_file_share=0.2, start=START)
     engine = ledger_engine(f"sqlite:///{tmp}/ledger.db")
-    conn = duckdb.connect()
-    try:
-        install_macros(conn)
-        registration.upsert_devices(engine, summary.devices)
-        registration.register_keys(engine, raw.list(), TZ_OFFSET_HOURS)
-        for part in registration.pending_partitions(engine):
-            batch = protocol.claim_batch(engine, part.part_date, part.dstrct_code, 1000, "test", 60)
-            assert batch is not None, part
-            ingest_batch(engine, conn, raw, lake_store, batch, TZ_OFFSET_HOURS, 60, 3)
-    finally:
-        conn.close()
+    registration.upsert_devices(engine, summary.devices)
+    registration.register_keys(engine, raw.list(), TZ_OFFSET_HOURS, REINGEST)
+    for part in registration.pending_partitions(engine):
+        batch = protocol.claim_batch(engine, part.part_date, part.dstrct_code, 1000, "test", 60)
+        assert batch is not None, part
+        ingest_batch(engine, reader_for(raw), raw, lake_store, batch, TZ_OFFSET_HOURS, 60, 3, REINGEST)
     with engine.connect() as db:
         ledger = db.execute(
             sa.select(keys.c.part_date, keys.c.dstrct_code, keys.c.status, keys.c.rows, keys.c.quarantined_lines)

@@ -20,9 +20,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mssql, postgresql, sqlite
 
-from datalog_platform.core.ledger import protocol, registration, schema, stats, swap
+from datalog_platform.core.ledger import protocol, registration, schema, stats, summaries, swap
 from datalog_platform.core.ledger.engine import ledger_engine
-from datalog_platform.core.ledger.protocol import KeyOutcome
+from datalog_platform.core.ledger.outcomes import KeyOutcome
 from datalog_platform.core.ledger.schema import (
     CLAIMED,
     FAILED,
@@ -34,6 +34,7 @@ from datalog_platform.core.ledger.schema import (
     key_counts,
     keys,
 )
+from datalog_platform.core.ledger.versions import REINGEST
 from datalog_platform.core.store import LocalStore, ObjectInfo
 from datalog_platform_tests.support import ledger_helpers
 
@@ -94,8 +95,8 @@ def test_counts_follow_every_change_of_a_key(engine: sa.Engine, tmp_path: Path) 
     lake = LocalStore(tmp_path / "lake")
     registration.upsert_devices(engine, [("dev001", "BRCB"), ("dev002", "KPCS")])
     names = [f"dev00{d}/202611010{h}/k{n}.json" for d in (1, 2) for h in range(4) for n in range(3)]
-    registration.register_keys(engine, objects(*names, "dev003/2026110100/u.json", "not-a-raw-key.txt"), TZ)
-    registration.register_keys(engine, objects(*names[:5]), TZ)  # already known: nothing changes
+    registration.register_keys(engine, objects(*names, "dev003/2026110100/u.json", "not-a-raw-key.txt"), TZ, REINGEST)
+    registration.register_keys(engine, objects(*names[:5]), TZ, REINGEST)  # already known: nothing changes
     assert counted(engine) == recount(engine)
     assert figures(engine)[(DAY, "", UNROUTED)] == (1, 0, 0)
 
@@ -141,14 +142,15 @@ def test_readers_agree_with_the_keys(engine: sa.Engine) -> None:
             "dev009/2026110105/u.json",
         ),
         TZ,
+        REINGEST,
     )
     batch = protocol.claim_batch(engine, DAY, "KPCS", 10, "run", 60)
     assert batch is not None
     with engine.connect() as conn:
         ids = dict(conn.execute(sa.select(keys.c.key, keys.c.key_id)).all())
     assert [(p.part_date, p.dstrct_code, p.keys, p.fingerprint) for p in registration.pending_partitions(engine)] == [
-        (DAY, "BRCB", 2, f"n2-s{ids['dev001/2026110100/a.json'] + ids['dev001/2026110101/b.json']}-a0"),
-        ("2026-11-03", "KPCS", 1, f"n1-s{ids['dev002/2026110300/d.json']}-a0"),
+        (DAY, "BRCB", 2, f"n2-s{ids['dev001/2026110100/a.json'] + ids['dev001/2026110101/b.json']}-a0-v2"),
+        ("2026-11-03", "KPCS", 1, f"n1-s{ids['dev002/2026110300/d.json']}-a0-v1"),
     ]
     backlog = stats.backlog(engine)
     assert (backlog.pending, backlog.unrouted) == (3, 1)
@@ -172,10 +174,11 @@ def test_latest_hours_cover_registered_and_unknown_devices(engine: sa.Engine) ->
         engine,
         objects("dev001/2026110100/a.json", "dev001/2026110107/b.json", "stray/2026110203/u.json"),
         TZ,
+        REINGEST,
     )
     # a device registered after its keys were found, before routing: UNROUTED keys under a known device
     registration.upsert_devices(engine, [("stray", "BRCB")])
-    registration.register_keys(engine, objects("stray/2026110101/v.json", "dev002/2026103123/c.json"), TZ)
+    registration.register_keys(engine, objects("stray/2026110101/v.json", "dev002/2026103123/c.json"), TZ, REINGEST)
     assert stats.latest_hour_by_device(engine) == {
         "dev001": datetime(2026, 11, 1, 7),
         "dev002": datetime(2026, 10, 31, 23),
@@ -193,7 +196,7 @@ def test_devices_hours_equal_the_aggregate_over_the_keys(engine: sa.Engine, monk
         ["dev001/2026110109/k.json", "dev001/2026110109/other.json"],
     ]
     for names in pages:
-        registration.register_keys(engine, objects(*names), TZ)
+        registration.register_keys(engine, objects(*names), TZ, REINGEST)
     kept = stats.latest_hour_by_device(engine)
     monkeypatch.setattr(stats, "counts_maintained", lambda _name: False)
     assert (
@@ -207,44 +210,52 @@ def test_devices_hours_equal_the_aggregate_over_the_keys(engine: sa.Engine, monk
     )
 
 
+# What the keys of a ledger from before object versions lack.
+VERSION_COLUMNS = ("mtime_ns", "last_modified", "sequencer", "version", "lake_version", "lake_batch_id")
+
+
 def _make_old(url: str, engine: sa.Engine) -> None:
-    """Take away what this version adds (the counts, the devices' hours, their triggers and the new
-    indexes) and put back the indexes it replaced."""
+    """Take away what this version adds (the counts, the devices' hours, their triggers, the new
+    indexes, the keys' versions and their history) and put back the indexes it replaced."""
     with engine.begin() as conn:
         for name in COUNT_TRIGGERS:
             conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {name}" + (" ON keys" if url.startswith("postgres") else "")))
         conn.execute(sa.text("DROP TABLE key_counts"))
         conn.execute(sa.text("DROP TABLE device_hours"))
+        conn.execute(sa.text("DROP TABLE key_versions"))
         for name in NEW_INDEXES:
             conn.execute(sa.text(f"DROP INDEX {name}"))
         for name, on in OLD_INDEXES.items():
             conn.execute(sa.text(f"CREATE INDEX {name} ON {on}"))
+        for column in VERSION_COLUMNS:
+            conn.execute(sa.text(f"ALTER TABLE keys DROP COLUMN {column}"))
 
 
 def test_an_existing_ledger_is_upgraded(ledger_url: str) -> None:
-    """A ledger with keys but without the counts and the new indexes: create_schema fills the counts
-    from the keys, creates the triggers and indexes, and a second create_schema changes nothing."""
+    """A ledger with keys but without the counts, the new indexes and the keys' versions:
+    create_schema fills the counts from the keys, creates the triggers and indexes, numbers every
+    key's version 1 and records an ingested key's as the lake's, and a second create_schema
+    changes nothing."""
     engine = ledger_engine(ledger_url)
     registration.upsert_devices(engine, [("dev001", "BRCB")])
-    registration.register_keys(engine, objects("dev001/2026110100/a.json", "dev009/2026110100/u.json"), TZ)
+    registration.register_keys(engine, objects("dev001/2026110100/a.json", "dev009/2026110100/u.json"), TZ, REINGEST)
     _make_old(ledger_url, engine)
-    with engine.begin() as conn:  # a key written while the ledger had no triggers
+    with engine.begin() as conn:  # a key ingested while the ledger had no triggers and no versions
         conn.execute(
-            sa.insert(keys).values(
+            sa.text(
+                "INSERT INTO keys (key, size, device_id, key_hour, dstrct_code, part_date, status, batch_id, "
+                "attempts, rows, discovered_at) VALUES (:key, 10, 'dev001', :hour, 'BRCB', :day, :status, 'b-1', "
+                "2, 9, :found)"
+            ).bindparams(
                 key="dev001/2026110101/b.json",
-                size=10,
-                device_id="dev001",
-                key_hour=datetime(2026, 11, 1, 1),
-                dstrct_code="BRCB",
-                part_date=DAY,
+                hour=datetime(2026, 11, 1, 1),
+                day=DAY,
                 status=SUCCESS,
-                attempts=2,
-                rows=9,
-                discovered_at=datetime(2026, 11, 1, 2),
+                found=datetime(2026, 11, 1, 2),
             )
         )
     inspector = sa.inspect(engine)
-    assert not inspector.has_table("key_counts")
+    assert not inspector.has_table("key_counts") and not inspector.has_table("key_versions")
     assert not NEW_INDEXES & {i["name"] for i in inspector.get_indexes("keys")}
 
     for _ in range(2):
@@ -263,8 +274,15 @@ def test_an_existing_ledger_is_upgraded(ledger_url: str) -> None:
             "dev009": datetime(2026, 11, 1, 0),
         }
     with engine.connect() as conn:
-        assert schema._counts_installed(conn)
-    registration.register_keys(engine, objects("dev001/2026110102/c.json"), TZ)
+        assert summaries.counts_installed(conn)
+        upgraded = {r.key: (r.version, r.lake_version, r.lake_batch_id) for r in conn.execute(sa.select(keys))}
+    assert upgraded == {
+        "dev001/2026110100/a.json": (1, None, None),
+        "dev009/2026110100/u.json": (1, None, None),
+        "dev001/2026110101/b.json": (1, 1, "b-1"),
+    }
+    assert sa.inspect(engine).has_table("key_versions")
+    registration.register_keys(engine, objects("dev001/2026110102/c.json"), TZ, REINGEST)
     assert figures(engine)[(DAY, "BRCB", PENDING)] == (2, 0, 0)
     assert counted(engine) == recount(engine)
     assert stats.latest_hour_by_device(engine)["dev001"] == datetime(2026, 11, 1, 2)
@@ -276,7 +294,7 @@ def test_counts_from_before_the_key_ids_are_refilled_and_their_triggers_replaced
     replaces the triggers, so the counts follow the keys again."""
     engine = ledger_engine(ledger_url)
     registration.upsert_devices(engine, [("dev001", "BRCB")])
-    registration.register_keys(engine, objects("dev001/2026110100/a.json", "dev001/2026110101/b.json"), TZ)
+    registration.register_keys(engine, objects("dev001/2026110100/a.json", "dev001/2026110101/b.json"), TZ, REINGEST)
     postgres = ledger_url.startswith("postgres")
     with engine.begin() as conn:
         for name in COUNT_TRIGGERS:
@@ -290,7 +308,7 @@ def test_counts_from_before_the_key_ids_are_refilled_and_their_triggers_replaced
         for name in COUNT_TRIGGERS:
             conn.execute(sa.text(f"CREATE TRIGGER {name} AFTER INSERT ON keys {old}"))
     create_schema(engine)
-    registration.register_keys(engine, objects("dev001/2026110102/c.json"), TZ)
+    registration.register_keys(engine, objects("dev001/2026110102/c.json"), TZ, REINGEST)
     protocol.claim_batch(engine, DAY, "BRCB", 2, "run", 60)
     assert counted(engine) == recount(engine)
     assert figures(engine) == {(DAY, "BRCB", PENDING): (1, 0, 0), (DAY, "BRCB", CLAIMED): (2, 0, 0)}
@@ -303,8 +321,10 @@ def test_registration_without_on_conflict_registers_each_key_once(
     monkeypatch.setattr(registration, "_UPSERTS", {})
     registration.upsert_devices(sqlite_engine, [("dev001", "BRCB")])
     names = [f"dev001/20261101{h:02d}/k{n}.json" for h in range(24) for n in range(30)]
-    first = registration.register_keys(sqlite_engine, objects(*names, names[0], "dev009/2026110100/u.json"), TZ)
-    again = registration.register_keys(sqlite_engine, objects(*names), TZ)
+    first = registration.register_keys(
+        sqlite_engine, objects(*names, names[0], "dev009/2026110100/u.json"), TZ, REINGEST
+    )
+    again = registration.register_keys(sqlite_engine, objects(*names), TZ, REINGEST)
     assert (first.registered, first.unrouted, again.registered) == (len(names) + 1, 1, 0)
     assert counted(sqlite_engine) == recount(sqlite_engine)
 
@@ -320,7 +340,7 @@ def test_mssql_statements_render_with_bind_params(tmp_path: Path, monkeypatch: p
     registration.upsert_devices(engine, [("dev001", "BRCB")])
     executed: list[Any] = []
     sa.event.listen(engine, "before_execute", lambda conn, stmt, *rest: executed.append(stmt))
-    registration.register_keys(engine, objects("dev001/2026110100/a.json"), TZ)
+    registration.register_keys(engine, objects("dev001/2026110100/a.json"), TZ, REINGEST)
     registration.pending_partitions(engine)
     stats.backlog(engine)
     stats.latest_hour_by_device(engine)
@@ -347,13 +367,13 @@ def test_a_page_of_odd_keys_and_their_outcomes_arrive_exactly(
 ) -> None:
     """What PostgreSQL sends as one JSON document (a page of new keys, a batch's outcomes) arrives
     exactly as the row forms of SQLite deliver it: quotes, backslashes, braces, commas, non-ASCII
-    text, NULLs and microseconds."""
+    text, NULLs and microseconds (a device id holds no backslash or comma: `names`)."""
     found = datetime(2026, 11, 1, 2, 3, 4, 567891)
     monkeypatch.setattr(registration, "utcnow", lambda: found)
-    device = 'dev"\\1'
+    device = "dev\"'ü 😀1"
     registration.upsert_devices(engine, [(device, "BRCB")])
     names = [f'{device}/20261101{h:02d}/it\'s {{a,b}} \\ "ü" 😀 {h}.json' for h in range(3)]
-    assert registration.register_keys(engine, objects(*names, "dev009/2026110100/u.json"), TZ).registered == 4
+    assert registration.register_keys(engine, objects(*names, "dev009/2026110100/u.json"), TZ, REINGEST).registered == 4
     with engine.connect() as conn:
         rows = {r.key: r for r in conn.execute(sa.select(keys)).all()}
     assert {n: (rows[n].device_id, rows[n].key_hour, rows[n].discovered_at, rows[n].etag) for n in names} == {

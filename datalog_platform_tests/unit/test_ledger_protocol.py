@@ -28,26 +28,22 @@ import datalog_platform.core.ledger.protocol
 from datalog_platform.core.generate import generate
 from datalog_platform.core.ingest import ingest_batch
 from datalog_platform.core.ledger import batch_size, protocol
+from datalog_platform.core.ledger.claims import Batch, claim_statement
+from datalog_platform.core.ledger.clock import utcnow
+from datalog_platform.core.ledger.outcomes import OUTCOME_CHUNK, KeyOutcome, outcomes_statement
 from datalog_platform.core.ledger.protocol import (
-    OUTCOME_CHUNK,
-    Batch,
-    KeyOutcome,
     LakeFile,
     StaleBatchError,
     abort_batch,
     claim_batch,
-    claim_statement,
     commit_batch,
     commit_statement,
-    local_date,
-    outcomes_statement,
-    parse_raw_key,
     record_intent,
     recover_expired,
     release_statement,
     renew_lease,
-    utcnow,
 )
+from datalog_platform.core.ledger.raw_keys import local_date, parse_raw_key
 from datalog_platform.core.ledger.registration import pending_partitions, register_keys, route_unrouted, upsert_devices
 from datalog_platform.core.ledger.schema import (
     ABORTED,
@@ -66,9 +62,10 @@ from datalog_platform.core.ledger.schema import (
     keys,
 )
 from datalog_platform.core.ledger.swap import live_files
+from datalog_platform.core.ledger.versions import REINGEST
 from datalog_platform.core.store import LocalStore, ObjectInfo
-from datalog_platform.core.transform.timestamps import install_macros
 from datalog_platform_tests.support import ledger_helpers
+from datalog_platform_tests.support.pipeline import reader_for
 
 TZ = 8
 DAY = "2026-11-01"
@@ -115,7 +112,7 @@ def seed(engine: sa.Engine, n: int, device: str = "devA", region: str = REGION, 
     """Register `n` PENDING keys of one device and hour (so one partition)."""
     upsert_devices(engine, [(device, region)])
     names = [f"{device}/{hour}/f{i:05d}.json" for i in range(n)]
-    result = register_keys(engine, [obj(k, 100 + i) for i, k in enumerate(names)], TZ)
+    result = register_keys(engine, [obj(k, 100 + i) for i, k in enumerate(names)], TZ, REINGEST)
     assert result.registered == n
     return names
 
@@ -179,7 +176,7 @@ def test_register_keys_registers_raw_objects_and_ignores_others(engine: sa.Engin
         obj("dev/20261301/x.json", 1),
         obj("dev/2026133100/x.json", 1),
     ]
-    result = register_keys(engine, objects, TZ)
+    result = register_keys(engine, objects, TZ, REINGEST)
 
     assert (result.seen, result.registered, result.unrouted, result.ignored, result.bytes) == (
         6,
@@ -206,10 +203,10 @@ def test_register_keys_registers_raw_objects_and_ignores_others(engine: sa.Engin
 def test_register_keys_is_idempotent(engine: sa.Engine) -> None:
     upsert_devices(engine, [("devA", REGION)])
     objects = [obj(f"devA/2026110100/f{i}.json", 10) for i in range(3)] + [obj("_registry/devices.csv")]
-    first = register_keys(engine, objects, TZ)
+    first = register_keys(engine, objects, TZ, REINGEST)
     ids_before = {k: r.key_id for k, r in key_rows(engine).items()}
 
-    again = register_keys(engine, objects + objects, TZ)  # also duplicates within one call
+    again = register_keys(engine, objects + objects, TZ, REINGEST)  # also duplicates within one call
 
     assert first.registered == 3
     assert (again.seen, again.registered, again.ignored, again.bytes) == (8, 0, 2, 0)
@@ -219,7 +216,12 @@ def test_register_keys_is_idempotent(engine: sa.Engine) -> None:
 
 def test_part_date_is_local_date_of_utc_hour(engine: sa.Engine) -> None:
     upsert_devices(engine, [("devA", REGION)])
-    register_keys(engine, [obj("devA/2026110120/late.json"), obj("devA/2026110115/early.json")], tz_offset_hours=8)
+    register_keys(
+        engine,
+        [obj("devA/2026110120/late.json"), obj("devA/2026110115/early.json")],
+        tz_offset_hours=8,
+        policy=REINGEST,
+    )
     rows = key_rows(engine)
     assert rows["devA/2026110120/late.json"].part_date == "2026-11-02"  # 20:00 UTC = 04:00 next day
     assert rows["devA/2026110115/early.json"].part_date == "2026-11-01"  # 15:00 UTC = 23:00
@@ -227,7 +229,7 @@ def test_part_date_is_local_date_of_utc_hour(engine: sa.Engine) -> None:
 
 
 def test_unknown_device_is_unrouted_until_registry_upsert(engine: sa.Engine) -> None:
-    result = register_keys(engine, [obj("ghost/2026110100/log.json")], TZ)
+    result = register_keys(engine, [obj("ghost/2026110100/log.json")], TZ, REINGEST)
     row = key_rows(engine)["ghost/2026110100/log.json"]
 
     assert (result.registered, result.unrouted) == (1, 1)
@@ -247,7 +249,7 @@ def test_unknown_device_is_unrouted_until_registry_upsert(engine: sa.Engine) -> 
 def test_upsert_devices_updates_changed_regions(engine: sa.Engine) -> None:
     assert upsert_devices(engine, [("d1", "BRCB"), ("d2", "KPCS")]) == (2, 0)
     assert upsert_devices(engine, [("d1", "BRCB"), ("d2", "SMRD"), ("d3", "KPCS")]) == (1, 1)
-    register_keys(engine, [obj("d2/2026110100/log.json")], TZ)
+    register_keys(engine, [obj("d2/2026110100/log.json")], TZ, REINGEST)
     assert key_rows(engine)["d2/2026110100/log.json"].dstrct_code == "SMRD"
 
 
@@ -256,7 +258,7 @@ def test_key_with_quotes_and_spaces_round_trips(engine: sa.Engine) -> None:
     key = "dev'1/2026110100/it's a \"log\".json"
     upsert_devices(engine, [(device, REGION)])
 
-    result = register_keys(engine, [obj(key, 42, 'etag "q"')], TZ)
+    result = register_keys(engine, [obj(key, 42, 'etag "q"')], TZ, REINGEST)
     assert result.registered == 1
     row = key_rows(engine)[key]
     assert (row.device_id, row.etag, row.size) == (device, 'etag "q"', 42)
@@ -601,7 +603,7 @@ def test_mssql_commit_and_release_statements_render_with_bind_params() -> None:
         assert literal not in sql
     assert "b_batch_id" in release.binds
     values = [v for p in release.params.values() for v in (p if isinstance(p, list) else [p])]
-    assert {error, FAILED, PENDING, CLAIMED, SUCCESS, QUARANTINED, 3} <= set(values)
+    assert {error, FAILED, PENDING, CLAIMED, 3} <= set(values)
 
 
 def test_mssql_recovery_select_renders_with_bind_params(tmp_path: Path) -> None:
@@ -706,11 +708,9 @@ def test_ingest_is_exactly_once_across_a_crash_before_commit(
     raw, lake = LocalStore(tmp_path / "raw"), LocalStore(tmp_path / "lake")
     summary = generate(raw, devices=3, hours=2, rows=50, seed=1, bad_file_share=0.0)
     upsert_devices(engine, summary.devices)
-    registered = register_keys(engine, raw.list(), TZ)
+    registered = register_keys(engine, raw.list(), TZ, REINGEST)
     assert (registered.registered, registered.ignored, registered.unrouted) == (summary.files, 1, 0)
     sources = sorted(k for k in key_rows(engine))
-    conn = duckdb.connect()
-    install_macros(conn)
 
     first = pending_partitions(engine)[0]
     crashed = claim(engine, day=first.part_date, region=first.dstrct_code, lease=60)
@@ -720,7 +720,7 @@ def test_ingest_is_exactly_once_across_a_crash_before_commit(
 
     monkeypatch.setattr(datalog_platform.core.ledger.protocol, "commit_batch", crash)
     with pytest.raises(SimulatedCrash):
-        ingest_batch(engine, conn, raw, lake, crashed, TZ, 60, 3)
+        ingest_batch(engine, reader_for(raw), raw, lake, crashed, TZ, 60, 3, REINGEST)
     monkeypatch.undo()
     assert protocol.commit_batch is commit_batch
 
@@ -739,8 +739,7 @@ def test_ingest_is_exactly_once_across_a_crash_before_commit(
     committed = []
     for part in pending_partitions(engine):
         while (batch := claim_batch(engine, part.part_date, part.dstrct_code, 100, "run-retry", 60)) is not None:
-            committed.append(ingest_batch(engine, conn, raw, lake, batch, TZ, 60, 3).batch_id)
-    conn.close()
+            committed.append(ingest_batch(engine, reader_for(raw), raw, lake, batch, TZ, 60, 3, REINGEST).batch_id)
 
     assert len(committed) == 3  # one per (date, region) partition
     assert {r.status for r in key_rows(engine).values()} == {SUCCESS}
@@ -759,7 +758,7 @@ def test_stale_writer_files_written_after_takeover_are_deleted(
     raw, lake = LocalStore(tmp_path / "raw"), LocalStore(tmp_path / "lake")
     summary = generate(raw, devices=1, hours=2, rows=50, seed=2, bad_file_share=0.0)
     upsert_devices(engine, summary.devices)
-    register_keys(engine, raw.list(), TZ)
+    register_keys(engine, raw.list(), TZ, REINGEST)
     part = pending_partitions(engine)[0]
     stale = claim(engine, day=part.part_date, region=part.dstrct_code, lease=60)
     real_record_intent = protocol.record_intent
@@ -769,11 +768,9 @@ def test_stale_writer_files_written_after_takeover_are_deleted(
         expire_lease(eng, batch_id)  # the writer stalls past its lease...
         assert recover_expired(eng, lake, 3) == [batch_id]  # ...and is taken over before writing
 
-    conn = duckdb.connect()
-    install_macros(conn)
     monkeypatch.setattr(datalog_platform.core.ledger.protocol, "record_intent", intent_then_takeover)
     with pytest.raises(StaleBatchError):
-        ingest_batch(engine, conn, raw, lake, stale, TZ, 60, 3)
+        ingest_batch(engine, reader_for(raw), raw, lake, stale, TZ, 60, 3, REINGEST)
     monkeypatch.undo()
 
     assert lake_keys(lake, "datalog_v2/") == set()
@@ -781,7 +778,6 @@ def test_stale_writer_files_written_after_takeover_are_deleted(
     assert {(r.status, r.attempts) for r in key_rows(engine).values()} == {(PENDING, 1)}
 
     successor = claim(engine, day=part.part_date, region=part.dstrct_code)
-    ingest_batch(engine, conn, raw, lake, successor, TZ, 60, 3)
-    conn.close()
+    ingest_batch(engine, reader_for(raw), raw, lake, successor, TZ, 60, 3, REINGEST)
     sources = sorted(key_rows(engine))
     assert lake_counts(lake) == {(source, seq): 1 for source in sources for seq in range(50)}

@@ -1,7 +1,7 @@
 """`registration.requeue`: FAILED or QUARANTINED keys back to PENDING.
 
 Covers the status, region and date filters (attempts reset, error and batch cleared, other keys
-untouched, the partitions' backlog grown), and the refusal of SUCCESS (it would duplicate rows),
+untouched, the partitions' backlog grown), and the refusal of SUCCESS (nothing to ingest again),
 UNROUTED and other statuses. The ledger holds `ledger_helpers.REQUEUE_LAYOUT`: keys in every
 status. The `datalog ledger requeue` command is in e2e/test_cli_requeue.py.
 
@@ -56,7 +56,7 @@ def test_requeue_filters_by_status_region_and_date(engine: sa.Engine) -> None:
 
 @pytest.mark.parametrize(
     ("status", "message"),
-    [(SUCCESS, "would duplicate"), (UNROUTED, "not 'UNROUTED'"), (PENDING, "not 'PENDING'")],
+    [(SUCCESS, "have not changed"), (UNROUTED, "not 'UNROUTED'"), (PENDING, "not 'PENDING'")],
 )
 @pytest.mark.usefixtures("layout")
 def test_requeue_refuses_other_statuses(engine: sa.Engine, status: str, message: str) -> None:

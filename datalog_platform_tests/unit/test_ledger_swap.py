@@ -3,7 +3,7 @@ see a half-swapped partition.
 
 Covers the rebuild claim (every key of the partition but those another batch holds; ingested
 keys restored exactly on abort), a rebuild beside a concurrent ingest, a vanished raw object (the
-rebuild stops, the partition keeps its files), compaction (files merged by source partition,
+rebuild keeps its rows and says so), compaction (files merged by source partition,
 types widened, the manifest swapped), the fences between rebuilds and compactions, readers of
 the manifest during swaps, the MSSQL rendering of the rebuild claim, and the upgrade of a ledger
 created before the manifest.
@@ -27,9 +27,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mssql
 
 from datalog_platform.core.compaction import compact_directory
-from datalog_platform.core.ingest import RawObjectsMissingError
 from datalog_platform.core.lake import read_live
-from datalog_platform.core.ledger import protocol, registration, swap
+from datalog_platform.core.ledger import claims, holds, outcomes, protocol, registration, swap
 from datalog_platform.core.ledger.engine import ledger_engine
 from datalog_platform.core.ledger.schema import (
     ABORTED,
@@ -47,6 +46,7 @@ from datalog_platform.core.ledger.schema import (
     keys,
     lake_files,
 )
+from datalog_platform.core.ledger.versions import REINGEST
 from datalog_platform.core.store import LocalStore, ObjectInfo, ObjectStore
 from datalog_platform_tests.support.pipeline import LEASE_SECONDS, MAX_ATTEMPTS, TZ_OFFSET_HOURS
 from datalog_platform_tests.support.raw_data import epoch_seconds, ndjson
@@ -72,13 +72,13 @@ def upload(pipeline: Pipeline, device: str, hour: int, seqs: range, bad: int = 0
     return key
 
 
-def ingest(pipeline: Pipeline, batch: protocol.Batch | None) -> protocol.Batch:
+def ingest(pipeline: Pipeline, batch: claims.Batch | None) -> claims.Batch:
     assert batch is not None
     pipeline.ingest(batch)
     return batch
 
 
-def rebuild(pipeline: Pipeline, part_date: str = DAY) -> protocol.Batch:
+def rebuild(pipeline: Pipeline, part_date: str = DAY) -> claims.Batch:
     return pipeline.rebuild(part_date, REGION)
 
 
@@ -165,7 +165,7 @@ def test_rebuild_beside_a_concurrent_ingest_keeps_each_row_once(pipeline: Pipeli
 
     # a new key arrives and is ingested while the rebuild is still writing
     upload(pipeline, "dev1", 5, range(500, 504))
-    registration.register_keys(pipeline.engine, pipeline.raw.list(), TZ_OFFSET_HOURS)
+    registration.register_keys(pipeline.engine, pipeline.raw.list(), TZ_OFFSET_HOURS, REINGEST)
     newcomer = ingest(pipeline, protocol.claim_batch(pipeline.engine, DAY, REGION, 100, None, LEASE_SECONDS))
     assert len(newcomer.keys) == 1
     ingest(pipeline, rebuilding)
@@ -174,23 +174,35 @@ def test_rebuild_beside_a_concurrent_ingest_keeps_each_row_once(pipeline: Pipeli
     assert any(newcomer.batch_id in p for p in live_paths(pipeline.engine))
 
 
-def test_rebuild_stops_when_a_raw_object_is_gone_and_keeps_the_files(pipeline: Pipeline) -> None:
+def test_rebuild_keeps_the_rows_of_a_raw_object_gone_and_says_so(pipeline: Pipeline) -> None:
+    """Raw lifecycle rules expire old objects and the lake is the record: a rebuild reads the
+    objects still there again and keeps the rows of the one gone; its key keeps its status and
+    rows, and the report counts it. Its file holds no other key's rows, so it stays as it is."""
     uploaded = hourly_partition(pipeline, 3)
-    before_files, before_keys = parquet_keys(pipeline), pipeline.key_rows()
+    before = pipeline.key_rows()
+    before_files = live_paths(pipeline.engine)
     pipeline.raw.delete([uploaded[1]])
     claimed = swap.claim_rebuild(pipeline.engine, DAY, REGION, None, LEASE_SECONDS)
+    assert claimed is not None
 
-    with pytest.raises(RawObjectsMissingError, match=f"1 raw object.*{uploaded[1]}.*files are kept"):
-        ingest(pipeline, claimed)
+    report = pipeline.ingest(claimed)
 
-    assert parquet_keys(pipeline) == before_files == live_paths(pipeline.engine)
-    assert pipeline.key_rows() == before_keys  # status, batch, attempts and error as they were
+    assert (report.kept_keys, report.missing_keys, report.carried_rows) == (1, 0, 0)
     assert seqs_of(pipeline) == [*range(0, 5), *range(100, 105), *range(200, 205)]
-    with pipeline.engine.connect() as conn:
-        assert conn.execute(sa.select(batches.c.status).where(batches.c.batch_id == claimed.batch_id)).scalar() == (
-            ABORTED
-        )
-        assert conn.execute(sa.select(lake_files.c.retire_by).where(lake_files.c.retire_by.is_not(None))).all() == []
+    after = pipeline.key_rows()
+    writer = before[uploaded[1]]["batch_id"]
+    gone = after[uploaded[1]]
+    assert (gone["status"], gone["rows"], gone["batch_id"], gone["lake_version"], gone["lake_batch_id"]) == (
+        SUCCESS,
+        5,
+        writer,
+        1,
+        writer,
+    )
+    assert {after[k]["lake_batch_id"] for k in (uploaded[0], uploaded[2])} == {claimed.batch_id}
+    kept = {p for p in before_files if writer in p}
+    assert len(kept) == 1 and kept < live_paths(pipeline.engine) == parquet_keys(pipeline)
+    assert all(claimed.batch_id in p for p in live_paths(pipeline.engine) - kept)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,7 +283,7 @@ def test_rebuild_and_compaction_fence_each_other(pipeline: Pipeline) -> None:
     held = swap.claim_compaction(pipeline.engine, directory, None, LEASE_SECONDS)
     assert held is not None and len(held.files) == 3
 
-    with pytest.raises(swap.PartitionBusyError, match=held.batch_id):
+    with pytest.raises(holds.PartitionBusyError, match=held.batch_id):
         swap.claim_rebuild(pipeline.engine, DAY, REGION, None, LEASE_SECONDS)
     assert {k["status"] for k in pipeline.key_rows().values()} == {SUCCESS}  # the refused claim took nothing
 
@@ -335,16 +347,16 @@ def key_states(engine: sa.Engine) -> dict[str, tuple[object, ...]]:
 def test_rebuild_claim_takes_every_free_key_and_an_abort_restores_them(engine: sa.Engine, tmp_path: Path) -> None:
     registration.upsert_devices(engine, [("dev1", REGION)])
     names = [f"dev1/20261101{h:02d}/log.json" for h in range(6)] + ["stranger/2026110100/log.json"]
-    registration.register_keys(engine, [ObjectInfo(n, 10, None) for n in names], TZ_OFFSET_HOURS)
+    registration.register_keys(engine, [ObjectInfo(n, 10, None) for n in names], TZ_OFFSET_HOURS, REINGEST)
     done = protocol.claim_batch(engine, DAY, REGION, 3, None, LEASE_SECONDS)
     assert done is not None
     protocol.commit_batch(
         engine,
         done.batch_id,
         [
-            protocol.KeyOutcome(done.keys[0].key_id, SUCCESS, rows=5),
-            protocol.KeyOutcome(done.keys[1].key_id, SUCCESS, rows=5),
-            protocol.KeyOutcome(done.keys[2].key_id, QUARANTINED, error="unreadable"),
+            outcomes.KeyOutcome(done.keys[0].key_id, SUCCESS, rows=5),
+            outcomes.KeyOutcome(done.keys[1].key_id, SUCCESS, rows=5),
+            outcomes.KeyOutcome(done.keys[2].key_id, QUARANTINED, error="unreadable"),
         ],
         [protocol.LakeFile(f"{DATA}/hiveperiod={DAY}/dstrct_code={REGION}/part-{done.batch_id}-0.parquet", 10, 99)],
         10,
@@ -384,7 +396,7 @@ def test_rebuild_claim_takes_every_free_key_and_an_abort_restores_them(engine: s
         )
 
 
-def rebuilding_keys(batch: protocol.Batch) -> list[str]:
+def rebuilding_keys(batch: claims.Batch) -> list[str]:
     return [k.key for k in batch.keys]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from datalog_platform.core.ledger.protocol import parse_raw_key
+from datalog_platform.core.ledger.raw_keys import parse_raw_key
 from datalog_platform.core.names import is_device_id, is_region
 from datalog_platform.core.registry import read_registry_csv
 
@@ -33,8 +33,22 @@ UNSAFE_REGIONS = [
     "x" * 65,
 ]
 SAFE_REGIONS = ["BRCB", "kpcs", "R-1", "north_2", "7", "x" * 64]
-UNSAFE_DEVICES = ["../up", "..", ".", "a/b", "a\\b", "dev..1", "_registry", ".hidden", "a b", "ünï", "a*b", "x" * 256]
-SAFE_DEVICES = ["dev00001", "site=7", "AA:BB:CC:DD:EE:FF", "unit.7", "a+b", "me@fleet", "v~1", "x" * 255]
+UNSAFE_DEVICES = [
+    "../up",
+    "..",
+    ".",
+    "a/b",
+    "a\\b",
+    "a|b",
+    "a,b",
+    "a[1]",
+    "dev...1",
+    "_registry",
+    ".hidden",
+    "tab\tid",
+    "x" * 256,
+]
+SAFE_DEVICES = ["dev00001", "site=7", "AA:BB:CC:DD:EE:FF", "unit.7", "dev..7", "dev A'1", "ünï", "glob*?", "x" * 255]
 
 
 @pytest.mark.parametrize("region", UNSAFE_REGIONS)
@@ -49,6 +63,11 @@ def test_registry_refuses_an_unsafe_device_id_naming_its_line(device: str) -> No
     text = f'device_id,dstrct_code\n"{device}",BRCB\n'
     with pytest.raises(ValueError, match=r"registry CSV line 2: device_id .* is not valid: expected 1 to 255"):
         read_registry_csv(text)
+
+
+def test_registry_strips_what_csv_leaves_around_a_value() -> None:
+    """Spaces around a value are not part of it (the reader strips them), so only the inside counts."""
+    assert read_registry_csv("device_id,dstrct_code\n  dev 1 , BRCB \n") == [("dev 1", "BRCB")]
 
 
 def test_registry_reads_safe_names() -> None:
@@ -70,8 +89,9 @@ def test_key_parser_takes_safe_device_ids(device: str) -> None:
 
 def test_safe_sets_are_disjoint_from_reserved_characters() -> None:
     """What the module promises: no region holds a character DuckDB would percent-encode in a
-    directory name or Dagster reserves in a partition key."""
+    directory name or Dagster reserves in a partition key; no device id a path separator or a
+    character Dagster reserves."""
     for char in "/\\|,[] %=:+@~.\u00dc":
         assert not is_region(f"A{char}B")
-    for char in "/\\ *?[]{}":
+    for char in "/\\|,[]\n\x00":
         assert not is_device_id(f"A{char}B")

@@ -14,6 +14,7 @@ Real parts only: the functions themselves and `Settings.from_env`; nothing to mo
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from datalog_platform.core.store import ObjectInfo
 from datalog_platform.settings import Settings, SettingsError
 
 BUCKET, PREFIX = "raw-bucket", "logs/"
+SENT = datetime(2026, 1, 2, 3, 4, 5)  # the events' time, naive UTC
+SEQ = "0055AED6DCD90281E5"
 
 
 def notification(key: str, event: str = "ObjectCreated:Put", bucket: str = BUCKET, size: int = 42) -> dict[str, Any]:
@@ -40,7 +43,7 @@ def notification(key: str, event: str = "ObjectCreated:Put", bucket: str = BUCKE
                     "s3SchemaVersion": "1.0",
                     "configurationId": "raw-created",
                     "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
-                    "object": {"key": key, "size": size, "eTag": "0123abcd", "sequencer": "0055AED6DCD90281E5"},
+                    "object": {"key": key, "size": size, "eTag": "0123abcd", "sequencer": SEQ},
                 },
             }
         ]
@@ -55,6 +58,7 @@ def eventbridge(key: str, detail_type: str = "Object Created", bucket: str = BUC
         "source": "aws.s3",
         "account": "123456789012",
         "region": "us-east-1",
+        "time": "2026-01-02T03:04:05Z",
         "resources": [f"arn:aws:s3:::{bucket}"],
         "detail": {
             "version": "0",
@@ -86,10 +90,11 @@ def test_notification_keys_are_url_decoded() -> None:
     """`+` is a space, `%2B` a plus, `%27` a quote, `%2F` a slash: the key comes back as uploaded."""
     key = "logs%2Fdev+A%271%2F2026010203%2Fit%27s+a%2Blog.json"
     assert parsed(notification(key)) == ParsedMessage(
-        (ObjectInfo(key="dev A'1/2026010203/it's a+log.json", size=42, etag="0123abcd"),), skipped=0
+        (ObjectInfo("dev A'1/2026010203/it's a+log.json", 42, "0123abcd", last_modified=SENT, sequencer=SEQ),),
+        skipped=0,
     )
     assert parsed(notification("logs/dev1/2026010203/log.json", "ObjectCreated:CompleteMultipartUpload")).objects == (
-        ObjectInfo("dev1/2026010203/log.json", 42, "0123abcd"),
+        ObjectInfo("dev1/2026010203/log.json", 42, "0123abcd", last_modified=SENT, sequencer=SEQ),
     )
 
 
@@ -103,7 +108,8 @@ def test_sns_wraps_the_same_notification() -> None:
 def test_eventbridge_keys_are_not_encoded() -> None:
     """EventBridge sends the key as it is: a `+` stays a plus, a space a space."""
     result = parsed(eventbridge("logs/dev A'1/2026010203/a+b.json"))
-    assert result == ParsedMessage((ObjectInfo("dev A'1/2026010203/a+b.json", 7, "feed"),), skipped=0)
+    expected = ObjectInfo("dev A'1/2026010203/a+b.json", 7, "feed", last_modified=SENT, sequencer="617f08299329d189")
+    assert result == ParsedMessage((expected,), skipped=0)
     assert parsed(eventbridge("logs/dev1/2026010203/log.json", detail_type="Object Deleted")) == ParsedMessage(
         (), skipped=1
     )

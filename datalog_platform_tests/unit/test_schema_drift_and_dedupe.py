@@ -22,8 +22,8 @@ import pytest
 import sqlalchemy as sa
 
 from datalog_platform.core.ledger import fields
+from datalog_platform.core.ledger.records import DATASET
 from datalog_platform.core.ledger.schema import create_schema, keys, schema_fields
-from datalog_platform.core.transform.convert import DATASET
 from datalog_platform_tests.support.ledger_helpers import postgres_schema, postgres_url
 from datalog_platform_tests.support.raw_data import epoch_seconds, ndjson
 
