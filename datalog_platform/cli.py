@@ -121,6 +121,9 @@ class IngestSummary:
 def run_ingest(settings: Settings) -> IngestSummary:
     """Register new raw objects, then run `ingest_partition_job` for every partition with pending
     keys until nothing is pending (a partition whose run failed is not retried here)."""
+    from datalog_platform.core.isolation import start_reader_server
+
+    start_reader_server()  # its imports go on beside Dagster's and the registration
     _prepare_dagster_home(settings)
     import dagster as dg
 

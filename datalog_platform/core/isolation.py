@@ -12,26 +12,31 @@ The ledger stays with the parent: what the conversion asks of it (`convert.LakeC
 dataset's fields, the files that stay, the write intent) the child asks over the pipe and the
 parent answers. The child imports no database driver and holds no ledger credentials.
 
-Children are forked from multiprocessing's fork server, a process started once per parent with
-this module's imports loaded: a child starts in milliseconds, and never inherits a lock that
-another thread of the parent held (a run's process has threads: its lease renewal, Dagster's).
-Memory: the child's DuckDB gets the run's share less what the parent already holds
+Readers are forked by a reader server (`reader_server`), a process that each run's process
+starts once (`start_reader_server`): it imports this module, and with it everything a reader
+needs, then forks one child per task. A child starts in milliseconds, imports nothing, and never
+inherits a lock that another thread of the run's process held (it has threads: its lease
+renewal, Dagster's). The server reports each child's exit status, which names the signal of a
+crash. Memory: the child's DuckDB gets the run's share less what the run's process already holds
 (`duckdb_setup.reader_memory_limit`), so the two stay within the run's RAM limit together.
 """
 
 from __future__ import annotations
 
 import ctypes
-import multiprocessing
+import os
 import pickle
 import signal
+import socket
+import struct
+import subprocess
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from multiprocessing import forkserver
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NoReturn
 
 from datalog_platform.core.duckdb_setup import ReaderSettings, open_reader, resident_bytes
 from datalog_platform.core.ledger.records import FieldSeen, LakeFile
@@ -115,15 +120,19 @@ class _RemoteCatalog:
         self._ask("record_intent", dirs)
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to kill this process when its parent (the fork server, which ends with the run's
-    process) dies: a reader never writes on for a run that is gone."""
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent dies (a reader's parent is the server, whose
+    parent is the run's process): a reader never writes on for a run that is gone."""
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _serve(pipe: Connection, task: ReadTask, parent_bytes: int) -> None:
-    _die_with_parent()
+def serve_task(fd: int) -> NoReturn:
+    """A reader: the task and the run's process's memory come over the socket `fd`; the answer
+    goes back over it, and the process ends."""
+    die_with_parent()
+    pipe = Connection(fd)
+    task, parent_bytes = pickle.loads(pipe.recv_bytes())
     try:
         with open_reader(task.settings, parent_bytes) as conn:
             converter = task.converter(conn)
@@ -140,47 +149,88 @@ def _serve(pipe: Connection, task: ReadTask, parent_bytes: int) -> None:
     except Exception as exc:  # an answer that does not pickle: its text still reaches the parent
         pipe.send_bytes(pickle.dumps(("error", RuntimeError(f"{type(exc).__name__}: {exc} ({answer[1]!r})"))))
     pipe.close()
+    os._exit(0)
 
 
-def _context() -> Any:
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    return context
+class _ReaderServer:
+    """This process's reader server, started once; a task at a time."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "datalog_platform.core.reader_server", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            env=env,
+            stdout=subprocess.DEVNULL,  # it prints nothing; a reader of the run's output must not wait for it
+        )
+        theirs.close()
+        self.control = ours
+        self.lock = threading.Lock()
+        self._last: int | None = None
+
+    def run(self, task: ReadTask, catalog: LakeCatalog | None) -> Any:
+        with self.lock:
+            self._last = None
+            ours, theirs = socket.socketpair()
+            socket.send_fds(self.control, [b"T"], [theirs.fileno()])
+            theirs.close()
+            pipe = Connection(ours.detach())
+            try:
+                return self._converse(pipe, task, catalog)
+            finally:
+                pipe.close()
+                self.exit_code()  # the reader's end, reported by the server once it is waited for
+
+    def _converse(self, pipe: Connection, task: ReadTask, catalog: LakeCatalog | None) -> Any:
+        try:
+            pipe.send_bytes(pickle.dumps((task, resident_bytes())))
+            while True:
+                kind, *message = pickle.loads(pipe.recv_bytes())
+                if kind == "call":
+                    pipe.send_bytes(pickle.dumps(_answer(catalog, *message)))
+                    continue
+                (value,) = message
+                if kind == "error":
+                    raise value
+                return value
+        except (EOFError, BrokenPipeError, ConnectionResetError):  # the reader is gone without a word
+            raise ReaderCrash(self.exit_code()) from None
+
+    def exit_code(self) -> int:
+        """The exit code of the last reader, as the server reports it (-N: killed by signal N);
+        read once per reader."""
+        if self._last is None:
+            data = b""
+            while len(data) < 4:
+                chunk = self.control.recv(4 - len(data))
+                if not chunk:
+                    raise RuntimeError(f"the reader server (pid {self.process.pid}) is gone")
+                data += chunk
+            self._last = struct.unpack("!i", data)[0]
+        return self._last
+
+
+_server: _ReaderServer | None = None
+_server_lock = threading.Lock()
 
 
 def start_reader_server() -> None:
-    """Start the fork server now, without waiting for it: its imports go on while the caller does
-    other work (a claim), and the first reader starts sooner."""
-    _context()
-    forkserver.ensure_running()
+    """Start this process's reader server, without waiting for it: its imports go on while the
+    caller does other work (a claim), and the first reader starts sooner."""
+    global _server
+    with _server_lock:
+        if _server is None or _server.process.poll() is not None:
+            _server = _ReaderServer()
 
 
 def run_isolated(task: ReadTask, catalog: LakeCatalog | None = None) -> Any:
     """Run `task` in a reader process, answering its questions from `catalog`; the conversion's
     `ConvertResult` (None for a probe), or the reader's exception raised here. ReaderCrash if the
     reader dies without an answer."""
-    context = _context()
-    mine, theirs = context.Pipe(duplex=True)
-    process = context.Process(target=_serve, args=(theirs, task, resident_bytes()), name="datalog-reader")
-    process.start()
-    theirs.close()
-    try:
-        while True:
-            try:
-                kind, *message = pickle.loads(mine.recv_bytes())
-            except EOFError:  # the reader is gone without a word
-                process.join()
-                raise ReaderCrash(process.exitcode) from None
-            if kind == "call":
-                mine.send_bytes(pickle.dumps(_answer(catalog, *message)))
-                continue
-            process.join()
-            (value,) = message
-            if kind == "error":
-                raise value
-            return value
-    finally:
-        mine.close()
+    start_reader_server()
+    assert _server is not None
+    return _server.run(task, catalog)
 
 
 def _answer(catalog: LakeCatalog | None, name: str, args: Sequence[object]) -> tuple[str, object]:

@@ -17,6 +17,7 @@ from pydantic import Field
 from datalog_platform.core.discovery import DiscoveryLimits
 from datalog_platform.core.duckdb_setup import ReaderSettings, enable_s3, memory_bytes
 from datalog_platform.core.events import MAX_WAIT_SECONDS, QueueLimits, queue_endpoint
+from datalog_platform.core.isolation import start_reader_server
 from datalog_platform.core.ledger.engine import database_engine, ledger_engine
 from datalog_platform.core.ledger.versions import REINGEST
 from datalog_platform.core.store import (
@@ -158,6 +159,11 @@ class ReaderResource(dg.ConfigurableResource):
         default=DEFAULT_MAX_FIELDS,
         description="Most distinct field names in one raw file; a wider file is quarantined (DATALOG_MAX_FIELDS)",
     )
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """A run that reads raw files starts its reader server as it sets up: the server's imports
+        go on beside Dagster's own start of the run and the claim."""
+        start_reader_server()
 
     def settings(self, s3: S3Access | None, ram_limit: str | None = None) -> ReaderSettings:
         """The reader's settings, with the run's own RAM limit if it has one; ValueError for a

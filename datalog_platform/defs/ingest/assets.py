@@ -9,7 +9,6 @@ from pydantic import Field
 from datalog_platform.core.discovery import register_partition
 from datalog_platform.core.freshness import batch_lag
 from datalog_platform.core.ingest import BatchReport, ingest_batch
-from datalog_platform.core.isolation import start_reader_server
 from datalog_platform.core.ledger import claims, fields, holds, protocol, swap
 from datalog_platform.core.ledger.records import DATASET
 from datalog_platform.core.transform.shape import HASH_SCHEME, RECORD_HASH, RESCUED
@@ -211,7 +210,6 @@ def ingest_partition(
     launches (Materialize, a backfill) rebuilds the partition from every raw object it holds, so
     the partition is complete and each row in it once afterwards.
     """
-    start_reader_server()  # its imports overlap the claim
     trigger = context.run.tags.get(TRIGGER_TAG)
     rebuild = config.mode == "rebuild" or (config.mode == "auto" and trigger is None)
     kind = "rebuild" if rebuild else "incremental"
