@@ -17,6 +17,7 @@ import botocore.exceptions
 import sqlalchemy as sa
 
 from datalog_platform.core.ledger import registration
+from datalog_platform.core.ledger.versions import rewrite_note
 from datalog_platform.core.registry import read_registry_csv
 from datalog_platform.core.store import StoreNotFoundError
 from datalog_platform.settings import (
@@ -93,6 +94,7 @@ class IngestSummary:
     registered: int = 0
     ignored: int = 0
     rewritten: int = 0  # known objects seen in a new version
+    rewritten_ingested: int = 0  # of those, objects whose rows the lake held: the rewrite policy decided
     reappeared: int = 0  # MISSING objects back in the raw store
     unrouted: int = 0
     routed: int = 0
@@ -140,7 +142,11 @@ def run_ingest(settings: Settings) -> IngestSummary:
     engine = ledger_engine(settings.ledger_url)
     found = registration.register_keys(engine, stores.raw().list(), settings.tz_offset_hours, settings.rewrite_policy)
     summary.registered, summary.ignored = found.registered, found.ignored
-    summary.rewritten, summary.reappeared = found.new_versions, found.reappeared
+    summary.rewritten, summary.rewritten_ingested, summary.reappeared = (
+        found.new_versions,
+        found.rewritten,
+        found.reappeared,
+    )
     summary.routed = registration.route_unrouted(engine)
     with dg.DagsterInstance.get() as instance:
         known = set(instance.get_dynamic_partitions(REGION_PARTITIONS_NAME))
@@ -206,6 +212,8 @@ def cmd_ingest(settings: Settings, as_json: bool = False) -> int:
         f"{s.runs} run(s) ingested {s.keys} key(s): {s.rows} rows, {s.quarantined_lines} line(s) "
         f"quarantined, {len(s.partitions)} partition(s) written in {s.seconds:.1f}s"
     )
+    if s.rewritten_ingested:
+        print(rewrite_note(s.rewritten_ingested, settings.rewrite_policy))
     if s.not_ingested:
         print(
             f"not ingested: {s.missing_keys} object(s) gone from the raw store (MISSING), {s.quarantined_keys} "

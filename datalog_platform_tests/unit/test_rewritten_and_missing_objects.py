@@ -161,7 +161,8 @@ def test_quarantine_holds_the_version_until_it_is_released(pipeline: Pipeline) -
     pipeline.policy = versions.QUARANTINE
     pipeline.raw.write_bytes(A, lines("dev1", range(90)))
     pipeline.register()
-    assert pipeline.key_rows()[A]["status"] == HELD
+    held = pipeline.key_rows()[A]
+    assert (held["status"], held["error"]) == (HELD, versions.HELD_REASON)
     assert pipeline.run() == []
     assert seqs_by_key(pipeline)[A] == list(range(40))
 

@@ -118,6 +118,7 @@ def _settle(conn: sa.Connection, batch_id: str, outcomes: list[KeyOutcome], poli
         values = bulk.outcome_values(_bound_outcome(), now, batch_id)
         if waiting:
             values["status"] = waiting
+            values["error"] = versions.HELD_REASON if waiting == HELD else None
         conn.execute(sa.update(keys).where(*mine).values(values), [_outcome_params(o) for o in newer])
         conn.execute(
             sa.update(key_versions)
@@ -158,7 +159,11 @@ def _settle(conn: sa.Connection, batch_id: str, outcomes: list[KeyOutcome], poli
         conn.execute(
             sa.update(keys)
             .where(*mine)
-            .values(status=sa.case((in_lake, rewritten), else_=PENDING), error=None, **cleared),
+            .values(
+                status=sa.case((in_lake, rewritten), else_=PENDING),
+                error=sa.case((sa.and_(in_lake, sa.literal(waiting == HELD)), versions.HELD_REASON)),
+                **cleared,
+            ),
             [{"b_key_id": o.key_id} for o in changed],
         )
 

@@ -37,6 +37,24 @@ REWRITE_POLICIES = (REINGEST, IGNORE, QUARANTINE)
 
 # What a new version does to a key whose rows are in the lake, by policy (None: status kept).
 _REWRITTEN_STATUS = {REINGEST: PENDING, QUARANTINE: HELD, IGNORE: None}
+# The error a HELD key carries.
+HELD_REASON = (
+    "a new version of the object, held by DATALOG_REWRITE_POLICY=quarantine: the lake keeps the rows of "
+    "the version before until `datalog ledger release`"
+)
+# What each policy does with a new version of an ingested object, as the logs say it.
+_POLICY_EFFECT = {
+    REINGEST: "re-ingested (their rows replaced)",
+    IGNORE: "ignored (DATALOG_REWRITE_POLICY=ignore: the lake keeps the rows of the version before)",
+    QUARANTINE: "held (HELD until `datalog ledger release`)",
+}
+
+
+def rewrite_note(rewritten: int, policy: str) -> str:
+    """What happened to `rewritten` objects seen in a new version after their ingest, for a log or
+    a summary; empty for none."""
+    return f"{rewritten} rewritten object(s) had been ingested before: {_POLICY_EFFECT[policy]}" if rewritten else ""
+
 
 # The ledger's row of a known key, as registration compares a sighting with it.
 KNOWN_COLUMNS = (
@@ -118,7 +136,7 @@ def replace_versions(
             discovered_at=now,
             status=status,
             attempts=sa.case((kept, keys.c.attempts), else_=0),
-            error=sa.case((kept, keys.c.error), else_=None),
+            error=sa.case((kept, keys.c.error), (status == HELD, HELD_REASON), else_=None),
         ),
         [
             {

@@ -4,6 +4,7 @@ import dagster as dg
 
 from datalog_platform.core.discovery import reconcile
 from datalog_platform.core.ledger.clock import utcnow
+from datalog_platform.core.ledger.versions import rewrite_note
 from datalog_platform.defs.discovery.assets import raw_datalog_logs
 from datalog_platform.defs.discovery.sensors import backlog_metadata
 from datalog_platform.defs.resources import LedgerResource, StoresResource
@@ -23,9 +24,9 @@ def reconcile_raw_keys(context: dg.OpExecutionContext, ledger: LedgerResource, s
         context.log.warning(f"reconciliation registered {found.registered} key(s) that discovery had missed")
     if found.new_versions or found.reappeared:
         context.log.warning(
-            f"reconciliation found {found.new_versions} object(s) rewritten since their registration "
-            f"({found.rewritten} of them ingested: {ledger.rewrite_policy}) and {found.reappeared} MISSING "
-            "object(s) back in the raw store"
+            f"reconciliation found {found.new_versions} object(s) rewritten since their registration and "
+            f"{found.reappeared} MISSING object(s) back in the raw store. "
+            + rewrite_note(found.rewritten, ledger.rewrite_policy)
         )
     context.log_event(
         dg.AssetObservation(

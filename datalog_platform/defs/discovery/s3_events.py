@@ -18,6 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from datalog_platform.core.events import DrainResult, QueueDepth, drain_queue, queue_depth, sqs_error
 from datalog_platform.core.ledger.clock import utcnow
+from datalog_platform.core.ledger.versions import rewrite_note
 from datalog_platform.core.store import split_s3_url
 from datalog_platform.defs.discovery.assets import raw_datalog_logs
 from datalog_platform.defs.discovery.sensors import backlog_metadata
@@ -108,6 +109,8 @@ def s3_events_sensor(
         f"{len(result.malformed)} malformed; {result.registered} new key(s), {result.new_versions} rewritten, "
         f"{result.reappeared} back after missing, {result.known} already known"
     )
+    if result.rewritten:
+        summary += "; " + rewrite_note(result.rewritten, ledger.rewrite_policy)
     if result.error is not None:
         context.log.error(
             f"S3 events queue {s3_events.queue_url} failed: {result.error}. {summary}. "

@@ -15,6 +15,7 @@ from datalog_platform.core.discovery import (
 )
 from datalog_platform.core.ledger import stats
 from datalog_platform.core.ledger.clock import utcnow
+from datalog_platform.core.ledger.versions import rewrite_note
 from datalog_platform.defs.discovery.assets import raw_datalog_logs
 from datalog_platform.defs.resources import DiscoveryResource, LedgerResource, StoresResource
 
@@ -80,6 +81,8 @@ def raw_logs_sensor(
         f"{result.reappeared} back after missing, from {result.keys_listed} listed in {result.list_requests} "
         f"list request(s); {metadata['pending_backlog']} pending"
     )
+    if result.rewritten:
+        summary += "; " + rewrite_note(result.rewritten, ledger.rewrite_policy)
     context.log.info(summary + ("; the next tick continues the round" if result.more else ""))
     # An observation only when something changed: new keys, or a backlog other than the last one reported.
     backlog = f"{metadata['pending_backlog']}/{metadata['unrouted_backlog']}"
